@@ -1,0 +1,41 @@
+# The two set-up commands are `make run` and `make test`; both install what is missing first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint typecheck unit bench audit clean deps-dynamodb
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/cnop serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy src
+
+deps-dynamodb:
+	@scripts/install-dynamodb-local.sh
+
+test: install deps-dynamodb lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+audit: install
+	$(BIN)/cnop audit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

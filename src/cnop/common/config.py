@@ -1,0 +1,77 @@
+"""Settings: one pydantic-settings class, env prefix CNOP_, `.env` read. Every limit lives here."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CNOP_", env_file=".env", extra="ignore")
+
+    # Shape and store
+    store: str = "sqlite:///./data/cnop.db"
+    dynamodb_table_prefix: str = "cnop"
+    aws_role_arn: str | None = None
+    aws_role_session_name: str = "cnop"
+    environment: str = "local"
+
+    # Tokens
+    jwt_secret: SecretStr | None = None
+    jwt_algorithm: str = "HS256"
+    jwt_private_key_file: str | None = None
+    jwt_public_key_file: str | None = None
+    jwt_issuer: str = "cnop"
+    jwt_audience: str = "cnop-api"
+    access_token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+
+    # Passwords
+    password_hash_workers: int = Field(default=2, ge=1, le=32)
+
+    # Money
+    max_single_deposit: Decimal = Decimal("1000000")
+    daily_deposit_limit: Decimal = Decimal("10000")
+    daily_withdraw_limit: Decimal = Decimal("5000")
+    order_value_limit: Decimal = Decimal("10000")
+    idempotency_ttl_seconds: int = 86400
+    idempotency_lease_seconds: int = 30
+
+    # Prices
+    price_source: str = "simulated"
+    price_tick_seconds: float = Field(default=1.0, gt=0)
+    price_seed: int = 42
+    max_price_age_seconds: float = Field(default=30.0, gt=0)
+    price_history_size: int = 1440
+
+    # Gateway
+    rate_limit_enabled: bool = True
+    rate_limit_per_ip: str = "600/minute"
+    rate_limit_per_user: str = "300/minute"
+    login_guard_failures: int = 5
+    login_guard_window_seconds: int = 300
+    login_guard_block_seconds: int = 300
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_enabled: bool = True
+    redis_url: str | None = None
+
+    # Logging
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    _split_lists = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,142 @@
+"""The single-table map (design §4): every table, index and key pattern, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Logical tables, one per service.
+USERS = "users"
+ORDERS = "orders"
+INVENTORY = "inventory"
+TABLES = (USERS, ORDERS, INVENTORY)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    name: str
+    pk_attr: str
+    sk_attr: str
+    sk_type: Literal["S", "N"]
+
+
+GSI1 = IndexSpec("gsi1", "gsi1pk", "gsi1sk", "S")
+GSI2 = IndexSpec("gsi2", "gsi2pk", "gsi2sk", "N")
+INDEXES = {GSI1.name: GSI1, GSI2.name: GSI2}
+
+
+def key(pk: str, sk: str) -> dict[str, str]:
+    return {"pk": pk, "sk": sk}
+
+
+# --- users table ------------------------------------------------------------------------------
+
+PROFILE = "PROFILE"
+BALANCE_USD = "BALANCE#USD"
+TXN_PREFIX = "TXN#"
+HOLDING_PREFIX = "HOLDING#"
+
+
+def user_pk(username: str) -> str:
+    return f"USER#{username}"
+
+
+def username_from_pk(pk: str) -> str:
+    return pk.removeprefix("USER#")
+
+
+def user_key(username: str) -> dict[str, str]:
+    return key(user_pk(username), PROFILE)
+
+
+def email_key(email: str) -> dict[str, str]:
+    return key(f"EMAIL#{email}", "EMAIL")
+
+
+def balance_key(username: str) -> dict[str, str]:
+    return key(user_pk(username), BALANCE_USD)
+
+
+def ledger_sk(transaction_id: str) -> str:
+    return f"{TXN_PREFIX}{transaction_id}"
+
+
+def ledger_key(username: str, transaction_id: str) -> dict[str, str]:
+    return key(user_pk(username), ledger_sk(transaction_id))
+
+
+def daily_limit_key(username: str, kind: str, day: str) -> dict[str, str]:
+    return key(user_pk(username), f"LIMIT#{kind}#{day}")
+
+
+def holding_sk(asset_id: str) -> str:
+    return f"{HOLDING_PREFIX}{asset_id}"
+
+
+def holding_key(username: str, asset_id: str) -> dict[str, str]:
+    return key(user_pk(username), holding_sk(asset_id))
+
+
+def revoked_token_key(jti: str) -> dict[str, str]:
+    return key(f"TOKEN#{jti}", "REVOKED")
+
+
+def idempotency_key(username: str, scope: str, client_key: str) -> dict[str, str]:
+    return key(user_pk(username), f"IDEM#{scope}#{client_key}")
+
+
+# Users index (GSI1 on the users table): every profile, for the audit and admin listings.
+USERS_INDEX_PK = "USERS"
+
+# --- orders table -----------------------------------------------------------------------------
+
+ORDER_PREFIX = "ORDER#"
+ASSET_TXN_PREFIX = "ASSETTXN#"
+
+
+def order_sk(order_id: str) -> str:
+    return f"{ORDER_PREFIX}{order_id}"
+
+
+def order_key(username: str, order_id: str) -> dict[str, str]:
+    return key(user_pk(username), order_sk(order_id))
+
+
+def order_id_from_sk(sk: str) -> str:
+    return sk.removeprefix(ORDER_PREFIX)
+
+
+def client_order_key(username: str, client_order_id: str) -> dict[str, str]:
+    return key(user_pk(username), f"CLIENTORDER#{client_order_id}")
+
+
+def asset_txn_prefix(asset_id: str) -> str:
+    return f"{ASSET_TXN_PREFIX}{asset_id}#"
+
+
+def asset_txn_key(username: str, asset_id: str, txn_id: str) -> dict[str, str]:
+    return key(user_pk(username), f"{asset_txn_prefix(asset_id)}{txn_id}")
+
+
+def trigger_pk(asset_id: str, direction: str) -> str:
+    """GSI2 partition of resting orders: `direction` is `above` or `below` the trigger price."""
+    return f"TRIGGER#{asset_id}#{direction}"
+
+
+EXPIRY_INDEX_PK = "EXPIRY"
+
+# --- inventory table --------------------------------------------------------------------------
+
+ASSETS_INDEX_PK = "ASSETS"
+
+
+def asset_key(asset_id: str) -> dict[str, str]:
+    return key(f"ASSET#{asset_id}", "META")
+
+
+def house_inventory_key(asset_id: str) -> dict[str, str]:
+    return key(f"ASSET#{asset_id}", "INVENTORY")
+
+
+def price_key(asset_id: str) -> dict[str, str]:
+    return key(f"ASSET#{asset_id}", "PRICE")

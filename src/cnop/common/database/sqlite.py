@@ -1,0 +1,319 @@
+"""The embedded engine: one SQLite file, one SQL table per logical table, WAL, no set-up.
+
+Every write runs in `BEGIN IMMEDIATE`, so conditions are checked and writes applied while this
+connection holds the file's write lock: several processes may share one file safely. Calls run on
+one dedicated thread per store, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import simplejson
+
+from cnop.common.database import keys
+from cnop.common.database.store import (
+    TTL_ATTRIBUTE,
+    Check,
+    Delete,
+    Item,
+    Key,
+    Op,
+    Page,
+    Put,
+    SortKey,
+    Update,
+    apply_update,
+    check_item,
+    check_ops,
+    decode_cursor,
+    encode_cursor,
+    evaluate,
+    is_live,
+)
+from cnop.common.exceptions import ConditionFailed, StoreError
+
+T = TypeVar("T")
+
+_INT_DIGITS = 20
+_FRACTION_DIGITS = 18
+
+
+def encode_number_key(value: Any) -> str:
+    """A non-negative number as text whose string order is its numeric order."""
+    number = Decimal(value)
+    if number < 0 or number >= Decimal(10) ** _INT_DIGITS:
+        raise ValueError(f"numeric index keys must be in [0, 1e{_INT_DIGITS}): {value}")
+    scaled = number.scaleb(_FRACTION_DIGITS)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"numeric index keys carry at most {_FRACTION_DIGITS} decimal places")
+    return f"{int(scaled):0{_INT_DIGITS + _FRACTION_DIGITS}d}"
+
+
+def _dumps(item: Item) -> str:
+    return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
+
+
+def _loads(body: str) -> Item:
+    result: Item = simplejson.loads(body, use_decimal=True, parse_int=Decimal)
+    return result
+
+
+class SQLiteStore:
+    """`ItemStore` on a SQLite file (`sqlite:///path/to.db`, or `sqlite://:memory:`)."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: sqlite3.Connection | None = None
+        self._tables_ready = False
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    @staticmethod
+    def _table(table: str) -> str:
+        if table not in keys.TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        return table
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def _create_tables(self) -> None:
+        conn = self._connection()
+        for table in keys.TABLES:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "pk TEXT NOT NULL, sk TEXT NOT NULL,"
+                " gsi1pk TEXT, gsi1sk TEXT, gsi2pk TEXT, gsi2sk TEXT,"
+                " expires_at REAL, body TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
+            )
+            for spec in keys.INDEXES.values():
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {table}_{spec.name} ON {table}"
+                    f" ({spec.pk_attr}, {spec.sk_attr}, pk, sk) WHERE {spec.pk_attr} IS NOT NULL"
+                )
+        self._tables_ready = True
+
+    async def create_tables(self) -> None:
+        await self._run(self._create_tables)
+
+    def _ready(self) -> sqlite3.Connection:
+        if not self._tables_ready:
+            self._create_tables()
+        return self._connection()
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def _get(self, table: str, key: Key) -> Item | None:
+        row = (
+            self._ready()
+            .execute(f"SELECT body FROM {self._table(table)} WHERE pk=? AND sk=?", (key["pk"], key["sk"]))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        item = _loads(row[0])
+        return item if is_live(item, time.time()) else None
+
+    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
+        return await self._run(self._get, table, key)
+
+    def _batch_get(self, table: str, keys_: Sequence[Key]) -> list[Item]:
+        found = []
+        for key in keys_:
+            item = self._get(table, key)
+            if item is not None:
+                found.append(item)
+        return found
+
+    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
+        if len(keys) > 100:
+            raise ValueError("batch_get takes at most 100 keys")
+        return await self._run(self._batch_get, table, list(keys))
+
+    def _query(
+        self,
+        table: str,
+        pk: str,
+        sk: SortKey | None,
+        index: str | None,
+        limit: int,
+        cursor: str | None,
+        descending: bool,
+    ) -> Page:
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        table = self._table(table)
+        if index is None:
+            pk_col, sk_col, numeric = "pk", "sk", False
+            order_cols = ["sk"]
+        else:
+            spec = keys.INDEXES[index]
+            pk_col, sk_col, numeric = spec.pk_attr, spec.sk_attr, spec.sk_type == "N"
+            order_cols = [sk_col, "pk", "sk"]
+
+        def col_value(value: Any) -> Any:
+            return encode_number_key(value) if numeric else value
+
+        where = [f"{pk_col} = ?"]
+        params: list[Any] = [pk]
+        if sk is not None:
+            if sk.op == "begins_with":
+                if numeric:
+                    raise ValueError("begins_with needs a string sort key")
+                where.append(f"substr({sk_col}, 1, ?) = ?")
+                params += [len(sk.value), sk.value]
+            elif sk.op == "between":
+                where.append(f"{sk_col} BETWEEN ? AND ?")
+                params += [col_value(sk.value), col_value(sk.high)]
+            elif sk.op in ("<", "<=", ">", ">="):
+                where.append(f"{sk_col} {sk.op} ?")
+                params.append(col_value(sk.value))
+            else:
+                raise ValueError(f"unknown sort-key operator {sk.op!r}")
+        if cursor is not None:
+            last = decode_cursor(cursor)
+            last_values = [col_value(last.get(sk_col)) if index else last["sk"]]
+            if index is not None:
+                last_values += [last["pk"], last["sk"]]
+            cmp = "<" if descending else ">"
+            where.append(f"({', '.join(order_cols)}) {cmp} ({', '.join('?' * len(order_cols))})")
+            params += last_values
+        direction = "DESC" if descending else "ASC"
+        order = ", ".join(f"{col} {direction}" for col in order_cols)
+        now = time.time()
+        where.append("(expires_at IS NULL OR expires_at > ?)")
+        params.append(now)
+        sql = (
+            f"SELECT body FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
+        )
+        params.append(limit + 1)
+        rows = self._ready().execute(sql, params).fetchall()
+        items = [item for item in (_loads(row[0]) for row in rows) if is_live(item, now)]
+        if len(items) <= limit:
+            return Page(items, None)
+        items = items[:limit]
+        last_item = items[-1]
+        cursor_key: dict[str, Any] = {"pk": last_item["pk"], "sk": last_item["sk"]}
+        if index is not None:
+            spec = keys.INDEXES[index]
+            cursor_key[spec.pk_attr] = last_item[spec.pk_attr]
+            cursor_key[spec.sk_attr] = last_item[spec.sk_attr]
+        return Page(items, encode_cursor(cursor_key))
+
+    async def query(
+        self,
+        table: str,
+        pk: str,
+        *,
+        sk: SortKey | None = None,
+        index: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        descending: bool = False,
+        consistent: bool = True,
+    ) -> Page:
+        return await self._run(self._query, table, pk, sk, index, limit, cursor, descending)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def _transact(self, ops: Sequence[Op]) -> None:
+        conn = self._ready()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current: list[Item | None] = []
+            for index, op in enumerate(ops):
+                row = conn.execute(
+                    f"SELECT body FROM {self._table(op.table)} WHERE pk=? AND sk=?",
+                    (op.key["pk"], op.key["sk"]),
+                ).fetchone()
+                item = _loads(row[0]) if row is not None else None
+                if not evaluate(op.condition, item, now):
+                    raise ConditionFailed(index)
+                current.append(item if is_live(item, now) else None)
+            for op, item in zip(ops, current, strict=True):
+                if isinstance(op, Put):
+                    self._write(conn, op.table, op.item)
+                elif isinstance(op, Update):
+                    self._write(conn, op.table, apply_update(item, op))
+                elif isinstance(op, Delete):
+                    conn.execute(
+                        f"DELETE FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
+                        (op.key["pk"], op.key["sk"]),
+                    )
+                elif not isinstance(op, Check):
+                    raise TypeError(f"not an op: {op!r}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, table: str, item: Item) -> None:
+        check_item(item)
+        columns: list[Any] = [item["pk"], item["sk"]]
+        for spec in keys.INDEXES.values():
+            pk_value, sk_value = item.get(spec.pk_attr), item.get(spec.sk_attr)
+            if pk_value is None or sk_value is None:
+                columns += [None, None]
+            else:
+                columns += [pk_value, encode_number_key(sk_value) if spec.sk_type == "N" else sk_value]
+        expires = item.get(TTL_ATTRIBUTE)
+        columns.append(float(expires) if expires is not None else None)
+        columns.append(_dumps(item))
+        conn.execute(
+            f"INSERT OR REPLACE INTO {table}"  # noqa: S608
+            " (pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, expires_at, body) VALUES (?,?,?,?,?,?,?,?)",
+            columns,
+        )
+
+    async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
+        ops = list(ops)
+        check_ops(ops)
+        for op in ops:
+            self._table(op.table)
+        await self._run(self._transact, ops)
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        self._ready().execute("SELECT 1").fetchone()
+
+    async def ping(self) -> None:
+        await self._run(self._ping)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)

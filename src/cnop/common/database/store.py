@@ -1,0 +1,428 @@
+"""The storage port: one small interface that every engine implements and every DAO uses.
+
+Items are plain dicts. Every item has string attributes `pk` and `sk`; it may carry index
+attributes (`gsi1pk`/`gsi1sk`, `gsi2pk`/`gsi2sk`, see `keys.INDEXES`) and `expires_at` (epoch
+seconds) after which it reads as absent. Numbers are `Decimal` (ints are accepted on write and
+read back as `Decimal`); floats are refused so that no binary fraction ever reaches money.
+
+Writes go through `transact`, all or nothing, each op guarded by an optional typed condition.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol, TypeAlias
+
+import simplejson
+
+from cnop.common.exceptions import StoreError
+
+Item: TypeAlias = dict[str, Any]
+Key: TypeAlias = Mapping[str, str]
+
+MAX_TRANSACTION_OPS = 100
+KEY_ATTRIBUTES = ("pk", "sk")
+TTL_ATTRIBUTE = "expires_at"
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Exists:
+    """The item exists (and has not expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotExists:
+    """No item with this key exists (or it has expired)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttrExists:
+    attr: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttrNotExists:
+    attr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Eq:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ne:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Lt:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Le:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Gt:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ge:
+    attr: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class And:
+    conditions: tuple[Condition, ...]
+
+    def __init__(self, *conditions: Condition) -> None:
+        object.__setattr__(self, "conditions", tuple(conditions))
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Or:
+    conditions: tuple[Condition, ...]
+
+    def __init__(self, *conditions: Condition) -> None:
+        object.__setattr__(self, "conditions", tuple(conditions))
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    condition: Condition
+
+
+Comparison: TypeAlias = Eq | Ne | Lt | Le | Gt | Ge
+Condition: TypeAlias = Exists | NotExists | AttrExists | AttrNotExists | Comparison | And | Or | Not
+
+
+def is_live(item: Item | None, now: float) -> bool:
+    """True when `item` exists and its TTL, if any, has not passed."""
+    if item is None:
+        return False
+    expires = item.get(TTL_ATTRIBUTE)
+    return expires is None or Decimal(expires) > Decimal(repr(now))
+
+
+def _comparable(left: Any, right: Any) -> bool:
+    numeric = (int, Decimal)
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool)
+    if isinstance(left, numeric) and isinstance(right, numeric):
+        return True
+    return type(left) is type(right)
+
+
+def evaluate(condition: Condition | None, item: Item | None, now: float) -> bool:
+    """Evaluate a condition against the current item (None when absent), as DynamoDB would.
+
+    A comparison with a missing attribute, or between values of different types, is false.
+    """
+    if condition is None:
+        return True
+    live = item if is_live(item, now) else None
+    match condition:
+        case Exists():
+            return live is not None
+        case NotExists():
+            return live is None
+        case AttrExists(attr):
+            return live is not None and attr in live
+        case AttrNotExists(attr):
+            return live is None or attr not in live
+        case And(conditions):
+            return all(evaluate(c, item, now) for c in conditions)
+        case Or(conditions):
+            return any(evaluate(c, item, now) for c in conditions)
+        case Not(inner):
+            return not evaluate(inner, item, now)
+        case Eq() | Ne() | Lt() | Le() | Gt() | Ge():
+            if live is None or condition.attr not in live:
+                return False
+            left, right = live[condition.attr], condition.value
+            if not _comparable(left, right):
+                return False
+            match condition:
+                case Eq():
+                    return bool(left == right)
+                case Ne():
+                    return bool(left != right)
+                case Lt():
+                    return bool(left < right)
+                case Le():
+                    return bool(left <= right)
+                case Gt():
+                    return bool(left > right)
+                case Ge():
+                    return bool(left >= right)
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+# --- sort-key conditions for queries ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """A condition on the sort key of a query: `begins_with`, `between`, or a comparison."""
+
+    op: str  # "begins_with" | "between" | "<" | "<=" | ">" | ">="
+    value: Any
+    high: Any = None
+
+    @classmethod
+    def prefix(cls, prefix: str) -> SortKey:
+        return cls("begins_with", prefix)
+
+    @classmethod
+    def between(cls, low: Any, high: Any) -> SortKey:
+        return cls("between", low, high)
+
+    @classmethod
+    def lt(cls, value: Any) -> SortKey:
+        return cls("<", value)
+
+    @classmethod
+    def le(cls, value: Any) -> SortKey:
+        return cls("<=", value)
+
+    @classmethod
+    def gt(cls, value: Any) -> SortKey:
+        return cls(">", value)
+
+    @classmethod
+    def ge(cls, value: Any) -> SortKey:
+        return cls(">=", value)
+
+    def matches(self, value: Any) -> bool:
+        match self.op:
+            case "begins_with":
+                return isinstance(value, str) and value.startswith(self.value)
+            case "between":
+                return bool(self.value <= value <= self.high)
+            case "<":
+                return bool(value < self.value)
+            case "<=":
+                return bool(value <= self.value)
+            case ">":
+                return bool(value > self.value)
+            case ">=":
+                return bool(value >= self.value)
+        raise ValueError(f"unknown sort-key operator {self.op!r}")
+
+
+# --- write operations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Create or replace a whole item."""
+
+    table: str
+    item: Item
+    condition: Condition | None = None
+
+    @property
+    def key(self) -> Key:
+        return {"pk": self.item["pk"], "sk": self.item["sk"]}
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Change some attributes of an item, creating it if missing (unless the condition forbids).
+
+    `set` assigns values, `add` adds numbers (a missing attribute counts as 0), `remove` deletes
+    attributes. An attribute may appear in only one of the three.
+    """
+
+    table: str
+    key: Key
+    set: Mapping[str, Any] = field(default_factory=dict)
+    add: Mapping[str, Decimal | int] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    table: str
+    key: Key
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A condition on an item that the transaction does not write."""
+
+    table: str
+    key: Key
+    condition: Condition
+
+
+Op: TypeAlias = Put | Update | Delete | Check
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Item]
+    next_cursor: str | None = None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+
+class ItemStore(Protocol):
+    """What every engine provides. All methods are coroutines; none blocks the event loop."""
+
+    async def create_tables(self) -> None:
+        """Create the tables and indexes if missing (idempotent)."""
+        ...
+
+    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None: ...
+
+    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
+        """The live items among `keys`, in no particular order."""
+        ...
+
+    async def query(
+        self,
+        table: str,
+        pk: str,
+        *,
+        sk: SortKey | None = None,
+        index: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        descending: bool = False,
+        consistent: bool = True,
+    ) -> Page:
+        """Items under one partition key, ordered by sort key; a page holds at most `limit`."""
+        ...
+
+    async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
+        """Apply every op or none; raise ConditionFailed(index) for the first failing condition.
+
+        `token` makes a retried transaction idempotent where the engine supports it.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot answer."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# --- helpers shared by engines ----------------------------------------------------------------
+
+
+def check_ops(ops: Sequence[Op]) -> None:
+    """Refuse what no engine accepts: empty, too many ops, or two ops on one item."""
+    if not ops:
+        raise ValueError("a transaction needs at least one op")
+    if len(ops) > MAX_TRANSACTION_OPS:
+        raise ValueError(f"a transaction holds at most {MAX_TRANSACTION_OPS} ops")
+    seen: set[tuple[str, str, str]] = set()
+    for op in ops:
+        ident = (op.table, op.key["pk"], op.key["sk"])
+        if ident in seen:
+            raise ValueError(f"two ops on one item in a transaction: {ident}")
+        seen.add(ident)
+        if isinstance(op, Update):
+            names = [*op.set, *op.add, *op.remove]
+            if len(names) != len(set(names)):
+                raise ValueError("an attribute may be set, added or removed, not two of these")
+            if any(name in KEY_ATTRIBUTES for name in names):
+                raise ValueError("key attributes cannot be updated")
+        if isinstance(op, Put):
+            check_item(op.item)
+
+
+def check_item(item: Item) -> None:
+    for name in KEY_ATTRIBUTES:
+        if not isinstance(item.get(name), str) or not item[name]:
+            raise ValueError(f"item needs a non-empty string {name!r}")
+    _refuse_floats(item)
+
+
+def _refuse_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise TypeError("floats are not stored; use Decimal")
+    if isinstance(value, dict):
+        for inner in value.values():
+            _refuse_floats(inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            _refuse_floats(inner)
+
+
+def apply_update(current: Item | None, op: Update) -> Item:
+    """The item that `op` leaves behind, given the current one (None when absent)."""
+    item: Item = dict(current) if current is not None else {"pk": op.key["pk"], "sk": op.key["sk"]}
+    for name, value in op.set.items():
+        _refuse_floats(value)
+        item[name] = value
+    for name, amount in op.add.items():
+        if isinstance(amount, bool) or not isinstance(amount, int | Decimal):
+            raise TypeError("add takes numbers")
+        base = item.get(name, Decimal(0))
+        if isinstance(base, bool) or not isinstance(base, int | Decimal):
+            raise StoreError(f"cannot add to non-numeric attribute {name!r}")
+        item[name] = Decimal(base) + Decimal(amount)
+    for name in op.remove:
+        item.pop(name, None)
+    return item
+
+
+def encode_cursor(key: Mapping[str, Any]) -> str:
+    raw = simplejson.dumps(
+        {name: ({"n": str(value)} if isinstance(value, Decimal | int) else value) for name, value in key.items()},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+class InvalidCursor(ValueError):
+    """The client sent a cursor this store did not make."""
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = simplejson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("invalid cursor") from exc
+    if not isinstance(raw, dict):
+        raise InvalidCursor("invalid cursor")
+    key: dict[str, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, dict) and set(value) == {"n"}:
+            try:
+                key[name] = Decimal(value["n"])
+            except ArithmeticError as exc:
+                raise InvalidCursor("invalid cursor") from exc
+        elif isinstance(value, str):
+            key[name] = value
+        else:
+            raise InvalidCursor("invalid cursor")
+    if not isinstance(key.get("pk"), str) or not isinstance(key.get("sk"), str):
+        raise InvalidCursor("invalid cursor")
+    return key

@@ -1,0 +1,237 @@
+"""One error hierarchy: every error a client can see has a stable `code` and an HTTP status.
+
+This module is the only place error codes are written down.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CnopError(Exception):
+    """An error with a meaning for the client; rendered as RFC 9457 problem details."""
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or self.title
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+# --- 4xx: the request -------------------------------------------------------------------------
+
+
+class ValidationFailed(CnopError):
+    code = "validation_error"
+    status = 422
+    title = "Request validation failed"
+
+    def __init__(self, detail: str | None = None, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors or []
+
+    @classmethod
+    def field(cls, field: str, message: str) -> ValidationFailed:
+        return cls(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+class NotFound(CnopError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class MethodNotAllowed(CnopError):
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+
+class Conflict(CnopError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class BusinessRuleViolation(CnopError):
+    """A well-formed request that the rules of the business refuse."""
+
+    code = "business_rule_violation"
+    status = 422
+    title = "Request refused"
+
+
+# --- authentication and authorisation ----------------------------------------------------------
+
+
+class AuthenticationRequired(CnopError):
+    code = "not_authenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class InvalidToken(AuthenticationRequired):
+    code = "invalid_token"
+    title = "Invalid or expired token"
+
+
+class InvalidCredentials(AuthenticationRequired):
+    code = "invalid_credentials"
+    title = "Invalid username or password"
+
+
+class Forbidden(CnopError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class LoginBlocked(Forbidden):
+    code = "login_blocked"
+    title = "Too many failed logins from this address; try again later"
+
+
+class RateLimited(CnopError):
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+
+# --- accounts ---------------------------------------------------------------------------------
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+    title = "Username already exists"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    title = "Email already registered"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+    title = "User not found"
+
+
+class WeakPassword(BusinessRuleViolation):
+    code = "weak_password"
+    title = "Password does not meet the strength rules"
+
+
+# --- money ------------------------------------------------------------------------------------
+
+
+class InsufficientFunds(BusinessRuleViolation):
+    code = "insufficient_funds"
+    title = "Insufficient funds"
+
+
+class InsufficientHoldings(BusinessRuleViolation):
+    code = "insufficient_holdings"
+    title = "Insufficient holdings"
+
+
+class InsufficientInventory(BusinessRuleViolation):
+    code = "insufficient_inventory"
+    title = "Insufficient house inventory"
+
+
+class DailyLimitExceeded(BusinessRuleViolation):
+    code = "daily_limit_exceeded"
+    title = "Daily limit exceeded"
+
+
+class IdempotencyKeyReused(BusinessRuleViolation):
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with a different request"
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+    title = "A request with this idempotency key is still being processed"
+
+
+# --- assets and orders ------------------------------------------------------------------------
+
+
+class AssetNotFound(NotFound):
+    code = "asset_not_found"
+    title = "Asset not found"
+
+
+class AssetNotFoundForOrder(BusinessRuleViolation):
+    code = "asset_not_found"
+    title = "Asset not found"
+
+
+class AssetNotTradeable(BusinessRuleViolation):
+    code = "asset_not_tradeable"
+    title = "Asset is not tradeable"
+
+
+class HoldingNotFound(NotFound):
+    code = "holding_not_found"
+    title = "No holding of this asset"
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+    title = "Order not found"
+
+
+class OrderNotCancellable(Conflict):
+    code = "order_not_cancellable"
+    title = "Order can no longer be cancelled"
+
+
+class OrderValueExceedsLimit(BusinessRuleViolation):
+    code = "order_value_exceeds_limit"
+    title = "Order value exceeds the limit"
+
+
+class PriceProtection(BusinessRuleViolation):
+    code = "price_protection"
+    title = "The market price moved past the order's price bound"
+
+
+class InvalidOrder(BusinessRuleViolation):
+    code = "invalid_order"
+    title = "Invalid order"
+
+
+# --- 5xx: outages -----------------------------------------------------------------------------
+
+
+class ServiceUnavailable(CnopError):
+    code = "service_unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
+class PriceUnavailable(ServiceUnavailable):
+    code = "price_unavailable"
+    title = "No fresh market price is available"
+
+
+# --- the store (never shown to clients as such) ------------------------------------------------
+
+
+class StoreError(Exception):
+    """The store failed; a bug or an outage, never a business answer."""
+
+
+class ConditionFailed(StoreError):
+    """A write's condition did not hold; `index` is the failing op's position in the transaction."""
+
+    def __init__(self, index: int, message: str = "condition failed") -> None:
+        self.index = index
+        super().__init__(f"{message} (op {index})")
+
+
+class TransactionConflict(StoreError):
+    """Another transaction touched the same items at the same time; safe to retry."""
