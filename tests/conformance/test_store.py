@@ -404,3 +404,11 @@ async def test_8_store_instances_racing_never_double_spend(store_factory: StoreF
     assert bal is not None and bal["available"] == Decimal("0.00")
     for s in stores:
         await s.close()
+
+
+async def test_update_init_sets_only_missing_attributes(store: ItemStore) -> None:
+    await store.transact([Update(T, k("I", "1"), set={"a": 1}, init={"created": "first"})])
+    await store.transact([Update(T, k("I", "1"), set={"a": 2}, init={"created": "second", "other": "x"})])
+    assert await store.get(T, k("I", "1")) == {
+        "pk": "I", "sk": "1", "a": Decimal(2), "created": "first", "other": "x"
+    }

@@ -248,7 +248,8 @@ class Update:
     """Change some attributes of an item, creating it if missing (unless the condition forbids).
 
     `set` assigns values, `add` adds numbers (a missing attribute counts as 0), `remove` deletes
-    attributes. An attribute may appear in only one of the three.
+    attributes, and `init` assigns values only to attributes that are missing (a creation time,
+    say). An attribute may appear in only one of the four.
     """
 
     table: str
@@ -257,6 +258,7 @@ class Update:
     add: Mapping[str, Decimal | int] = field(default_factory=dict)
     remove: tuple[str, ...] = ()
     condition: Condition | None = None
+    init: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +348,9 @@ def check_ops(ops: Sequence[Op]) -> None:
             raise ValueError(f"two ops on one item in a transaction: {ident}")
         seen.add(ident)
         if isinstance(op, Update):
-            names = [*op.set, *op.add, *op.remove]
+            names = [*op.set, *op.add, *op.remove, *op.init]
             if len(names) != len(set(names)):
-                raise ValueError("an attribute may be set, added or removed, not two of these")
+                raise ValueError("an attribute may be set, added, removed or initialised: one of these")
             if any(name in KEY_ATTRIBUTES for name in names):
                 raise ValueError("key attributes cannot be updated")
         if isinstance(op, Put):
@@ -388,6 +390,9 @@ def apply_update(current: Item | None, op: Update) -> Item:
         item[name] = Decimal(base) + Decimal(amount)
     for name in op.remove:
         item.pop(name, None)
+    for name, value in op.init.items():
+        _refuse_floats(value)
+        item.setdefault(name, value)
     return item
 
 

@@ -1,0 +1,161 @@
+"""AssetDAO: the asset catalogue and the house inventory, on the inventory table."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from cnop.common.clock import Clock, isoformat, parse_isoformat
+from cnop.common.database import keys
+from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, Page, Put, Update
+from cnop.common.entities.asset import Asset
+from cnop.common.exceptions import AssetNotFound, ConditionFailed
+
+_DECIMAL_FIELDS = ("min_quantity", "market_cap", "total_volume_24h", "circulating_supply", "total_supply",
+                   "max_supply", "ath", "atl")
+
+
+def _rank_key(asset: Asset) -> str:
+    # Market-cap rank, then id: a stable order from call to call; unranked assets go last.
+    rank = asset.market_cap_rank if asset.market_cap_rank is not None else 999_999
+    return f"{rank:06d}#{asset.asset_id}"
+
+
+def asset_to_item(asset: Asset) -> Item:
+    item: Item = {
+        **keys.asset_key(asset.asset_id),
+        "gsi1pk": keys.ASSETS_INDEX_PK,
+        "gsi1sk": _rank_key(asset),
+        "asset_id": asset.asset_id,
+        "name": asset.name,
+        "symbol": asset.symbol,
+        "description": asset.description,
+        "category": asset.category,
+        "image": asset.image,
+        "market_cap_rank": asset.market_cap_rank,
+        "scale": asset.scale,
+        "is_active": asset.is_active,
+        "ath_date": asset.ath_date.isoformat() if asset.ath_date else None,
+        "atl_date": asset.atl_date.isoformat() if asset.atl_date else None,
+        "created_at": isoformat(asset.created_at),
+        "updated_at": isoformat(asset.updated_at),
+    }
+    for name in _DECIMAL_FIELDS:
+        item[name] = getattr(asset, name)
+    return item
+
+
+def asset_from_item(item: Item) -> Asset:
+    values: dict[str, Any] = {name: item.get(name) for name in _DECIMAL_FIELDS}
+    return Asset(
+        asset_id=item["asset_id"],
+        name=item["name"],
+        symbol=item["symbol"],
+        description=item.get("description"),
+        category=item.get("category"),
+        image=item.get("image"),
+        market_cap_rank=int(item["market_cap_rank"]) if item.get("market_cap_rank") is not None else None,
+        scale=int(item.get("scale", 8)),
+        is_active=bool(item.get("is_active", True)),
+        ath_date=date.fromisoformat(item["ath_date"]) if item.get("ath_date") else None,
+        atl_date=date.fromisoformat(item["atl_date"]) if item.get("atl_date") else None,
+        created_at=parse_isoformat(item["created_at"]),
+        updated_at=parse_isoformat(item["updated_at"]),
+        **values,
+    )
+
+
+class AssetDAO:
+    """Assets change rarely and are read on every order, so reads are cached for `cache_seconds`.
+
+    Writes through this DAO clear the cache at once; in the cloud shape another process's change
+    is seen within `cache_seconds`.
+    """
+
+    def __init__(self, store: ItemStore, clock: Clock, *, cache_seconds: float = 2.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Asset | None]] = {}
+
+    def create_asset_ops(self, asset: Asset, house_quantity: Decimal) -> list[Op]:
+        return [
+            Put(keys.INVENTORY, asset_to_item(asset), NotExists()),
+            Put(
+                keys.INVENTORY,
+                {
+                    **keys.house_inventory_key(asset.asset_id),
+                    "asset_id": asset.asset_id,
+                    "quantity": house_quantity,
+                    "initial_quantity": house_quantity,
+                    "cash": Decimal("0.00"),
+                },
+                NotExists(),
+            ),
+        ]
+
+    async def create_asset(self, asset: Asset, house_quantity: Decimal = Decimal(0)) -> bool:
+        """Create the asset and its house inventory; False if it already existed."""
+        try:
+            await self.store.transact(self.create_asset_ops(asset, house_quantity))
+        except ConditionFailed:
+            return False
+        self._cache.pop(asset.asset_id, None)
+        return True
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        asset = await self.find_asset(asset_id)
+        if asset is None:
+            raise AssetNotFound(f"Asset {asset_id} not found")
+        return asset
+
+    async def find_asset(self, asset_id: str) -> Asset | None:
+        now = time.monotonic()
+        cached = self._cache.get(asset_id)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        item = await self.store.get(keys.INVENTORY, keys.asset_key(asset_id))
+        asset = asset_from_item(item) if item is not None else None
+        self._cache[asset_id] = (now, asset)
+        return asset
+
+    async def update_asset(self, asset_id: str, changes: dict[str, Any]) -> Asset:
+        current = await self.get_asset(asset_id)
+        updated = current.model_copy(update={**changes, "updated_at": self.clock.now()})
+        item = asset_to_item(updated)
+        fields = {name: item[name] for name in (*changes, "updated_at", "gsi1sk")}
+        try:
+            await self.store.transact(
+                [Update(keys.INVENTORY, keys.asset_key(asset_id), set=fields, condition=Exists())]
+            )
+        except ConditionFailed as exc:
+            raise AssetNotFound() from exc
+        self._cache.pop(asset_id, None)
+        return updated
+
+    async def activate_asset(self, asset_id: str) -> Asset:
+        return await self.update_asset(asset_id, {"is_active": True})
+
+    async def deactivate_asset(self, asset_id: str) -> Asset:
+        return await self.update_asset(asset_id, {"is_active": False})
+
+    async def get_assets(self, *, limit: int = 50, cursor: str | None = None) -> Page:
+        """Assets in market-cap rank order, then id."""
+        return await self.store.query(
+            keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor
+        )
+
+    async def all_assets(self) -> list[Asset]:
+        assets: list[Asset] = []
+        cursor = None
+        while True:
+            page = await self.get_assets(limit=250, cursor=cursor)
+            assets += [asset_from_item(item) for item in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                return assets
+
+    async def get_house_inventory(self, asset_id: str) -> Item | None:
+        return await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))

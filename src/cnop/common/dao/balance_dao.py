@@ -1,0 +1,195 @@
+"""BalanceDAO: cash balances and the ledger. A balance never changes without its ledger entry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from cnop.common.clock import Clock, isoformat, parse_isoformat
+from cnop.common.database import keys
+from cnop.common.database.store import (
+    And,
+    Exists,
+    Ge,
+    Item,
+    ItemStore,
+    NotExists,
+    Op,
+    Page,
+    Put,
+    SortKey,
+    Update,
+)
+from cnop.common.entities.balance import Balance, BalanceTransaction, TransactionStatus, TransactionType
+
+ZERO = Decimal("0.00")
+
+
+def balance_item(username: str, now: datetime) -> Item:
+    stamp = isoformat(now)
+    return {
+        **keys.balance_key(username),
+        "username": username,
+        "available": ZERO,
+        "held": ZERO,
+        "total_deposited": ZERO,
+        "total_withdrawn": ZERO,
+        "currency": "USD",
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+
+
+def balance_from_item(item: Item) -> Balance:
+    return Balance(
+        username=item["username"],
+        available=item["available"],
+        held=item["held"],
+        total_deposited=item["total_deposited"],
+        total_withdrawn=item["total_withdrawn"],
+        currency=item.get("currency", "USD"),
+        created_at=parse_isoformat(item["created_at"]),
+        updated_at=parse_isoformat(item["updated_at"]),
+    )
+
+
+def entry_to_item(entry: BalanceTransaction) -> Item:
+    return {
+        **keys.ledger_key(entry.username, entry.transaction_id),
+        "transaction_id": entry.transaction_id,
+        "username": entry.username,
+        "transaction_type": entry.transaction_type.value,
+        "amount": entry.amount,
+        "available_change": entry.available_change,
+        "held_change": entry.held_change,
+        "status": entry.status.value,
+        "description": entry.description,
+        "order_id": entry.order_id,
+        "created_at": isoformat(entry.created_at),
+    }
+
+
+def entry_from_item(item: Item) -> BalanceTransaction:
+    return BalanceTransaction(
+        transaction_id=item["transaction_id"],
+        username=item["username"],
+        transaction_type=TransactionType(item["transaction_type"]),
+        amount=item["amount"],
+        available_change=item["available_change"],
+        held_change=item["held_change"],
+        status=TransactionStatus(item["status"]),
+        description=item["description"],
+        order_id=item.get("order_id"),
+        created_at=parse_isoformat(item["created_at"]),
+    )
+
+
+class BalanceDAO:
+    def __init__(self, store: ItemStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    def create_balance_op(self, username: str) -> Op:
+        return Put(keys.USERS, balance_item(username, self.clock.now()), NotExists())
+
+    async def create_balance(self, username: str) -> Balance:
+        op = self.create_balance_op(username)
+        await self.store.transact([op])
+        assert isinstance(op, Put)
+        return balance_from_item(op.item)
+
+    async def get_balance(self, username: str) -> Balance:
+        item = await self.store.get(keys.USERS, keys.balance_key(username))
+        if item is None:
+            return balance_from_item(balance_item(username, self.clock.now()))
+        return balance_from_item(item)
+
+    def entry_ops(
+        self,
+        entry: BalanceTransaction,
+        *,
+        deposited: Decimal = ZERO,
+        withdrawn: Decimal = ZERO,
+    ) -> list[Op]:
+        """The ledger entry and the balance change it records (ops 0 and 1).
+
+        The balance update is guarded so neither available nor held cash can go below zero:
+        that condition, not a lock, is what makes concurrent spending safe.
+        """
+        guards = []
+        if entry.available_change < 0:
+            guards.append(Ge("available", -entry.available_change))
+        if entry.held_change < 0:
+            guards.append(Ge("held", -entry.held_change))
+        add: dict[str, Decimal] = {"available": entry.available_change, "held": entry.held_change}
+        if deposited:
+            add["total_deposited"] = deposited
+        if withdrawn:
+            add["total_withdrawn"] = withdrawn
+        return [
+            Put(keys.USERS, entry_to_item(entry), NotExists()),
+            Update(
+                keys.USERS,
+                keys.balance_key(entry.username),
+                set={"updated_at": isoformat(entry.created_at)},
+                add=add,
+                condition=And(Exists(), *guards),
+            ),
+        ]
+
+    async def create_transaction(self, entry: BalanceTransaction) -> BalanceTransaction:
+        """Record an entry and apply it to the balance, in one transaction."""
+        await self.store.transact(self.entry_ops(entry))
+        return entry
+
+    async def update_balance(self, entry: BalanceTransaction) -> Balance:
+        """Apply a (system) adjustment through its ledger entry and return the new balance."""
+        await self.create_transaction(entry)
+        return await self.get_balance(entry.username)
+
+    async def get_user_transactions(
+        self,
+        username: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        transaction_type: TransactionType | None = None,
+    ) -> Page:
+        """The user's ledger, newest first. A type filter reads on until the page is full."""
+        if transaction_type is None:
+            return await self.store.query(
+                keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=limit,
+                cursor=cursor, descending=True,
+            )
+        items: list[Item] = []
+        while True:
+            page = await self.store.query(
+                keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=100,
+                cursor=cursor, descending=True,
+            )
+            for item in page.items:
+                if item["transaction_type"] == transaction_type.value:
+                    items.append(item)
+                    if len(items) == limit:
+                        from cnop.common.database.store import encode_cursor
+
+                        return Page(items, encode_cursor({"pk": item["pk"], "sk": item["sk"]}))
+            if page.next_cursor is None:
+                return Page(items, None)
+            cursor = page.next_cursor
+
+    async def get_transaction(self, username: str, transaction_id: str) -> BalanceTransaction | None:
+        item = await self.store.get(keys.USERS, keys.ledger_key(username, transaction_id))
+        return entry_from_item(item) if item is not None else None
+
+    async def update_transaction_status(self, username: str, transaction_id: str, status: TransactionStatus) -> None:
+        await self.store.transact(
+            [
+                Update(
+                    keys.USERS,
+                    keys.ledger_key(username, transaction_id),
+                    set={"status": status.value},
+                    condition=Exists(),
+                )
+            ]
+        )

@@ -1,0 +1,38 @@
+"""FastAPI dependencies for the DAOs (the seed's DI names), read from the app's container."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from starlette.requests import Request
+
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.user_dao import UserDAO
+from cnop.common.database.store import ItemStore
+
+if TYPE_CHECKING:
+    from cnop.container import Container
+
+
+def get_container(request: Request) -> Container:
+    return cast("Container", request.app.state.container)
+
+
+def get_store(request: Request) -> ItemStore:
+    return get_container(request).store
+
+
+def get_user_dao(request: Request) -> UserDAO:
+    return get_container(request).user_dao
+
+
+def get_balance_dao(request: Request) -> BalanceDAO:
+    return get_container(request).balance_dao
+
+
+def get_order_dao(request: Request) -> Any:
+    return get_container(request).order_dao
+
+
+def get_asset_dao(request: Request) -> Any:
+    return get_container(request).asset_dao

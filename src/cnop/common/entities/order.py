@@ -1,0 +1,233 @@
+"""Order entities and the order state machine (its allowed transitions are data, here)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from cnop.common.money import Money, places
+
+
+class OrderType(StrEnum):
+    MARKET_BUY = "market_buy"
+    MARKET_SELL = "market_sell"
+    LIMIT_BUY = "limit_buy"
+    LIMIT_SELL = "limit_sell"
+    STOP_LOSS_BUY = "stop_loss_buy"
+    STOP_LOSS_SELL = "stop_loss_sell"
+    STOP_LIMIT_BUY = "stop_limit_buy"
+    STOP_LIMIT_SELL = "stop_limit_sell"
+    TAKE_PROFIT_BUY = "take_profit_buy"
+    TAKE_PROFIT_SELL = "take_profit_sell"
+    TRAILING_STOP_BUY = "trailing_stop_buy"
+    TRAILING_STOP_SELL = "trailing_stop_sell"
+
+    @property
+    def side(self) -> OrderSide:
+        return OrderSide.BUY if self.value.endswith("_buy") else OrderSide.SELL
+
+    @property
+    def is_market(self) -> bool:
+        return self in (OrderType.MARKET_BUY, OrderType.MARKET_SELL)
+
+
+class OrderSide(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+class TimeInForce(StrEnum):
+    GTC = "gtc"
+    GTD = "gtd"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+FINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED, OrderStatus.EXPIRED})
+
+# The order state machine: from each status, the statuses an order may move to.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.CONFIRMED, OrderStatus.QUEUED, OrderStatus.COMPLETED, OrderStatus.FAILED}),
+    OrderStatus.CONFIRMED: frozenset({OrderStatus.QUEUED, OrderStatus.COMPLETED, OrderStatus.FAILED}),
+    OrderStatus.QUEUED: frozenset(
+        {OrderStatus.PROCESSING, OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED, OrderStatus.EXPIRED}
+    ),
+    OrderStatus.PROCESSING: frozenset({OrderStatus.COMPLETED, OrderStatus.FAILED}),
+    OrderStatus.COMPLETED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+    OrderStatus.FAILED: frozenset(),
+    OrderStatus.EXPIRED: frozenset(),
+}
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+class Order(BaseModel):
+    """An order as stored. Amounts are exact Decimals; USD values have two places."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    username: str
+    client_order_id: str | None = None
+    order_type: OrderType
+    asset_id: str
+    quantity: Decimal
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    trail_amount: Decimal | None = None
+    trail_percent: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    expires_at: datetime | None = None
+    status: OrderStatus
+    executed_price: Decimal | None = None
+    total_amount: Decimal | None = None
+    held_amount: Decimal = Decimal("0")
+    realized_pnl: Decimal | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    executed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+    @property
+    def side(self) -> OrderSide:
+        return self.order_type.side
+
+
+class OrderUpdate(BaseModel):
+    """A change of status and the facts that come with it."""
+
+    status: OrderStatus
+    executed_price: Decimal | None = None
+    total_amount: Decimal | None = None
+    reason: str | None = None
+
+
+# --- wire models ------------------------------------------------------------------------------
+
+ASSET_ID_PATTERN = r"^[A-Za-z0-9]{1,10}$"
+CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_\-.:]{1,64}$"
+ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{10,64}$"
+MAX_LIMIT_PRICE = Decimal(1_000_000)
+
+
+def _positive(value: Decimal | None) -> Decimal | None:
+    if value is not None and value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _price(value: Decimal | None) -> Decimal | None:
+    _positive(value)
+    if value is not None and value > MAX_LIMIT_PRICE:
+        raise ValueError(f"must be at most {MAX_LIMIT_PRICE}")
+    if value is not None and places(value) > 8:
+        raise ValueError("must have at most 8 decimal places")
+    return value
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+PositiveQuantity = Annotated[Money, AfterValidator(_positive)]
+Price = Annotated[Money | None, AfterValidator(_price)]
+
+
+class OrderCreate(BaseModel):
+    """A request to place an order (api.md: Orders). Cross-field rules are checked here too."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_type: OrderType
+    asset_id: Annotated[str, Field(pattern=ASSET_ID_PATTERN), AfterValidator(_upper)]
+    quantity: PositiveQuantity
+    price: Price = None
+    stop_price: Price = None
+    trail_amount: Price = None
+    trail_percent: Annotated[Money | None, AfterValidator(_positive)] = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    expires_at: AwareDatetime | None = None
+    client_order_id: Annotated[str | None, Field(pattern=CLIENT_ORDER_ID_PATTERN)] = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> OrderCreate:
+        kind = self.order_type.value.rsplit("_", 1)[0]
+        needs_price = kind in ("limit", "stop_limit")
+        needs_stop = kind in ("stop_loss", "stop_limit", "take_profit")
+        trailing = kind == "trailing_stop"
+        if needs_price and self.price is None:
+            raise ValueError(f"price is required for {self.order_type.value}")
+        if not needs_price and not self.order_type.is_market and self.price is not None:
+            raise ValueError(f"price is not allowed for {self.order_type.value}")
+        if needs_stop and self.stop_price is None:
+            raise ValueError(f"stop_price is required for {self.order_type.value}")
+        if not needs_stop and self.stop_price is not None:
+            raise ValueError(f"stop_price is not allowed for {self.order_type.value}")
+        if trailing:
+            if (self.trail_amount is None) == (self.trail_percent is None):
+                raise ValueError("trailing orders need exactly one of trail_amount and trail_percent")
+            if self.trail_percent is not None and self.trail_percent >= 100:
+                raise ValueError("trail_percent must be below 100")
+        elif self.trail_amount is not None or self.trail_percent is not None:
+            raise ValueError("trail_amount and trail_percent are only for trailing orders")
+        if self.time_in_force is TimeInForce.GTD and self.expires_at is None:
+            raise ValueError("time_in_force gtd needs expires_at")
+        if self.time_in_force is not TimeInForce.GTD and self.expires_at is not None:
+            raise ValueError("expires_at is only for time_in_force gtd")
+        if self.order_type.is_market and self.time_in_force not in (TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK):
+            raise ValueError("market orders fill at once; gtd does not apply")
+        return self
+
+
+class OrderResponse(BaseModel):
+    """An order as clients see it."""
+
+    order_id: str
+    client_order_id: str | None
+    order_type: OrderType
+    side: OrderSide
+    asset_id: str
+    quantity: Money
+    price: Money | None
+    stop_price: Money | None
+    trail_amount: Money | None
+    trail_percent: Money | None
+    time_in_force: TimeInForce
+    expires_at: datetime | None
+    status: OrderStatus
+    executed_price: Money | None
+    total_amount: Money | None
+    held_amount: Money
+    realized_pnl: Money | None
+    created_at: datetime
+    updated_at: datetime
+    executed_at: datetime | None
+    cancelled_at: datetime | None
+    reason: str | None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderResponse:
+        return cls(side=order.side, **order.model_dump(exclude={"username"}))

@@ -1,0 +1,116 @@
+"""Idempotency records: a repeated request with the same key returns the first result.
+
+A record is claimed (status `in_progress`, with an owner token and a lease) before the work runs;
+the work's own transaction marks it `applied` under the owner's condition, so a request can only
+take effect once; then the response is stored for replays. A claim whose lease ran out (its
+process died before applying anything) may be taken over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from cnop.common.clock import Clock
+from cnop.common.config import Settings
+from cnop.common.database import keys
+from cnop.common.database.store import And, Delete, Eq, ItemStore, Lt, NotExists, Op, Or, Put, Update
+from cnop.common.exceptions import (
+    ConditionFailed,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    ValidationFailed,
+)
+from cnop.common.jsonio import dumps
+
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status_code: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: dict[str, str]
+    owner: str
+
+
+def request_fingerprint(payload: Any) -> str:
+    return hashlib.sha256(dumps(payload)).hexdigest()
+
+
+def check_key(client_key: str) -> str:
+    if not _KEY_PATTERN.match(client_key):
+        raise ValidationFailed.field("Idempotency-Key", "must be 1-255 printable ASCII characters")
+    return client_key
+
+
+class IdempotencyRecords:
+    def __init__(self, store: ItemStore, clock: Clock, settings: Settings) -> None:
+        self.store = store
+        self.clock = clock
+        self.ttl = settings.idempotency_ttl_seconds
+        self.lease = settings.idempotency_lease_seconds
+
+    async def begin(self, username: str, scope: str, client_key: str, fingerprint: str) -> Claim | StoredResponse:
+        """Claim the key, or return the stored first response; refuse reuse and in-flight repeats."""
+        key = keys.idempotency_key(username, scope, check_key(client_key))
+        now = Decimal(int(self.clock.timestamp()))
+        owner = uuid.uuid4().hex
+        item = {
+            **key,
+            "status": "in_progress",
+            "fingerprint": fingerprint,
+            "owner": owner,
+            "lease_until": now + self.lease,
+            "expires_at": now + self.ttl,
+        }
+        takeover = And(Eq("status", "in_progress"), Eq("fingerprint", fingerprint), Lt("lease_until", now))
+        try:
+            await self.store.transact([Put(keys.USERS, item, Or(NotExists(), takeover))])
+            return Claim(key, owner)
+        except ConditionFailed:
+            pass
+        existing = await self.store.get(keys.USERS, key)
+        if existing is None:  # expired between the two calls: try once more
+            return await self.begin(username, scope, client_key, fingerprint)
+        if existing["fingerprint"] != fingerprint:
+            raise IdempotencyKeyReused()
+        if existing["status"] == "completed":
+            return StoredResponse(int(existing["response_status"]), existing["response_body"].encode())
+        raise IdempotencyInProgress()
+
+    def apply_op(self, claim: Claim) -> Op:
+        """Goes into the work's transaction: it applies only while this claim is the owner."""
+        return Update(
+            keys.USERS,
+            claim.key,
+            set={"status": "applied"},
+            condition=And(Eq("owner", claim.owner), Eq("status", "in_progress")),
+        )
+
+    async def finish(self, claim: Claim, status_code: int, body: bytes) -> None:
+        await self.store.transact(
+            [
+                Update(
+                    keys.USERS,
+                    claim.key,
+                    set={"status": "completed", "response_status": status_code, "response_body": body.decode()},
+                    condition=Eq("owner", claim.owner),
+                )
+            ]
+        )
+
+    async def abandon(self, claim: Claim) -> None:
+        """Release a claim whose work did not happen (an outage), so the client may retry."""
+        try:
+            await self.store.transact([Delete(keys.USERS, claim.key, Eq("owner", claim.owner))])
+        except ConditionFailed:
+            pass

@@ -1,0 +1,117 @@
+"""The composition root: builds every component once, from settings, for one process."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from cnop.common.clock import Clock, SystemClock
+from cnop.common.config import Settings
+from cnop.common.dao.asset_dao import AssetDAO
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.order_dao import OrderDAO
+from cnop.common.dao.user_dao import UserDAO
+from cnop.common.database.factory import open_store
+from cnop.common.database.store import ItemStore
+from cnop.common.idempotency import IdempotencyRecords
+from cnop.common.metrics import Metrics
+from cnop.common.security import AuditLogger, PasswordManager, TokenManager
+from cnop.gateway.login_guard import LoginGuard, login_guard_from_settings
+from cnop.market.catalogue import CatalogueAsset, load_catalogue
+from cnop.market.feeds import PriceFeed, open_price_source
+from cnop.market.prices import PriceBook, PriceSource
+from cnop.services.insights.service import InsightsService
+from cnop.services.inventory.service import InventoryService
+from cnop.services.order.service import OrderService
+from cnop.services.user.portfolio import PortfolioService
+from cnop.services.user.service import AccountService, MoneyService
+
+
+@dataclass
+class Container:
+    settings: Settings
+    clock: Clock
+    store: ItemStore
+    passwords: PasswordManager
+    tokens: TokenManager
+    audit: AuditLogger
+    metrics: Metrics
+    login_guard: LoginGuard
+    idempotency: IdempotencyRecords
+    catalogue: list[CatalogueAsset]
+    price_book: PriceBook
+    price_source: PriceSource | None
+    user_dao: UserDAO
+    balance_dao: BalanceDAO
+    asset_dao: AssetDAO
+    holding_dao: HoldingDAO
+    order_dao: OrderDAO
+    accounts: AccountService
+    money: MoneyService
+    inventory: InventoryService
+    trading: OrderService
+    portfolio: PortfolioService
+    insights: InsightsService
+    # Run at start-up (after the tables exist), and background tasks living as long as the app.
+    startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build_container(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: ItemStore | None = None,
+    passwords: PasswordManager | None = None,
+) -> Container:
+    clock = clock or SystemClock()
+    store = store or open_store(settings.store, settings)
+    passwords = passwords or PasswordManager(settings)
+    tokens = TokenManager(settings, clock=clock)
+    audit = AuditLogger()
+    metrics = Metrics()
+    catalogue = list(load_catalogue())
+    price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
+    # `manual` prices are applied to the book by the admin endpoint directly; no feed runs.
+    price_source = None if settings.price_source == "manual" else open_price_source(
+        settings.price_source, catalogue, settings, clock
+    )
+    user_dao = UserDAO(store, passwords, clock)
+    balance_dao = BalanceDAO(store, clock)
+    asset_dao = AssetDAO(store, clock)
+    holding_dao = HoldingDAO(store, clock)
+    order_dao = OrderDAO(store, clock)
+    inventory = InventoryService(asset_dao, price_book, catalogue, clock)
+    portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
+    container = Container(
+        settings=settings,
+        clock=clock,
+        store=store,
+        passwords=passwords,
+        tokens=tokens,
+        audit=audit,
+        metrics=metrics,
+        login_guard=login_guard_from_settings(settings, clock),
+        idempotency=IdempotencyRecords(store, clock, settings),
+        catalogue=catalogue,
+        price_book=price_book,
+        price_source=price_source,
+        user_dao=user_dao,
+        balance_dao=balance_dao,
+        asset_dao=asset_dao,
+        holding_dao=holding_dao,
+        order_dao=order_dao,
+        accounts=AccountService(store, user_dao, balance_dao, passwords, tokens, audit, clock),
+        money=MoneyService(store, balance_dao, settings, clock),
+        inventory=inventory,
+        trading=OrderService(
+            store, order_dao, asset_dao, balance_dao, holding_dao, price_book, settings, clock, metrics
+        ),
+        portfolio=portfolio,
+        insights=InsightsService(portfolio, order_dao, clock),
+    )
+    container.startup.append(inventory.load_catalogue)
+    if price_source is not None:
+        container.background.append(PriceFeed(price_source, price_book).run)
+    return container

@@ -1,0 +1,118 @@
+"""The gateway: one ASGI app composing every service under /api/v1 (the local shape)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from cnop import __version__
+from cnop.common.config import Settings, get_settings
+from cnop.common.exceptions import CnopError
+from cnop.common.health import HealthCheck, health_router
+from cnop.common.logging import configure_logging
+from cnop.container import Container, build_container
+from cnop.gateway.middleware import install_middleware
+from cnop.gateway.problems import install_exception_handlers
+from cnop.services.dependencies import bearer_token
+from cnop.services.admin_api import router as admin_router
+from cnop.services.insights.api import router as insights_router
+from cnop.services.inventory.api import router as inventory_router
+from cnop.services.order.api import router as order_router
+from cnop.services.user.api import router as user_router
+
+log = structlog.get_logger("cnop.gateway")
+
+
+def _identify_user(container: Container) -> Callable[[Scope], str | None]:
+    """The verified subject of the request's bearer token, for per-user rate limits."""
+
+    def identify(scope: Scope) -> str | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                try:
+                    claims = container.tokens.verify_access_token(bearer_token(value.decode("latin-1")))
+                except (CnopError, UnicodeDecodeError):
+                    return None
+                scope.setdefault("state", {})["token_claims"] = claims
+                return claims.sub
+        return None
+
+    return identify
+
+
+def _price_feed_check(container: Container) -> Callable[[], Awaitable[None]]:
+    """Ready when at least one asset has a price fresh enough to trade on."""
+
+    async def check() -> None:
+        last = container.price_book.last_applied_at
+        age = (container.clock.now() - last).total_seconds() if last else None
+        if age is None or age > container.settings.max_price_age_seconds:
+            raise RuntimeError("no fresh price")
+
+    return check
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    container: Container | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    container = container or build_container(settings)
+    if getattr(container.tokens, "generated_secret", False):
+        log.warning("jwt_secret_generated", detail="CNOP_JWT_SECRET is not set; tokens end with this process")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await container.store.create_tables()
+        for startup in container.startup:
+            await startup()
+        running = [asyncio.create_task(task()) for task in container.background]
+        try:
+            yield
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await container.store.close()
+
+    app = FastAPI(
+        title="Cloud Native Order Processor",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.container = container
+    install_exception_handlers(app)
+
+    health = HealthCheck(service="cnop-gateway", version=__version__)
+    health.add("store", container.store.ping, critical=True, readiness=True)
+    health.add("prices", _price_feed_check(container), critical=False, readiness=True)
+    app.include_router(health_router(health))
+
+    if settings.metrics_enabled:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics(request: Request) -> Response:
+            return container.metrics.metrics_response()
+
+    for router in (user_router, order_router, inventory_router, insights_router, admin_router):
+        app.include_router(router)
+    install_middleware(app, settings, container.metrics, _identify_user(container))
+    return app
+
+
+def create_default_app() -> Any:
+    """Entry point for `uvicorn --factory cnop.gateway.app:create_default_app`."""
+    return create_app()

@@ -1,0 +1,81 @@
+"""Admin routes (role `admin`): asset activation, manual prices, support reads of any ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.responses import Response
+
+from cnop.common.dao.balance_dao import entry_from_item
+from cnop.common.entities.order import ASSET_ID_PATTERN
+from cnop.common.exceptions import AssetNotFound, Conflict
+from cnop.common.jsonio import ExactJSONResponse
+from cnop.common.money import Money
+from cnop.gateway.routing import ExactJSONRoute
+from cnop.market.prices import Tick
+from cnop.services.dependencies import AdminUser, ContainerDep, PagingDep, fetch_page
+from cnop.services.inventory.schemas import AssetDetailResponse
+from cnop.services.user.schemas import USERNAME_PATTERN, LedgerEntry, LedgerPage
+
+router = APIRouter(prefix="/api/v1/admin", route_class=ExactJSONRoute, tags=["admin"])
+AssetId = Annotated[str, Path(pattern=ASSET_ID_PATTERN)]
+
+
+def _positive(value: Money) -> Money:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+class PriceSet(BaseModel):
+    asset_id: Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
+    price: Annotated[Money, AfterValidator(_positive)]
+
+
+class PriceSetResponse(BaseModel):
+    asset_id: str
+    price: Money
+    source: str
+
+
+@router.post("/prices", response_model=PriceSetResponse)
+async def set_price(body: PriceSet, admin: AdminUser, container: ContainerDep) -> Response:
+    """Set a price by hand; only when the price source is `manual`."""
+    if container.settings.price_source != "manual":
+        raise Conflict("Prices can be set by hand only when CNOP_PRICE_SOURCE is manual")
+    asset_id = body.asset_id.upper()
+    if await container.asset_dao.find_asset(asset_id) is None:
+        raise AssetNotFound(f"Asset {asset_id} not found")
+    container.price_book.apply([Tick(asset_id, body.price, container.clock.now())])
+    return ExactJSONResponse(PriceSetResponse(asset_id=asset_id, price=body.price, source="manual"))
+
+
+@router.post("/assets/{asset_id}/activate", response_model=AssetDetailResponse)
+async def activate_asset(asset_id: AssetId, admin: AdminUser, container: ContainerDep) -> Response:
+    asset = await container.asset_dao.activate_asset(asset_id.upper())
+    return ExactJSONResponse(AssetDetailResponse(data=container.inventory.asset_detail(asset)))
+
+
+@router.post("/assets/{asset_id}/deactivate", response_model=AssetDetailResponse)
+async def deactivate_asset(asset_id: AssetId, admin: AdminUser, container: ContainerDep) -> Response:
+    asset = await container.asset_dao.deactivate_asset(asset_id.upper())
+    return ExactJSONResponse(AssetDetailResponse(data=container.inventory.asset_detail(asset)))
+
+
+@router.get("/users/{username}/transactions", response_model=LedgerPage)
+async def user_ledger(
+    username: Annotated[str, Path(pattern=USERNAME_PATTERN.pattern)],
+    admin: AdminUser,
+    container: ContainerDep,
+    paging: PagingDep,
+) -> Response:
+    username = username.lower()
+    await container.user_dao.get_user_by_username(username)
+    page = await fetch_page(
+        lambda limit, cursor: container.balance_dao.get_user_transactions(username, limit=limit, cursor=cursor),
+        paging,
+    )
+    entries = [LedgerEntry.of(entry_from_item(item)) for item in page.items]
+    return ExactJSONResponse(LedgerPage(transactions=entries, has_more=page.has_more, next_cursor=page.next_cursor))

@@ -1,0 +1,58 @@
+"""Run a write use case under the client's `Idempotency-Key` (api.md: Idempotency)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cnop.common.database.store import Op
+from cnop.common.exceptions import CnopError, IdempotencyInProgress, ValidationFailed
+from cnop.common.idempotency import IdempotencyRecords, StoredResponse, request_fingerprint
+from cnop.common.jsonio import dumps
+from cnop.gateway.problems import problem_response
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def run_idempotent(
+    request: Request,
+    records: IdempotencyRecords,
+    *,
+    username: str,
+    scope: str,
+    client_key: str | None,
+    payload: Any,
+    work: Callable[[Op | None], Awaitable[BaseModel]],
+    status_code: int = 201,
+) -> Response:
+    """Do `work` once per key: a replay returns the first status and body and changes nothing."""
+    if client_key is None:
+        return _json(dumps(await work(None)), status_code)
+    begun = await records.begin(username, scope, client_key, request_fingerprint(payload))
+    if isinstance(begun, StoredResponse):
+        return _json(begun.body, begun.status_code)
+    try:
+        result = await work(records.apply_op(begun))
+    except CnopError as exc:
+        if exc.status < 500 and not isinstance(exc, IdempotencyInProgress):
+            errors = exc.errors if isinstance(exc, ValidationFailed) else None
+            problem = problem_response(request, exc.status, exc.code, exc.title, exc.detail, errors)
+            await records.finish(begun, exc.status, bytes(problem.body))
+            return problem
+        await records.abandon(begun)
+        raise
+    except BaseException:
+        await records.abandon(begun)
+        raise
+    body = dumps(result)
+    await records.finish(begun, status_code, body)
+    return _json(body, status_code)
+
+
+def _json(body: bytes, status_code: int) -> Response:
+    media = "application/problem+json" if status_code >= 400 else "application/json"
+    return Response(body, status_code=status_code, media_type=media)

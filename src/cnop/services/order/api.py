@@ -1,0 +1,141 @@
+"""Order service routes: parse, call one use case, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Path, Query
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cnop.common.clock import parse_isoformat
+from cnop.common.dao.order_dao import OrderFilter, order_from_item
+from cnop.common.database.store import Item, Op
+from cnop.common.entities.order import (
+    ASSET_ID_PATTERN,
+    ORDER_ID_PATTERN,
+    OrderCreate,
+    OrderResponse,
+    OrderStatus,
+    OrderType,
+)
+from cnop.common.exceptions import AssetNotFound
+from cnop.common.jsonio import ExactJSONResponse
+from cnop.gateway.routing import ExactJSONRoute
+from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
+from cnop.services.idempotent import run_idempotent
+from cnop.services.order.schemas import AssetTransaction, AssetTransactionList, OrderEnvelope, OrderList
+
+router = APIRouter(prefix="/api/v1", route_class=ExactJSONRoute, tags=["orders"])
+OrderId = Annotated[str, Path(pattern=ORDER_ID_PATTERN)]
+AssetId = Annotated[str, Path(pattern=ASSET_ID_PATTERN)]
+StatusFilter = OrderStatus | Literal["open", "closed", "all"]
+
+
+@router.post("/orders", status_code=201, response_model=OrderEnvelope)
+async def create_order(
+    body: OrderCreate,
+    request: Request,
+    principal: CurrentUser,
+    container: ContainerDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    async def place(apply_op: Op | None) -> OrderEnvelope:
+        order = await container.trading.place_order(principal.username, body, apply_op)
+        return OrderEnvelope(data=OrderResponse.of(order))
+
+    return await run_idempotent(
+        request,
+        container.idempotency,
+        username=principal.username,
+        scope="order",
+        client_key=idempotency_key or body.client_order_id,
+        payload=body.model_dump(mode="python"),
+        work=place,
+    )
+
+
+def order_filter(
+    asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None
+) -> OrderFilter | None:
+    """A predicate for the list filters, or None when nothing is filtered."""
+    if asset_id is None and order_type is None and status in (None, "all"):
+        return None
+    wanted_asset = asset_id.upper() if asset_id is not None else None
+
+    def matches(item: Item) -> bool:
+        if wanted_asset is not None and item["asset_id"] != wanted_asset:
+            return False
+        if order_type is not None and item["order_type"] != order_type.value:
+            return False
+        if status == "open":
+            return not OrderStatus(item["status"]).is_final
+        if status == "closed":
+            return OrderStatus(item["status"]).is_final
+        if isinstance(status, OrderStatus):
+            return bool(item["status"] == status.value)
+        return True
+
+    return matches
+
+
+@router.get("/orders", response_model=OrderList)
+async def list_orders(
+    principal: CurrentUser,
+    container: ContainerDep,
+    paging: PagingDep,
+    asset_id: Annotated[str | None, Query(pattern=ASSET_ID_PATTERN)] = None,
+    order_type: OrderType | None = None,
+    status: StatusFilter | None = None,
+) -> Response:
+    matches = order_filter(asset_id, order_type, status)
+    page = await fetch_page(
+        lambda limit, cursor: container.order_dao.get_orders_by_user(
+            principal.username, limit=limit, cursor=cursor, matches=matches
+        ),
+        paging,
+    )
+    orders = [OrderResponse.of(order_from_item(item)) for item in page.items]
+    return ExactJSONResponse(OrderList(data=orders, has_more=page.has_more, next_cursor=page.next_cursor))
+
+
+@router.get("/orders/{order_id}", response_model=OrderEnvelope)
+async def get_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
+    order = await container.order_dao.get_order(principal.username, order_id)
+    return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
+
+
+@router.delete("/orders/{order_id}", response_model=OrderEnvelope)
+async def cancel_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
+    order = await container.trading.cancel_order(principal.username, order_id)
+    return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
+
+
+@router.get("/assets/{asset_id}/transactions", response_model=AssetTransactionList)
+async def list_asset_transactions(
+    asset_id: AssetId, principal: CurrentUser, container: ContainerDep, paging: PagingDep
+) -> Response:
+    asset_id = asset_id.upper()
+    if await container.asset_dao.find_asset(asset_id) is None:
+        raise AssetNotFound(f"Asset {asset_id} not found")
+    page = await fetch_page(
+        lambda limit, cursor: container.holding_dao.get_asset_transactions(
+            principal.username, asset_id, limit=limit, cursor=cursor
+        ),
+        paging,
+    )
+    rows = [
+        AssetTransaction(
+            transaction_id=item["transaction_id"],
+            asset_id=item["asset_id"],
+            transaction_type=item["transaction_type"],
+            quantity=item["quantity"],
+            price=item.get("price"),
+            total=item.get("total"),
+            order_id=item.get("order_id"),
+            status=item["status"],
+            created_at=parse_isoformat(item["created_at"]),
+        )
+        for item in page.items
+    ]
+    return ExactJSONResponse(AssetTransactionList(data=rows, has_more=page.has_more, next_cursor=page.next_cursor))

@@ -1,0 +1,164 @@
+"""User service routes: parse, call one use case, shape the response."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cnop.common.entities.balance import TransactionType
+from cnop.common.entities.order import ASSET_ID_PATTERN
+from cnop.common.exceptions import InvalidCredentials
+from cnop.common.jsonio import ExactJSONResponse
+from cnop.gateway.routing import ExactJSONRoute
+from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
+from cnop.services.idempotent import run_idempotent
+from cnop.services.user.portfolio import AssetBalance, Portfolio
+from cnop.services.user.schemas import (
+    AmountRequest,
+    BalanceResponse,
+    LedgerEntry,
+    LedgerPage,
+    LoginRequest,
+    MessageResponse,
+    MoneyMovementResponse,
+    PasswordChangedResponse,
+    PasswordChangeRequest,
+    ProfileUpdateRequest,
+    RegisterRequest,
+    TokenResponse,
+    UserEnvelope,
+    UserProfile,
+)
+from cnop.common.dao.balance_dao import entry_from_item
+
+router = APIRouter(prefix="/api/v1", route_class=ExactJSONRoute)
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+@router.post("/auth/register", status_code=201, response_model=UserEnvelope, tags=["auth"])
+async def register(body: RegisterRequest, request: Request, container: ContainerDep) -> Response:
+    user = await container.accounts.register(body, ip=client_ip(request))
+    envelope = UserEnvelope(message="User registered successfully", user=UserProfile.of(user))
+    return ExactJSONResponse(envelope, status_code=201)
+
+
+@router.post("/auth/login", response_model=TokenResponse, tags=["auth"])
+async def login(body: LoginRequest, request: Request, container: ContainerDep) -> Response:
+    ip = client_ip(request) or "unknown"
+    await container.login_guard.check(ip)
+    try:
+        token = await container.accounts.login(body.username, body.password, ip=ip)
+    except InvalidCredentials:
+        await container.login_guard.record_failure(ip)
+        container.metrics.record_login("failure")
+        raise
+    await container.login_guard.record_success(ip)
+    container.metrics.record_login("success")
+    return ExactJSONResponse(TokenResponse(access_token=token.access_token, expires_in=token.expires_in))
+
+
+@router.get("/auth/profile", response_model=UserProfile, tags=["auth"])
+async def get_profile(principal: CurrentUser) -> Response:
+    return ExactJSONResponse(UserProfile.of(principal.user))
+
+
+@router.put("/auth/profile", response_model=UserEnvelope, tags=["auth"])
+async def update_profile(body: ProfileUpdateRequest, principal: CurrentUser, container: ContainerDep) -> Response:
+    user = await container.accounts.update_profile(principal, body)
+    return ExactJSONResponse(UserEnvelope(message="Profile updated successfully", user=UserProfile.of(user)))
+
+
+@router.post("/auth/logout", response_model=MessageResponse, tags=["auth"])
+async def logout(request: Request, principal: CurrentUser, container: ContainerDep) -> Response:
+    await container.accounts.logout(principal, ip=client_ip(request))
+    return ExactJSONResponse(MessageResponse(message="Logged out successfully"))
+
+
+@router.post("/auth/password", response_model=PasswordChangedResponse, tags=["auth"])
+async def change_password(
+    body: PasswordChangeRequest, request: Request, principal: CurrentUser, container: ContainerDep
+) -> Response:
+    token = await container.accounts.change_password(principal, body, ip=client_ip(request))
+    return ExactJSONResponse(
+        PasswordChangedResponse(
+            message="Password changed successfully; other sessions were signed out",
+            access_token=token.access_token,
+            expires_in=token.expires_in,
+        )
+    )
+
+
+@router.get("/balance", response_model=BalanceResponse, tags=["balance"])
+async def get_balance(principal: CurrentUser, container: ContainerDep) -> Response:
+    balance = await container.balance_dao.get_balance(principal.username)
+    return ExactJSONResponse(BalanceResponse.of(balance))
+
+
+@router.post("/balance/deposit", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
+async def deposit(
+    body: AmountRequest,
+    request: Request,
+    principal: CurrentUser,
+    container: ContainerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await run_idempotent(
+        request,
+        container.idempotency,
+        username=principal.username,
+        scope="deposit",
+        client_key=idempotency_key,
+        payload={"amount": body.amount},
+        work=lambda apply_op: container.money.deposit(principal.username, body.amount, apply_op),
+    )
+
+
+@router.post("/balance/withdraw", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
+async def withdraw(
+    body: AmountRequest,
+    request: Request,
+    principal: CurrentUser,
+    container: ContainerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return await run_idempotent(
+        request,
+        container.idempotency,
+        username=principal.username,
+        scope="withdraw",
+        client_key=idempotency_key,
+        payload={"amount": body.amount},
+        work=lambda apply_op: container.money.withdraw(principal.username, body.amount, apply_op),
+    )
+
+
+@router.get("/balance/transactions", response_model=LedgerPage, tags=["balance"])
+async def list_transactions(
+    principal: CurrentUser,
+    container: ContainerDep,
+    paging: PagingDep,
+    transaction_type: Annotated[TransactionType | None, Query()] = None,
+) -> Response:
+    page = await fetch_page(
+        lambda limit, cursor: container.balance_dao.get_user_transactions(
+            principal.username, limit=limit, cursor=cursor, transaction_type=transaction_type
+        ),
+        paging,
+    )
+    entries = [LedgerEntry.of(entry_from_item(item)) for item in page.items]
+    return ExactJSONResponse(LedgerPage(transactions=entries, has_more=page.has_more, next_cursor=page.next_cursor))
+
+
+@router.get("/portfolio", response_model=Portfolio, tags=["portfolio"])
+async def get_portfolio(principal: CurrentUser, container: ContainerDep) -> Response:
+    return ExactJSONResponse(await container.portfolio.portfolio(principal.username))
+
+
+@router.get("/balance/asset/{asset_id}", response_model=AssetBalance, tags=["portfolio"])
+async def get_asset_balance(
+    asset_id: Annotated[str, Path(pattern=ASSET_ID_PATTERN)], principal: CurrentUser, container: ContainerDep
+) -> Response:
+    return ExactJSONResponse(await container.portfolio.asset_balance(principal.username, asset_id.upper()))

@@ -1,0 +1,151 @@
+"""Portfolio use cases: holdings valued at live prices, with cost basis and P&L."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from pydantic import BaseModel
+
+from cnop.common.clock import Clock
+from cnop.common.dao.asset_dao import AssetDAO
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.entities.holding import Holding
+from cnop.common.exceptions import AssetNotFound, HoldingNotFound
+from cnop.common.money import Money
+from cnop.market.prices import PriceBook
+
+CENT = Decimal("0.01")
+
+
+class PortfolioAsset(BaseModel):
+    asset_id: str
+    asset_name: str
+    quantity: Money
+    available: Money
+    held: Money
+    current_price: Money | None
+    market_value: Money | None
+    cost_basis: Money
+    average_price: Money | None
+    unrealized_pnl: Money | None
+    percentage: Money | None
+
+
+class CashSummary(BaseModel):
+    available: Money
+    held: Money
+    total: Money
+
+
+class Portfolio(BaseModel):
+    assets: list[PortfolioAsset]
+    cash: CashSummary
+    total_value: Money
+    updated_at: datetime
+
+
+class AssetBalance(BaseModel):
+    asset_id: str
+    asset_name: str
+    quantity: Money
+    available: Money
+    held: Money
+    current_price: Money | None
+    total_value: Money | None
+    cost_basis: Money
+    average_price: Money | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PortfolioService:
+    def __init__(
+        self, balances: BalanceDAO, holdings: HoldingDAO, assets: AssetDAO, prices: PriceBook, clock: Clock
+    ) -> None:
+        self.balances = balances
+        self.holdings = holdings
+        self.assets = assets
+        self.prices = prices
+        self.clock = clock
+
+    def _price(self, asset_id: str) -> Decimal | None:
+        tick = self.prices.current(asset_id)
+        return tick.price if tick else None
+
+    async def _name(self, asset_id: str) -> str:
+        asset = await self.assets.find_asset(asset_id)
+        return asset.name if asset else asset_id
+
+    @staticmethod
+    def _average(holding: Holding) -> Decimal | None:
+        if holding.quantity == 0:
+            return None
+        return (holding.cost_basis / holding.quantity).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_EVEN)
+
+    async def portfolio(self, username: str) -> Portfolio:
+        balance = await self.balances.get_balance(username)
+        rows: list[PortfolioAsset] = []
+        for holding in await self.holdings.get_holdings(username):
+            if holding.quantity == 0:
+                continue
+            price = self._price(holding.asset_id)
+            value = (holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN) if price is not None else None
+            rows.append(
+                PortfolioAsset(
+                    asset_id=holding.asset_id,
+                    asset_name=await self._name(holding.asset_id),
+                    quantity=holding.quantity,
+                    available=holding.available,
+                    held=holding.held,
+                    current_price=price,
+                    market_value=value,
+                    cost_basis=holding.cost_basis,
+                    average_price=self._average(holding),
+                    unrealized_pnl=value - holding.cost_basis if value is not None else None,
+                    percentage=None,
+                )
+            )
+        cash_total = balance.current_balance
+        total = cash_total + sum((r.market_value or Decimal(0) for r in rows), Decimal(0))
+        if total > 0:
+            rows = [
+                r.model_copy(
+                    update={
+                        "percentage": (r.market_value / total * 100).quantize(CENT, rounding=ROUND_HALF_EVEN)
+                        if r.market_value is not None
+                        else None
+                    }
+                )
+                for r in rows
+            ]
+        rows.sort(key=lambda r: (-(r.market_value or Decimal(0)), r.asset_id))
+        return Portfolio(
+            assets=rows,
+            cash=CashSummary(available=balance.available, held=balance.held, total=cash_total),
+            total_value=total,
+            updated_at=self.clock.now(),
+        )
+
+    async def asset_balance(self, username: str, asset_id: str) -> AssetBalance:
+        asset = await self.assets.find_asset(asset_id)
+        if asset is None:
+            raise AssetNotFound(f"Asset {asset_id} not found")
+        holding = await self.holdings.get_holding(username, asset_id)
+        if holding is None:
+            raise HoldingNotFound(f"You hold no {asset_id}")
+        price = self._price(asset_id)
+        return AssetBalance(
+            asset_id=asset_id,
+            asset_name=asset.name,
+            quantity=holding.quantity,
+            available=holding.available,
+            held=holding.held,
+            current_price=price,
+            total_value=(holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN) if price is not None else None,
+            cost_basis=holding.cost_basis,
+            average_price=self._average(holding),
+            created_at=holding.created_at,
+            updated_at=holding.updated_at,
+        )

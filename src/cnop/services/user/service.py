@@ -1,0 +1,241 @@
+"""User service use cases: accounts, sessions, cash. Each write is one store transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from cnop.common.clock import Clock
+from cnop.common.config import Settings
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.user_dao import UserDAO
+from cnop.common.database import keys
+from cnop.common.database.store import ItemStore, Op, Or, AttrNotExists, Le, Put, Update
+from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.user import User, UserRole
+from cnop.common.exceptions import (
+    ConditionFailed,
+    DailyLimitExceeded,
+    IdempotencyInProgress,
+    InsufficientFunds,
+    InvalidCredentials,
+    InvalidToken,
+    UserNotFound,
+)
+from cnop.common.ids import new_id
+from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
+from cnop.services.user.schemas import (
+    MoneyMovementResponse,
+    PasswordChangeRequest,
+    ProfileUpdateRequest,
+    RegisterRequest,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of a protected route: the user as stored now, and the token they presented."""
+
+    user: User
+    claims: TokenClaims
+
+    @property
+    def username(self) -> str:
+        return self.user.username
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role is UserRole.ADMIN
+
+
+class AccountService:
+    def __init__(
+        self,
+        store: ItemStore,
+        users: UserDAO,
+        balances: BalanceDAO,
+        passwords: PasswordManager,
+        tokens: TokenManager,
+        audit: AuditLogger,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.users = users
+        self.balances = balances
+        self.passwords = passwords
+        self.tokens = tokens
+        self.audit = audit
+        self.clock = clock
+
+    async def register(
+        self, request: RegisterRequest, *, role: UserRole = UserRole.CUSTOMER, ip: str | None = None
+    ) -> User:
+        """User + email claim + zero balance, in one transaction."""
+        self.passwords.validate_password_strength(request.password)
+        password_hash = await self.passwords.hash_password_async(request.password)
+        now = self.clock.now()
+        user = User(
+            username=request.username,
+            email=request.email,
+            first_name=request.first_name,
+            last_name=request.last_name,
+            phone=request.phone,
+            date_of_birth=request.date_of_birth,
+            marketing_emails_consent=request.marketing_emails_consent,
+            role=role,
+            password_hash=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.users.create_user(user, [self.balances.create_balance_op(user.username)])
+        self.audit.log_registration(user.username, ip_address=ip)
+        return user
+
+    async def login(self, username: str, password: str, *, ip: str | None = None) -> AccessToken:
+        try:
+            user = await self.users.authenticate_user(username.lower(), password)
+        except InvalidCredentials:
+            self.audit.log_login_failure(username.lower(), ip_address=ip, reason="invalid_credentials")
+            raise
+        self.audit.log_login_success(user.username, ip_address=ip)
+        return self.issue_token(user)
+
+    def issue_token(self, user: User) -> AccessToken:
+        return self.tokens.create_access_token(
+            user.username, user.role.value, token_generation=user.token_generation
+        )
+
+    async def authenticate(self, token: str) -> Principal:
+        """Verify the token, then that it is neither revoked nor from before a password change."""
+        claims = self.tokens.verify_access_token(token)
+        return await self.principal_for(claims)
+
+    async def principal_for(self, claims: TokenClaims) -> Principal:
+        found = await self.store.batch_get(
+            keys.USERS, [keys.user_key(claims.sub), keys.revoked_token_key(claims.jti)]
+        )
+        profile = next((item for item in found if item["sk"] == keys.PROFILE), None)
+        if profile is None or len(found) > 1:
+            raise InvalidToken()
+        from cnop.common.dao.user_dao import user_from_item
+
+        user = user_from_item(profile)
+        if claims.generation != user.token_generation and claims.jti != user.kept_jti:
+            raise InvalidToken()
+        return Principal(user, claims)
+
+    async def logout(self, principal: Principal, *, ip: str | None = None) -> None:
+        """Revoke the token's id until the token would have expired anyway."""
+        claims = principal.claims
+        await self.store.transact(
+            [
+                Put(
+                    keys.USERS,
+                    {
+                        **keys.revoked_token_key(claims.jti),
+                        "username": principal.username,
+                        "expires_at": Decimal(int(claims.exp.timestamp()) + 1),
+                    },
+                )
+            ]
+        )
+        self.audit.log_logout(principal.username, ip_address=ip)
+
+    async def update_profile(self, principal: Principal, request: ProfileUpdateRequest) -> User:
+        changes: dict[str, Any] = {}
+        for name in request.model_fields_set:
+            value = getattr(request, name)
+            if value is None and name not in ("phone", "date_of_birth"):
+                continue
+            changes[name] = value
+        if not changes:
+            return principal.user
+        return await self.users.update_user(principal.user, changes)
+
+    async def change_password(
+        self, principal: Principal, request: PasswordChangeRequest, *, ip: str | None = None
+    ) -> AccessToken:
+        """Check the current password, store the new one and revoke every other token."""
+        valid = await self.passwords.verify_password_async(request.current_password, principal.user.password_hash)
+        if not valid:
+            self.audit.log_login_failure(principal.username, ip_address=ip, reason="password_change_wrong_current")
+            raise InvalidCredentials("The current password is wrong")
+        self.passwords.validate_password_strength(request.new_password)
+        new_hash = await self.passwords.hash_password_async(request.new_password)
+        await self.users.change_password(principal.user, new_hash, principal.claims.jti)
+        self.audit.log_password_change(principal.username, ip_address=ip)
+        user = await self.users.get_user_by_username(principal.username)
+        return self.issue_token(user)
+
+
+class MoneyService:
+    """Deposits and withdrawals: balance + ledger entry + daily counter (+ idempotency) at once."""
+
+    def __init__(self, store: ItemStore, balances: BalanceDAO, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.balances = balances
+        self.settings = settings
+        self.clock = clock
+
+    def _daily_limit_op(self, username: str, kind: str, amount: Decimal, limit: Decimal) -> Op:
+        now = self.clock.now()
+        expires = int((now + timedelta(days=2)).timestamp())
+        return Update(
+            keys.USERS,
+            keys.daily_limit_key(username, kind, now.date().isoformat()),
+            set={"expires_at": Decimal(expires)},
+            add={"total": amount},
+            condition=Or(AttrNotExists("total"), Le("total", limit - amount)),
+        )
+
+    async def deposit(self, username: str, amount: Decimal, apply_op: Op | None = None) -> MoneyMovementResponse:
+        return await self._move(username, TransactionType.DEPOSIT, amount, apply_op)
+
+    async def withdraw(self, username: str, amount: Decimal, apply_op: Op | None = None) -> MoneyMovementResponse:
+        return await self._move(username, TransactionType.WITHDRAW, amount, apply_op)
+
+    async def _move(
+        self, username: str, kind: TransactionType, amount: Decimal, apply_op: Op | None
+    ) -> MoneyMovementResponse:
+        deposit = kind is TransactionType.DEPOSIT
+        limit = self.settings.daily_deposit_limit if deposit else self.settings.daily_withdraw_limit
+        if amount > limit:
+            raise DailyLimitExceeded(f"The daily {kind.value} limit is {limit} USD")
+        now = self.clock.now()
+        entry = BalanceTransaction(
+            transaction_id=new_id(),
+            username=username,
+            transaction_type=kind,
+            amount=amount,
+            available_change=amount if deposit else -amount,
+            held_change=Decimal("0.00"),
+            description=f"Deposit of {amount} USD" if deposit else f"Withdrawal of {amount} USD",
+            created_at=now,
+        )
+        ops = self.balances.entry_ops(
+            entry, deposited=amount if deposit else Decimal(0), withdrawn=Decimal(0) if deposit else amount
+        )
+        ops.append(self._daily_limit_op(username, kind.value, amount, limit))
+        if apply_op is not None:
+            ops.append(apply_op)
+        try:
+            await self.store.transact(ops)
+        except ConditionFailed as exc:
+            if exc.index == 1:
+                if deposit:
+                    raise UserNotFound() from exc
+                raise InsufficientFunds(f"Available balance is less than {amount} USD") from exc
+            if exc.index == 2:
+                raise DailyLimitExceeded(f"The daily {kind.value} limit of {limit} USD would be exceeded") from exc
+            raise IdempotencyInProgress() from exc
+        balance = await self.balances.get_balance(username)
+        return MoneyMovementResponse(
+            success=True,
+            message=f"Successfully {'deposited' if deposit else 'withdrew'} {amount} USD",
+            transaction_id=entry.transaction_id,
+            amount=amount,
+            balance=balance.current_balance,
+            timestamp=now,
+        )

@@ -1,0 +1,89 @@
+"""API tests run through the gateway's ASGI app, on each store engine."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from fastapi import FastAPI
+
+from cnop.common.config import Settings
+from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
+from cnop.container import Container, build_container
+from cnop.gateway.app import create_app
+from tests.conftest import StoreFactory
+
+PASSWORD = "Str0ng!Passw0rd"
+_counter = itertools.count()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "store": "sqlite://:memory:",
+        "jwt_secret": "test-secret-that-is-long-enough-for-hs256-0123456789",
+        "rate_limit_per_ip": "100000/minute",
+        "rate_limit_per_user": "100000/minute",
+        "log_json": True,
+        "log_level": "WARNING",
+        "price_source": "manual",
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@dataclass
+class Api:
+    """An HTTP client for the app plus the container behind it, for asserting the store."""
+
+    client: httpx.AsyncClient
+    container: Container
+    app: FastAPI
+
+    async def register(self, username: str | None = None, **fields: Any) -> tuple[str, dict[str, str]]:
+        """Register and log in a new user; returns (username, auth headers)."""
+        username = username or f"user_{next(_counter):06d}"
+        body = {
+            "username": username,
+            "email": f"{username}@example.com",
+            "password": PASSWORD,
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            **fields,
+        }
+        r = await self.client.post("/api/v1/auth/register", json=body)
+        assert r.status_code == 201, r.text
+        return username.lower(), await self.login(username)
+
+    async def login(self, username: str, password: str = PASSWORD) -> dict[str, str]:
+        r = await self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    async def deposit(self, headers: dict[str, str], amount: str) -> None:
+        r = await self.client.post("/api/v1/balance/deposit", json={"amount": amount}, headers=headers)
+        assert r.status_code == 201, r.text
+
+
+async def open_api(store_factory: StoreFactory, **overrides: Any) -> tuple[Api, Any]:
+    settings = make_settings(**overrides)
+    container = build_container(
+        settings, store=store_factory(), passwords=PasswordManager(settings, argon2_params=TEST_ARGON2_PARAMS)
+    )
+    app = create_app(settings, container=container)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    return Api(client, container, app), lifespan
+
+
+@pytest.fixture
+async def api(store_factory: StoreFactory) -> AsyncIterator[Api]:
+    built, lifespan = await open_api(store_factory)
+    yield built
+    await built.client.aclose()
+    await lifespan.__aexit__(None, None, None)

@@ -1,0 +1,107 @@
+"""/health (liveness) and /health/ready (readiness)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.testclient import TestClient
+from structlog.testing import capture_logs
+
+from cnop.common.health import CheckFailed, HealthCheck
+
+from .conftest import build_app
+
+
+async def ok() -> None:
+    return None
+
+
+async def broken() -> None:
+    raise ConnectionError("10.0.0.5:5432 refused, user=admin")
+
+
+async def stale() -> None:
+    raise CheckFailed("last price tick 45 s ago")
+
+
+async def slow() -> None:
+    await asyncio.sleep(5)
+
+
+def fetch(health: HealthCheck, path: str) -> tuple[int, dict[str, object]]:
+    with capture_logs(), TestClient(build_app(health=health).app) as client:
+        response = client.get(path)
+    return response.status_code, response.json()
+
+
+def test_all_checks_passing_is_healthy_and_ready() -> None:
+    health = HealthCheck(service="gateway", version="1.2.3")
+    health.add("store", ok, critical=True)
+    health.add("prices", ok)
+
+    assert fetch(health, "/health") == (
+        200,
+        {
+            "status": "healthy",
+            "service": "gateway",
+            "version": "1.2.3",
+            "checks": {"store": {"status": "ok"}, "prices": {"status": "ok"}},
+        },
+    )
+    assert fetch(health, "/health/ready")[0] == 200
+
+
+def test_a_failing_non_critical_check_degrades_liveness_but_fails_readiness() -> None:
+    health = HealthCheck(service="gateway")
+    health.add("store", ok, critical=True)
+    health.add("prices", stale)
+
+    status, body = fetch(health, "/health")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["checks"] == {  # type: ignore[comparison-overlap]
+        "store": {"status": "ok"},
+        "prices": {"status": "fail", "detail": "last price tick 45 s ago"},
+    }
+    status, body = fetch(health, "/health/ready")
+    assert status == 503
+    assert body["status"] == "unhealthy"
+
+
+def test_a_failing_critical_check_is_503_and_hides_the_exception() -> None:
+    health = HealthCheck(service="gateway")
+    health.add("store", broken, critical=True)
+
+    with capture_logs() as logs, TestClient(build_app(health=health).app) as client:
+        response = client.get("/health")
+
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy"
+    assert response.json()["checks"]["store"] == {"status": "fail", "detail": "check failed"}
+    assert "10.0.0.5" not in response.text
+    assert any(e["event"] == "health_check_failed" and e.get("exc_info") for e in logs)
+
+
+def test_a_slow_check_times_out_as_a_failure() -> None:
+    health = HealthCheck(service="gateway", default_timeout=0.05)
+    health.add("prices", slow)
+
+    status, body = fetch(health, "/health/ready")
+    assert status == 503
+    assert body["checks"] == {"prices": {"status": "fail", "detail": "timed out after 0.05s"}}  # type: ignore[comparison-overlap]
+
+
+def test_checks_can_be_limited_to_liveness_or_readiness() -> None:
+    health = HealthCheck(service="gateway")
+    health.add("store", broken, critical=True, liveness=False)
+
+    assert fetch(health, "/health")[0] == 200
+    assert fetch(health, "/health/ready")[0] == 503
+
+
+def test_a_check_name_is_registered_once() -> None:
+    health = HealthCheck(service="gateway")
+    health.add("store", ok)
+    with pytest.raises(ValueError, match="already registered"):
+        health.add("store", ok)
