@@ -89,3 +89,73 @@ async def run_audit(store: ItemStore) -> AuditReport:
     for global_check in GLOBAL_CHECKS:
         await global_check(store, usernames, report)
     return report
+
+
+TRADE_CASH_TYPES = ("order_payment", "order_proceeds", "order_refund")
+
+
+async def check_holdings(store: ItemStore, username: str, report: AuditReport) -> None:
+    """Invariants 1 and 2 for assets: asset transactions explain every holding, none negative."""
+    pk = keys.user_pk(username)
+    moved: dict[str, list[Decimal]] = {}
+    async for txn in query_all(store, keys.ORDERS, pk, sk=SortKey.prefix(keys.ASSET_TXN_PREFIX)):
+        sums = moved.setdefault(txn["asset_id"], [Decimal(0), Decimal(0)])
+        sums[0] += txn["available_change"]
+        sums[1] += txn["held_change"]
+    holdings = {
+        h["asset_id"]: h async for h in query_all(store, keys.USERS, pk, sk=SortKey.prefix(keys.HOLDING_PREFIX))
+    }
+    for asset_id in sorted(set(moved) | set(holdings)):
+        available, held = moved.get(asset_id, [Decimal(0), Decimal(0)])
+        holding = holdings.get(asset_id, {"available": Decimal(0), "held": Decimal(0)})
+        if available != holding["available"] or held != holding["held"]:
+            report.violations.append(
+                f"{username} {asset_id}: asset transactions sum to available {available} / held {held}, "
+                f"holding says {holding['available']} / {holding['held']}"
+            )
+        for name in ("available", "held"):
+            if holding[name] < 0:
+                report.violations.append(f"{username} {asset_id}: negative {name} quantity {holding[name]}")
+
+
+USER_CHECKS.append(check_holdings)
+
+
+async def check_conservation(store: ItemStore, usernames: list[str], report: AuditReport) -> None:
+    """Invariants 4 and 5: trades move units and cash between users and the house, never make them."""
+    held_by_users: dict[str, Decimal] = {}
+    user_trade_cash = Decimal(0)
+    for username in usernames:
+        pk = keys.user_pk(username)
+        async for holding in query_all(store, keys.USERS, pk, sk=SortKey.prefix(keys.HOLDING_PREFIX)):
+            quantity = holding["available"] + holding["held"]
+            held_by_users[holding["asset_id"]] = held_by_users.get(holding["asset_id"], Decimal(0)) + quantity
+        async for entry in query_all(store, keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX)):
+            if entry["transaction_type"] in TRADE_CASH_TYPES:
+                user_trade_cash += entry["available_change"] + entry["held_change"]
+    house_cash = Decimal(0)
+    assets = 0
+    async for asset in query_all(store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1"):
+        house = await store.get(keys.INVENTORY, keys.house_inventory_key(asset["asset_id"]))
+        if house is None:
+            report.violations.append(f"{asset['asset_id']}: no house inventory")
+            continue
+        assets += 1
+        house_cash += house.get("cash", Decimal(0))
+        total = house["quantity"] + held_by_users.get(asset["asset_id"], Decimal(0))
+        if total != house["initial_quantity"]:
+            report.violations.append(
+                f"{asset['asset_id']}: house {house['quantity']} + users {held_by_users.get(asset['asset_id'], 0)}"
+                f" = {total}, not the {house['initial_quantity']} that exist"
+            )
+        if house["quantity"] < 0:
+            report.violations.append(f"{asset['asset_id']}: negative house inventory {house['quantity']}")
+    if house_cash + user_trade_cash != 0:
+        report.violations.append(
+            f"cash: the house received {house_cash} USD but users' trades moved {user_trade_cash} USD"
+        )
+    report.facts["assets checked"] = str(assets)
+    report.facts["house trade cash (USD)"] = str(house_cash)
+
+
+GLOBAL_CHECKS.append(check_conservation)

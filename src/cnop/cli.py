@@ -25,9 +25,7 @@ app.add_typer(serve_app, name="serve")
 console = Console()
 err_console = Console(stderr=True)
 
-StoreOption = Annotated[
-    str | None, typer.Option("--store", help="sqlite:///PATH or dynamodb (default: CNOP_STORE)")
-]
+StoreOption = Annotated[str | None, typer.Option("--store", help="sqlite:///PATH or dynamodb (default: CNOP_STORE)")]
 
 
 def _settings(store: str | None = None) -> Settings:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
@@ -55,7 +56,7 @@ class Container:
     insights: InsightsService
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 def build_container(
@@ -74,8 +75,10 @@ def build_container(
     catalogue = list(load_catalogue())
     price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
     # `manual` prices are applied to the book by the admin endpoint directly; no feed runs.
-    price_source = None if settings.price_source == "manual" else open_price_source(
-        settings.price_source, catalogue, settings, clock
+    price_source = (
+        None
+        if settings.price_source == "manual"
+        else open_price_source(settings.price_source, catalogue, settings, clock)
     )
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 from fastapi import FastAPI
 
+from cnop.common.clock import Clock, FakeClock
 from cnop.common.config import Settings
+from cnop.common.entities.user import UserRole
 from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
 from cnop.container import Container, build_container
 from cnop.gateway.app import create_app
+from cnop.market.prices import Tick
+from cnop.services.user.schemas import RegisterRequest
 from tests.conftest import StoreFactory
 
 PASSWORD = "Str0ng!Passw0rd"
@@ -67,11 +73,29 @@ class Api:
         r = await self.client.post("/api/v1/balance/deposit", json={"amount": amount}, headers=headers)
         assert r.status_code == 201, r.text
 
+    async def admin(self) -> dict[str, str]:
+        """A fresh admin user's auth headers."""
+        username = f"admin_{next(_counter):06d}"
+        request = RegisterRequest(
+            username=username, email=f"{username}@example.com", password=PASSWORD, first_name="Ada", last_name="Admin"
+        )
+        await self.container.accounts.register(request, role=UserRole.ADMIN)
+        return await self.login(username)
 
-async def open_api(store_factory: StoreFactory, **overrides: Any) -> tuple[Api, Any]:
+    def set_price(self, asset_id: str, price: str) -> None:
+        self.container.price_book.apply([Tick(asset_id, Decimal(price), self.container.clock.now())])
+
+    async def order(self, headers: dict[str, str], **body: Any) -> Any:
+        return await self.client.post("/api/v1/orders", json=body, headers=headers)
+
+
+async def open_api(store_factory: StoreFactory, clock: Clock | None = None, **overrides: Any) -> tuple[Api, Any]:
     settings = make_settings(**overrides)
     container = build_container(
-        settings, store=store_factory(), passwords=PasswordManager(settings, argon2_params=TEST_ARGON2_PARAMS)
+        settings,
+        store=store_factory(),
+        passwords=PasswordManager(settings, argon2_params=TEST_ARGON2_PARAMS),
+        clock=clock,
     )
     app = create_app(settings, container=container)
     lifespan = app.router.lifespan_context(app)
@@ -85,5 +109,15 @@ async def open_api(store_factory: StoreFactory, **overrides: Any) -> tuple[Api, 
 async def api(store_factory: StoreFactory) -> AsyncIterator[Api]:
     built, lifespan = await open_api(store_factory)
     yield built
+    await built.client.aclose()
+    await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def fake_clock_api(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, FakeClock]]:
+    """An app whose clock moves only when the test says so."""
+    clock = FakeClock(datetime.now(UTC))
+    built, lifespan = await open_api(store_factory, clock=clock)
+    yield built, clock
     await built.client.aclose()
     await lifespan.__aexit__(None, None, None)

@@ -19,6 +19,7 @@ from cnop.common.database.store import (
     Exists,
     Ge,
     Gt,
+    InvalidCursor,
     ItemStore,
     Le,
     Lt,
@@ -30,7 +31,6 @@ from cnop.common.database.store import (
     SortKey,
     Update,
 )
-from cnop.common.database.store import InvalidCursor
 from cnop.common.exceptions import ConditionFailed
 from tests.conftest import StoreFactory
 

@@ -32,6 +32,10 @@ ENDPOINT_ENV = "CNOP_TEST_DYNAMODB_ENDPOINT"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache" / "dynamodb-local"
 START_TIMEOUT_SECONDS = 60.0
+# C1-only JIT and the serial collector: the server starts in about half the time, and a test
+# session's short requests never reach C2's peak anyway. Override with CNOP_TEST_DYNAMODB_JAVA_OPTS.
+JAVA_OPTS_ENV = "CNOP_TEST_DYNAMODB_JAVA_OPTS"
+DEFAULT_JAVA_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
 def find_jar(cache_dir: Path = CACHE_DIR) -> Path | None:
@@ -99,6 +103,7 @@ class DynamoDBLocal:
         endpoint = f"http://127.0.0.1:{port}"
         command = [
             java,
+            *os.environ.get(JAVA_OPTS_ENV, DEFAULT_JAVA_OPTS).split(),
             f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}",
             "-jar",
             str(jar),

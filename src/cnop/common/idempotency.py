@@ -8,6 +8,7 @@ process died before applying anything) may be taken over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
@@ -102,7 +103,11 @@ class IdempotencyRecords:
                 Update(
                     keys.USERS,
                     claim.key,
-                    set={"status": "completed", "response_status": status_code, "response_body": body.decode()},
+                    set={
+                        "status": "completed",
+                        "response_status": status_code,
+                        "response_body": body.decode(),
+                    },
                     condition=Eq("owner", claim.owner),
                 )
             ]
@@ -110,7 +115,5 @@ class IdempotencyRecords:
 
     async def abandon(self, claim: Claim) -> None:
         """Release a claim whose work did not happen (an outage), so the client may retry."""
-        try:
+        with contextlib.suppress(ConditionFailed):
             await self.store.transact([Delete(keys.USERS, claim.key, Eq("owner", claim.owner))])
-        except ConditionFailed:
-            pass

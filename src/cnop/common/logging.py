@@ -2,32 +2,66 @@
 
 Every line is one JSON object (or a coloured console line when `log_json` is false) with an ISO
 UTC timestamp, the level, the logger name, whatever is bound in structlog's contextvars
-(`request_id`, `user`) and, for exceptions, the traceback. Tracebacks go to the log, never to a
-response. Lines are written to stderr so that CLI output on stdout stays clean.
+(`request_id`, `user`) and, for exceptions, the traceback (without local variables). Tracebacks
+go to the log, never to a response. Lines go to stderr, so CLI output on stdout stays clean.
 
-Run uvicorn with `log_config=None`, or it replaces this set-up with its own at start-up.
+structlog's own events skip the `logging` module (no `LogRecord`s, no handler chain): the access
+log line runs on every request. Records from `logging` (uvicorn, libraries) are rendered by the
+same processors through a handler, and both write through one writer and one lock.
+
+Call `configure_logging` once at start-up; calling it again is harmless, but loggers already
+used keep the level they were first used with. Run uvicorn with `log_config=None`, or it
+replaces this set-up with its own.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
-from structlog.types import Processor
+from structlog.typing import FilteringBoundLogger, Processor
 
 from cnop.common.config import Settings
 
-# uvicorn's own loggers: their handlers are removed so their records reach ours through the root.
+# uvicorn's loggers: their handlers are removed so that their records reach ours through the root.
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
-# The gateway writes one access line per request with the request id, so uvicorn's is redundant.
+# The gateway writes one access line per request, with the request id; uvicorn's would repeat it.
 _QUIETED_LOGGERS = {"uvicorn.access": logging.WARNING}
+_LOG_METHODS = ("msg", "debug", "info", "warning", "warn", "error", "err", "critical", "exception", "fatal")
 
 
-class _CnopHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Marks the handler this module installs, so a second call replaces it instead of adding one."""
+class _NamedLogger:
+    """What structlog writes to: a name for `add_logger_name`, the shared writer for output."""
+
+    def __init__(self, name: str, writer: structlog.WriteLogger) -> None:
+        self.name = name
+        for method in _LOG_METHODS:
+            setattr(self, method, writer.msg)
+
+
+class _NamedLoggerFactory:
+    def __init__(self, writer: structlog.WriteLogger) -> None:
+        self._writer = writer
+
+    def __call__(self, *args: Any) -> _NamedLogger:
+        return _NamedLogger(str(args[0]) if args else "", self._writer)
+
+
+class _CnopHandler(logging.Handler):
+    """Writes stdlib records, rendered by structlog's processors, through the shared writer."""
+
+    def __init__(self, writer: structlog.WriteLogger) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
 
 
 def _level(name: str) -> int:
@@ -37,9 +71,9 @@ def _level(name: str) -> int:
     return level
 
 
-def _renderer(json: bool) -> list[Processor]:
+def _renderers(json: bool) -> list[Processor]:
     if json:
-        # Locals stay out of the log: a login handler's locals hold a password.
+        # No locals in the log: a login handler's locals hold a password.
         return [
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(),
@@ -51,42 +85,35 @@ def _renderer(json: bool) -> list[Processor]:
     ]
 
 
-def configure_logging(settings: Settings) -> None:
-    """Route structlog and the standard library through one formatter. Safe to call again."""
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library through one set of processors. Safe to call again."""
     level = _level(settings.log_level)
+    writer = structlog.WriteLogger(stream if stream is not None else sys.stderr)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    renderers = _renderers(settings.log_json)
 
-    # Mutate structlog's processor list in place: loggers cached before a reconfiguration hold
-    # a reference to it (the same trick `structlog.testing.capture_logs` relies on).
+    # Mutate structlog's processor list in place: loggers cached before a reconfiguration keep a
+    # reference to it (`structlog.testing.capture_logs` relies on the same).
     processors = cast(list[Processor], structlog.get_config()["processors"])
-    processors[:] = [
-        structlog.stdlib.filter_by_level,
-        *shared,
-        structlog.processors.StackInfoRenderer(),
-        structlog.stdlib.PositionalArgumentsFormatter(),
-        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-    ]
+    processors[:] = [*shared, structlog.processors.StackInfoRenderer(), *renderers]
     structlog.configure(
         processors=processors,
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=_NamedLoggerFactory(writer),
         context_class=dict,
         cache_logger_on_first_use=True,
     )
 
-    handler = _CnopHandler(sys.stderr)
+    handler = _CnopHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                *_renderer(settings.log_json),
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
         )
     )
     root = logging.getLogger()
@@ -103,6 +130,6 @@ def configure_logging(settings: Settings) -> None:
         uvicorn_logger.setLevel(max(level, _QUIETED_LOGGERS.get(name, logging.NOTSET)))
 
 
-def get_logger(name: str, **initial_values: Any) -> structlog.stdlib.BoundLogger:
-    """A structlog logger named like a stdlib one (`cnop.gateway.access`)."""
-    return structlog.stdlib.get_logger(name, **initial_values)
+def get_logger(name: str, **initial_values: Any) -> FilteringBoundLogger:
+    """A logger named like a stdlib one (`cnop.gateway.access`); the name is in every line."""
+    return cast(FilteringBoundLogger, structlog.get_logger(name, **initial_values))

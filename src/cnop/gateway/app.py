@@ -21,8 +21,8 @@ from cnop.common.logging import configure_logging
 from cnop.container import Container, build_container
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers
-from cnop.services.dependencies import bearer_token
 from cnop.services.admin_api import router as admin_router
+from cnop.services.dependencies import bearer_token
 from cnop.services.insights.api import router as insights_router
 from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
@@ -76,7 +76,7 @@ def create_app(
         await container.store.create_tables()
         for startup in container.startup:
             await startup()
-        running = [asyncio.create_task(task()) for task in container.background]
+        running: list[asyncio.Task[None]] = [asyncio.create_task(task()) for task in container.background]
         try:
             yield
         finally:

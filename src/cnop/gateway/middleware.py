@@ -54,7 +54,6 @@ RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _access_log = get_logger("cnop.access")
-_access_stdlib = logging.getLogger("cnop.access")
 _log = get_logger("cnop.gateway")
 
 
@@ -186,9 +185,7 @@ class RequestContextMiddleware:
       `X-Forwarded-Proto` from a trusted proxy), and `Cache-Control: no-store` under `/api/`.
     """
 
-    def __init__(
-        self, app: ASGIApp, settings: Settings, docs_paths: Sequence[str] = ("/docs", "/redoc")
-    ) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, docs_paths: Sequence[str] = ("/docs", "/redoc")) -> None:
         self.app = app
         self._proxies = TrustedProxies(settings.trusted_proxies)
         self._docs_paths = tuple(docs_paths)
@@ -263,7 +260,7 @@ class RequestContextMiddleware:
                 raise
             await _answer_unhandled(scope, receive, send_with_headers, exc)
         finally:
-            if _access_stdlib.isEnabledFor(logging.INFO):
+            if _access_log.is_enabled_for(logging.INFO):
                 _access_log.info(
                     "request",
                     method=scope["method"],
@@ -333,9 +330,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            self._metrics.observe_request(
-                scope["method"], route_template(scope), status, time.perf_counter() - started
-            )
+            self._metrics.observe_request(scope["method"], route_template(scope), status, time.perf_counter() - started)
 
 
 # --- rate limits ------------------------------------------------------------------------------
@@ -433,14 +428,15 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        exempt = scope["path"] in self._exempt
         try:
-            usages = await self._count(scope)
+            usages = await self._count(scope, exempt)
         except Exception:
             self._log_storage_failure()
             await self.app(scope, receive, send)
             return
 
-        exceeded = [u for u in usages if u.exceeded]
+        exceeded = [] if exempt else [u for u in usages if u.exceeded]
         if exceeded:
             # Wait for the window that frees up last: before then the request would fail again.
             usage = max(exceeded, key=lambda u: u.reset)
@@ -450,8 +446,7 @@ class RateLimitMiddleware:
                 RateLimited.status,
                 RateLimited.code,
                 RateLimited.title,
-                f"Rate limit of {usage.window.item} per {usage.window.kind} exceeded; "
-                f"retry in {retry_after} s",
+                f"Rate limit of {usage.window.item} per {usage.window.kind} exceeded; retry in {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
             )
             response.raw_headers.extend(usage.headers())
@@ -467,11 +462,11 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
-    async def _count(self, scope: Scope) -> list[_Usage]:
+    async def _count(self, scope: Scope, exempt: bool) -> list[_Usage]:
         state = scope.get("state") or {}
         client = scope.get("client")
         ip = state.get("client_ip") or (client[0] if client else "unknown")
-        if scope["path"] in self._exempt:
+        if exempt:
             return [await self._peek(self._ip, ip)]
         usages = [await self._hit(self._ip, ip)]
         if usages[0].exceeded or self._identify_user is None:

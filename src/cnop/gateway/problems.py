@@ -45,9 +45,7 @@ from cnop.common.logging import get_logger
 PROBLEM_TYPE_BASE = "https://cnop.dev/problems/"
 INTERNAL_ERROR_CODE = "internal_error"
 INTERNAL_ERROR_TITLE = "Internal server error"
-INTERNAL_ERROR_DETAIL = (
-    "An unexpected error occurred; it has been logged. Quote the request id when reporting it."
-)
+INTERNAL_ERROR_DETAIL = "An unexpected error occurred; it has been logged. Quote the request id when reporting it."
 
 _log = get_logger("cnop.gateway.errors")
 
@@ -175,11 +173,7 @@ def validation_errors(raw_errors: Sequence[Any]) -> list[dict[str, str]]:
     for error in raw_errors:
         loc = tuple(error.get("loc", ()))
         kind = error.get("type")
-        if (
-            loc[:1] == ("body",)
-            and (len(loc) == 1 or kind == "json_invalid")
-            and kind in _WHOLE_BODY_MESSAGES
-        ):
+        if loc[:1] == ("body",) and (len(loc) == 1 or kind == "json_invalid") and kind in _WHOLE_BODY_MESSAGES:
             # json_invalid's loc holds a character offset, not a field.
             errors.append({"field": "body", "message": _WHOLE_BODY_MESSAGES[str(kind)]})
         else:
@@ -213,9 +207,7 @@ async def _handle_json_decode(request: Request, exc: Exception) -> Response:
     )
 
 
-def http_error_response(
-    scope: Scope, status: int, detail: str | None, headers: Mapping[str, str] | None
-) -> Response:
+def http_error_response(scope: Scope, status: int, detail: str | None, headers: Mapping[str, str] | None) -> Response:
     """The problem response for a bare HTTP status (the router's 404 and 405, or `HTTPException`)."""
     if status in _BODYLESS_STATUSES or status < 200:
         return Response(status_code=status, headers=headers)
@@ -254,9 +246,7 @@ def log_unhandled(scope: Scope, exc: BaseException) -> None:
 
 def internal_error_response(scope: Scope) -> ProblemResponse:
     """The 500 a client sees for any bug: generic wording, the request id to quote."""
-    return scope_problem_response(
-        scope, 500, INTERNAL_ERROR_CODE, INTERNAL_ERROR_TITLE, INTERNAL_ERROR_DETAIL
-    )
+    return scope_problem_response(scope, 500, INTERNAL_ERROR_CODE, INTERNAL_ERROR_TITLE, INTERNAL_ERROR_DETAIL)
 
 
 async def _handle_unhandled(request: Request, exc: Exception) -> Response:

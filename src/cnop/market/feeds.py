@@ -48,8 +48,17 @@ def round_price(value: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
     return value.quantize(Decimal(1).scaleb(exponent), rounding=rounding, context=MONEY_CONTEXT)
 
 
+# No price (or upstream figure) this system accepts is anywhere near this large.
+LARGEST_ACCEPTED_NUMBER = Decimal("1e18")
+
+
 def _plain(value: Decimal) -> Decimal:
-    """`1E+3` written as `1000`: an exponent form must never reach a client."""
+    """`1E+3` written as `1000` (an exponent form must never reach a client).
+
+    Raises ValueError for a magnitude of 10^18 or more, which no price here can have.
+    """
+    if abs(value) >= LARGEST_ACCEPTED_NUMBER:
+        raise ValueError(f"number {value} is implausibly large")
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent > 0:
         return value.quantize(Decimal(1), context=MONEY_CONTEXT)
@@ -96,11 +105,8 @@ class _WalkingPrice:
 
     def step(self) -> Decimal:
         shock = self.sigma * self.rng.gauss(0.0, 1.0)
-        if self.reversion:
-            self.log_offset += -self.reversion * self.log_offset + shock
-        else:
-            # The -σ²/2 drift keeps the expected price, not the median, level.
-            self.log_offset += shock - self.sigma * self.sigma / 2
+        # Driftless in log-price, so the median price stays at the snapshot however long it runs.
+        self.log_offset += shock - self.reversion * self.log_offset
         # Reflect off the bounds (twice covers any step shorter than the band), then clamp.
         for _ in range(2):
             if self.log_offset > self.upper:
@@ -205,9 +211,7 @@ class SimulatedPriceSource:
     ) -> None:
         self._clock = clock
         self._tick_seconds = tick_seconds
-        self._walk = RandomWalk(
-            catalogue, seed=seed, tick_seconds=tick_seconds, volatility_scale=volatility_scale
-        )
+        self._walk = RandomWalk(catalogue, seed=seed, tick_seconds=tick_seconds, volatility_scale=volatility_scale)
         self._closed = False
 
     def steps(self, n: int, start: datetime | None = None) -> list[list[Tick]]:
@@ -215,7 +219,7 @@ class SimulatedPriceSource:
 
         Batch k is stamped `start + k * tick_seconds`; `start` defaults to the clock's now.
         """
-        at = start or self._clock.now()
+        at = self._clock.now() if start is None else start
         step = timedelta(seconds=self._tick_seconds)
         batches = []
         for _ in range(n):
@@ -278,9 +282,7 @@ def parse_replay_csv(
     columns = [c.strip().lower() for c in header] if header else []
     missing = [c for c in REPLAY_COLUMNS if c not in columns]
     if missing:
-        raise ValueError(
-            f"{origin}: header must name {', '.join(REPLAY_COLUMNS)}; missing {', '.join(missing)}"
-        )
+        raise ValueError(f"{origin}: header must name {', '.join(REPLAY_COLUMNS)}; missing {', '.join(missing)}")
     at_index, asset_index, price_index = (columns.index(c) for c in REPLAY_COLUMNS)
     grouped: dict[datetime, dict[str, Decimal]] = {}
     skipped = 0
@@ -419,20 +421,19 @@ def markets_endpoint(url: str) -> str:
     return f"{base}/coins/markets"
 
 
-def _positive_number(value: Any) -> Decimal | None:
+def _json_number(value: Any) -> Decimal | None:
+    """A finite JSON number of sane magnitude, in plain notation; None for anything else."""
     if isinstance(value, bool) or not isinstance(value, int | Decimal):
         return None
     number = Decimal(value)
-    if not number.is_finite() or number <= 0:
+    if not number.is_finite() or abs(number) >= LARGEST_ACCEPTED_NUMBER:
         return None
     return _plain(number)
 
 
-def _finite_number(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        return None
-    number = Decimal(value)
-    return _plain(number) if number.is_finite() else None
+def _positive_number(value: Any) -> Decimal | None:
+    number = _json_number(value)
+    return number if number is not None and number > 0 else None
 
 
 class HttpPriceSource:
@@ -536,16 +537,19 @@ class HttpPriceSource:
     def _ticks_from(self, payload: Any) -> list[Tick]:
         if not isinstance(payload, list):
             raise PricePollFailed(f"expected a JSON list of markets, got {type(payload).__name__}")
-        entries = [e for e in payload if isinstance(e, dict)]
+        # An entry must be an object whose `id`, if any, is a string; anything else is malformed.
+        entries = [e for e in payload if isinstance(e, dict) and isinstance(e.get("id", ""), str | None)]
+        if len(entries) < len(payload):
+            log.warning("http price source: ignored %d malformed entries", len(payload) - len(entries))
         matched: dict[str, tuple[CatalogueAsset, dict[str, Any]]] = {}
         for entry in entries:  # by id first: symbols are not unique across coins
             coingecko_id = entry.get("id")
-            asset = self._by_coingecko_id.get(coingecko_id) if isinstance(coingecko_id, str) else None
+            asset = self._by_coingecko_id.get(coingecko_id) if coingecko_id is not None else None
             if asset is not None:
                 matched.setdefault(asset.asset_id, (asset, entry))
-        for entry in entries:
+        for entry in entries:  # then by symbol, for entries without one of our ids
             coingecko_id, symbol = entry.get("id"), entry.get("symbol")
-            if isinstance(coingecko_id, str) and coingecko_id in self._by_coingecko_id:
+            if coingecko_id in self._by_coingecko_id:
                 continue
             asset = self._by_symbol.get(symbol.upper()) if isinstance(symbol, str) else None
             if asset is not None:
@@ -563,7 +567,7 @@ class HttpPriceSource:
             ticks.append(Tick(asset.asset_id, price, now))
             self.market_data[asset.asset_id] = UpstreamMarketData(
                 asset_id=asset.asset_id,
-                price_change_percentage_24h=_finite_number(entry.get("price_change_percentage_24h")),
+                price_change_percentage_24h=_json_number(entry.get("price_change_percentage_24h")),
                 high_24h=_positive_number(entry.get("high_24h")),
                 low_24h=_positive_number(entry.get("low_24h")),
                 at=now,
@@ -625,9 +629,7 @@ class ManualPriceSource:
 
     name = "manual"
 
-    def __init__(
-        self, clock: Clock, *, known_assets: Collection[str] | None = None, queue_size: int = 1000
-    ) -> None:
+    def __init__(self, clock: Clock, *, known_assets: Collection[str] | None = None, queue_size: int = 1000) -> None:
         self._clock = clock
         self._known_assets = known_assets
         self._queue: asyncio.Queue[list[Tick] | None] = asyncio.Queue(maxsize=queue_size)
@@ -663,7 +665,8 @@ class ManualPriceSource:
         self._queue.put_nowait(item)
 
     async def ticks(self) -> AsyncIterator[list[Tick]]:
-        while not self._closed:
+        # Prices set before `close` are still delivered; the stream ends at the close marker.
+        while not (self._closed and self._queue.empty()):
             batch = await self._queue.get()
             if batch is None:
                 return
@@ -725,9 +728,7 @@ class PriceFeed:
                 await batches.aclose()
 
 
-def open_price_source(
-    spec: str, catalogue: Sequence[CatalogueAsset], settings: Settings, clock: Clock
-) -> PriceSource:
+def open_price_source(spec: str, catalogue: Sequence[CatalogueAsset], settings: Settings, clock: Clock) -> PriceSource:
     """The source named by `spec`: `simulated`, `replay:PATH.csv`, `http:URL` or `manual`.
 
     The tick interval (and the HTTP polling interval) is `settings.price_tick_seconds`.
@@ -752,6 +753,4 @@ def open_price_source(
         # `http:https://host/api/v3` is the documented form; a bare `https://host/...` works too.
         url = text if argument.startswith("//") else argument
         return HttpPriceSource(url, catalogue, clock=clock, interval_seconds=settings.price_tick_seconds)
-    raise ValueError(
-        f"unknown price source {spec!r}: expected simulated, replay:PATH.csv, http:URL or manual"
-    )
+    raise ValueError(f"unknown price source {spec!r}: expected simulated, replay:PATH.csv, http:URL or manual")

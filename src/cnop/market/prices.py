@@ -82,8 +82,9 @@ class PriceSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PriceStats:
-    """What the inventory pages show about an asset's price; `None` where history is too short.
+    """What the inventory pages show about an asset's price, measured back from its latest tick.
 
+    The 7-day and 30-day changes are None until history reaches back that far.
     `price_change_24h` is exact (`price` minus the price 24 hours before the latest tick, or the
     first price recorded when history is younger than that). Percentages are relative to that
     reference price, rounded to four places. High and low span the same window.
@@ -92,7 +93,7 @@ class PriceStats:
     asset_id: str
     price: Decimal
     price_change_24h: Decimal
-    price_change_percentage_24h: Decimal | None
+    price_change_percentage_24h: Decimal
     high_24h: Decimal
     low_24h: Decimal
     price_change_percentage_7d: Decimal | None
@@ -199,9 +200,7 @@ class _AssetHistory:
 
 
 def _percentage(change: Decimal, reference: Decimal) -> Decimal:
-    return (change * 100 / reference).quantize(
-        PERCENT_PLACES, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT
-    )
+    return (change * 100 / reference).quantize(PERCENT_PLACES, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
 
 
 class PriceBook:
@@ -225,6 +224,9 @@ class PriceBook:
         self._history_size = history_size
         self._subscriber_queue_size = subscriber_queue_size
         self._assets: dict[str, _AssetHistory] = {}
+        # Stats scan the history, and the asset list asks for every asset on every request;
+        # they are kept until the asset's next tick.
+        self._stats: dict[str, PriceStats] = {}
         self._subscribers: set[asyncio.Queue[list[Tick]]] = set()
         self._last_applied_at: datetime | None = None
         self.dropped_batches = 0
@@ -270,6 +272,7 @@ class PriceBook:
             if tick.at != moment:
                 moment, epoch_seconds = tick.at, math.floor(tick.at.timestamp())
             history.add(tick, epoch_seconds)
+            self._stats.pop(tick.asset_id, None)
             accepted.append(tick)
         if accepted:
             newest = max(t.at for t in accepted)
@@ -340,9 +343,16 @@ class PriceBook:
 
     def stats(self, asset_id: str) -> PriceStats | None:
         """24-hour, 7- and 30-day figures, measured back from the latest tick; None if never priced."""
+        cached = self._stats.get(asset_id)
+        if cached is not None:
+            return cached
         history = self._assets.get(asset_id)
         if history is None:
             return None
+        self._stats[asset_id] = stats = self._measure(asset_id, history)
+        return stats
+
+    def _measure(self, asset_id: str, history: _AssetHistory) -> PriceStats:
         latest = history.latest
         day_ago = latest.at - DAY
         reference = history.price_at(day_ago)

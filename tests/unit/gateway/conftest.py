@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -11,6 +11,7 @@ import pytest
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
+from structlog.testing import capture_logs
 
 from cnop.common.config import Settings
 from cnop.common.exceptions import (
@@ -32,7 +33,7 @@ SECRET = "hunter2-database-password"
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"rate_limit_per_ip": "1000/minute", "rate_limit_per_user": "1000/minute"}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 class DepositIn(BaseModel):
@@ -125,3 +126,10 @@ def build_app(
 @pytest.fixture
 def gateway() -> GatewayApp:
     return build_app()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    """Keep structlog's default console renderer (and its slow rich tracebacks) out of the run."""
+    with capture_logs():
+        yield

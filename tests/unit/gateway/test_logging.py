@@ -64,7 +64,8 @@ def test_json_lines_with_timestamp_level_context_and_traceback() -> None:
     assert hello["answer"] == 42
     assert hello["request_id"] == "rid-7"
     assert hello["user"] == "alice"
-    assert hello["timestamp"].endswith("Z") and "T" in hello["timestamp"]
+    assert hello["timestamp"].endswith("Z")
+    assert "T" in hello["timestamp"]
     assert uvicorn["logger"] == "uvicorn.error"
     assert uvicorn["level"] == "warning"
     assert uvicorn["request_id"] == "rid-7"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from limits.aio.storage import MemoryStorage
 
@@ -136,11 +138,7 @@ def test_the_factory_picks_the_guard_for_the_shape() -> None:
 
 
 def test_redis_without_a_client_library_fails_at_start_up() -> None:
-    try:
-        import coredis  # noqa: F401
-    except ImportError:
-        pass
-    else:  # pragma: no cover
+    if importlib.util.find_spec("coredis") is not None:  # pragma: no cover
         pytest.skip("coredis is installed")
     with pytest.raises(RuntimeError, match="not installed"):
         login_guard_from_settings(make_settings(redis_url="redis://localhost:6379/0"), FakeClock())

@@ -48,7 +48,9 @@ def test_wrong_method_is_a_405_problem_that_keeps_allow(gateway: GatewayApp) -> 
 
 
 def test_body_validation_errors_list_field_and_message_without_echoing_input(gateway: GatewayApp) -> None:
-    response = get(gateway, "POST", "/api/v1/balance/deposit", json={"amount": "not-a-number", "note": "x" * 40})
+    response = get(
+        gateway, "POST", "/api/v1/balance/deposit", json={"amount": "not-a-number", "note": "x" * 40}
+    )
 
     assert response.status_code == 422
     assert response.headers["Content-Type"] == PROBLEM
@@ -65,7 +67,8 @@ def test_body_validation_errors_list_field_and_message_without_echoing_input(gat
     assert "not-a-number" not in text
     assert "x" * 40 not in text
     assert "pydantic" not in text
-    assert '"input"' not in text and '"loc"' not in text and '"ctx"' not in text
+    for internal in ('"input"', '"loc"', '"ctx"', '"url"'):
+        assert internal not in text
 
 
 def test_query_and_path_errors_name_their_source(gateway: GatewayApp) -> None:
@@ -90,7 +93,9 @@ def test_a_single_error_is_spelled_out_in_detail(gateway: GatewayApp) -> None:
         ({"json": [1, 2]}, "Request body must be a JSON object"),
     ],
 )
-def test_a_broken_body_is_a_422_about_the_body(gateway: GatewayApp, kwargs: dict[str, Any], message: str) -> None:
+def test_a_broken_body_is_a_422_about_the_body(
+    gateway: GatewayApp, kwargs: dict[str, Any], message: str
+) -> None:
     with TestClient(gateway.app) as client:
         response = client.post("/api/v1/balance/deposit", **kwargs)
 

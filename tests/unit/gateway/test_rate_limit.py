@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from starlette.types import Scope
 from starlette.testclient import TestClient
+from starlette.types import Scope
 
 from cnop.gateway.middleware import RateLimitMiddleware
 
@@ -16,7 +16,7 @@ from .conftest import GatewayApp, build_app, make_settings
 def user_from_header(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-test-user":
-            return value.decode()
+            return str(value.decode())
     return None
 
 
@@ -136,8 +136,6 @@ def test_a_failing_counter_store_lets_requests_through() -> None:
         async def get(self, key: str) -> int:
             raise ConnectionError("redis is down")
 
-    gateway = build_app()
-    settings = make_settings()
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -146,13 +144,12 @@ def test_a_failing_counter_store_lets_requests_through() -> None:
     async def x() -> dict[str, bool]:
         return {"ok": True}
 
-    limited = RateLimitMiddleware(app, settings, storage=BrokenStorage())  # type: ignore[arg-type]
-    with TestClient(limited) as client:  # type: ignore[arg-type]
+    limited = RateLimitMiddleware(app, make_settings(), storage=BrokenStorage())  # type: ignore[arg-type]
+    with TestClient(limited) as client:
         response = client.get("/x")
 
     assert response.status_code == 200
     assert "X-RateLimit-Limit" not in response.headers
-    assert gateway.calls == []
 
 
 def test_disabled_rate_limiting_sends_no_rate_headers() -> None:

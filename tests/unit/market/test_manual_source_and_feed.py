@@ -54,6 +54,8 @@ async def test_set_price_refuses_unknown_assets_and_bad_prices() -> None:
         await source.set_price("BTC", Decimal(0))
     with pytest.raises(ValueError, match="positive"):
         await source.set_price("BTC", Decimal("NaN"))
+    with pytest.raises(ValueError, match="implausibly large"):
+        await source.set_price("BTC", Decimal("1e308"))
     with pytest.raises(TypeError, match="Decimal"):
         await source.set_price("BTC", 1.5)  # type: ignore[arg-type]
 
@@ -156,7 +158,8 @@ async def test_open_price_source_picks_the_source_named_by_the_spec(tmp_path: Pa
     bare = open_price_source("https://api.example.test/api/v3/coins/markets", catalogue, settings, clock)
 
     assert isinstance(simulated, SimulatedPriceSource)
-    assert simulated.steps(1) == SimulatedPriceSource(catalogue, clock=clock, seed=5, tick_seconds=2.0).steps(1)
+    expected = SimulatedPriceSource(catalogue, clock=clock, seed=5, tick_seconds=2.0)
+    assert simulated.steps(1) == expected.steps(1)
     assert isinstance(manual, ManualPriceSource)
     assert isinstance(replay, ReplayPriceSource)
     assert [b.prices for b in replay.batches] == [(("BTC", Decimal(1)),)]  # ZZZ is not listed

@@ -212,6 +212,20 @@ def test_7d_and_30d_changes_appear_once_history_covers_them(clock: FakeClock) ->
     )
 
 
+def test_stats_follow_each_new_tick(clock: FakeClock) -> None:
+    book = PriceBook(clock)
+    book.apply([tick("100", 0)])
+    before = book.stats("BTC")
+    assert book.stats("BTC") is before  # unchanged history, same figures
+
+    book.apply([tick("125", 60)])
+    after = book.stats("BTC")
+
+    assert after is not None
+    assert (after.price, after.price_change_24h, after.high_24h) == (Decimal(125), Decimal(25), Decimal(125))
+    assert after.price_change_percentage_24h == Decimal("25.0000")
+
+
 def test_7d_change_is_none_until_a_week_of_history_exists(clock: FakeClock) -> None:
     book = PriceBook(clock)
     book.apply([tick("100", 0)])

@@ -78,6 +78,7 @@ yesterday,BTC,1
 2024-06-01T00:00:00Z,BTC,0
 2024-06-01T00:00:00Z,BTC,NaN
 2024-06-01T00:00:00Z,BTC,Infinity
+2024-06-01T00:00:00Z,BTC,1e100
 2024-06-01T00:00:00Z,BTC
 2024-06-01T00:00:00Z,BTC,1,extra
 2024-06-01T00:00:00Z,NOPE,1
@@ -94,8 +95,8 @@ yesterday,BTC,1
     ]
     assert str(batches[1].prices[0][1]) == "1000"
     skipped = [r for r in caplog.records if "skipped line" in r.getMessage()]
-    assert len(skipped) == 11
-    assert any("skipped 11 malformed rows" in r.getMessage() for r in caplog.records)
+    assert len(skipped) == 12
+    assert any("skipped 12 malformed rows" in r.getMessage() for r in caplog.records)
 
 
 def test_a_missing_header_column_is_fatal() -> None:

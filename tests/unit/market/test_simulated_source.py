@@ -16,7 +16,9 @@ from cnop.market.prices import Tick
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
-def source(seed: int, tick_seconds: float = 1.0, catalogue: list[CatalogueAsset] | None = None) -> SimulatedPriceSource:
+def source(
+    seed: int, tick_seconds: float = 1.0, catalogue: list[CatalogueAsset] | None = None
+) -> SimulatedPriceSource:
     return SimulatedPriceSource(
         catalogue or load_catalogue(), clock=FakeClock(START), seed=seed, tick_seconds=tick_seconds
     )

@@ -13,8 +13,16 @@ from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, P
 from cnop.common.entities.asset import Asset
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 
-_DECIMAL_FIELDS = ("min_quantity", "market_cap", "total_volume_24h", "circulating_supply", "total_supply",
-                   "max_supply", "ath", "atl")
+_DECIMAL_FIELDS = (
+    "min_quantity",
+    "market_cap",
+    "total_volume_24h",
+    "circulating_supply",
+    "total_supply",
+    "max_supply",
+    "ath",
+    "atl",
+)
 
 
 def _rank_key(asset: Asset) -> str:
@@ -143,9 +151,7 @@ class AssetDAO:
 
     async def get_assets(self, *, limit: int = 50, cursor: str | None = None) -> Page:
         """Assets in market-cap rank order, then id."""
-        return await self.store.query(
-            keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor
-        )
+        return await self.store.query(keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor)
 
     async def all_assets(self) -> list[Asset]:
         assets: list[Asset] = []

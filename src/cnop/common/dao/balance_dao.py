@@ -158,14 +158,22 @@ class BalanceDAO:
         """The user's ledger, newest first. A type filter reads on until the page is full."""
         if transaction_type is None:
             return await self.store.query(
-                keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=limit,
-                cursor=cursor, descending=True,
+                keys.USERS,
+                keys.user_pk(username),
+                sk=SortKey.prefix(keys.TXN_PREFIX),
+                limit=limit,
+                cursor=cursor,
+                descending=True,
             )
         items: list[Item] = []
         while True:
             page = await self.store.query(
-                keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=100,
-                cursor=cursor, descending=True,
+                keys.USERS,
+                keys.user_pk(username),
+                sk=SortKey.prefix(keys.TXN_PREFIX),
+                limit=100,
+                cursor=cursor,
+                descending=True,
             )
             for item in page.items:
                 if item["transaction_type"] == transaction_type.value:

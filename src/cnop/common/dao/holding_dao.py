@@ -7,7 +7,20 @@ from decimal import Decimal
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
-from cnop.common.database.store import And, Condition, Eq, Ge, Item, ItemStore, NotExists, Op, Page, Put, SortKey, Update
+from cnop.common.database.store import (
+    And,
+    Condition,
+    Eq,
+    Ge,
+    Item,
+    ItemStore,
+    NotExists,
+    Op,
+    Page,
+    Put,
+    SortKey,
+    Update,
+)
 from cnop.common.entities.holding import Holding
 
 ZERO = Decimal(0)
@@ -42,7 +55,11 @@ class HoldingDAO:
         cursor = None
         while True:
             page = await self.store.query(
-                keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.HOLDING_PREFIX), limit=100, cursor=cursor
+                keys.USERS,
+                keys.user_pk(username),
+                sk=SortKey.prefix(keys.HOLDING_PREFIX),
+                limit=100,
+                cursor=cursor,
             )
             items += page.items
             cursor = page.next_cursor
@@ -74,7 +91,12 @@ class HoldingDAO:
         if expected_version is not None:
             guards.append(Eq("version", expected_version))
         stamp = isoformat(now)
-        add: dict[str, Decimal] = {"available": available, "held": held, "cost_basis": cost_basis, "version": Decimal(1)}
+        add: dict[str, Decimal] = {
+            "available": available,
+            "held": held,
+            "cost_basis": cost_basis,
+            "version": Decimal(1),
+        }
         return Update(
             keys.USERS,
             keys.holding_key(username, asset_id),

@@ -30,8 +30,17 @@ from cnop.common.entities.order import (
 )
 from cnop.common.exceptions import ConditionFailed, OrderNotCancellable, OrderNotFound
 
-_DECIMALS = ("quantity", "price", "stop_price", "trail_amount", "trail_percent", "executed_price",
-             "total_amount", "held_amount", "realized_pnl")
+_DECIMALS = (
+    "quantity",
+    "price",
+    "stop_price",
+    "trail_amount",
+    "trail_percent",
+    "executed_price",
+    "total_amount",
+    "held_amount",
+    "realized_pnl",
+)
 _TIMES = ("expires_at", "created_at", "updated_at", "executed_at", "cancelled_at")
 
 
@@ -99,8 +108,9 @@ class OrderDAO:
     async def get_order_item(self, username: str, order_id: str) -> Item | None:
         return await self.store.get(keys.ORDERS, keys.order_key(username, order_id))
 
-    def status_change_op(self, order: Order, update: OrderUpdate, extra_set: Item | None = None,
-                         remove: tuple[str, ...] = ()) -> Op:
+    def status_change_op(
+        self, order: Order, update: OrderUpdate, extra_set: Item | None = None, remove: tuple[str, ...] = ()
+    ) -> Op:
         """Move an order along the state machine, only from the status it was read in."""
         if not can_transition(order.status, update.status):
             raise OrderNotCancellable(f"An order that is {order.status.value} cannot become {update.status.value}")

@@ -468,9 +468,7 @@ class Assumption:
             return cls(recreate=True)
         if current is None:
             return cls()
-        return cls(
-            present=frozenset(a for a, v in op.init.items() if _marker(v) is not None and a in current)
-        )
+        return cls(present=frozenset(a for a, v in op.init.items() if _marker(v) is not None and a in current))
 
 
 # --- credentials -------------------------------------------------------------------------------
@@ -512,9 +510,7 @@ def role_credentials(fetch: Callable[[], Awaitable[dict[str, str]]], time_fetche
     (mandatory from 10 minutes before)."""
     if time_fetcher is None:
         return AioDeferredRefreshableCredentials(refresh_using=fetch, method="assume-role")
-    return AioDeferredRefreshableCredentials(
-        refresh_using=fetch, method="assume-role", time_fetcher=time_fetcher
-    )
+    return AioDeferredRefreshableCredentials(refresh_using=fetch, method="assume-role", time_fetcher=time_fetcher)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -579,9 +575,7 @@ class DynamoDBStore:
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, sts_client: StsClientFactory | None = None
-    ) -> DynamoDBStore:
+    def from_settings(cls, settings: Settings, *, sts_client: StsClientFactory | None = None) -> DynamoDBStore:
         """The store the settings describe. Region, credentials and endpoint come from the usual
         AWS chain (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_DYNAMODB, instance role, ...); with
         `aws_role_arn` set, the store works as that role, through STS."""
@@ -653,9 +647,7 @@ class DynamoDBStore:
         return {
             "TableName": self.table_name(table),
             "BillingMode": "PAY_PER_REQUEST",
-            "AttributeDefinitions": [
-                {"AttributeName": n, "AttributeType": t} for n, t in definitions.items()
-            ],
+            "AttributeDefinitions": [{"AttributeName": n, "AttributeType": t} for n, t in definitions.items()],
             "KeySchema": [
                 {"AttributeName": "pk", "KeyType": "HASH"},
                 {"AttributeName": "sk", "KeyType": "RANGE"},
@@ -735,9 +727,7 @@ class DynamoDBStore:
                 break
             await self._sleep(self.retry.delay(attempt))
         else:
-            raise StoreError(
-                f"dynamodb batch_get_item: keys still unprocessed after {self.retry.max_attempts} tries"
-            )
+            raise StoreError(f"dynamodb batch_get_item: keys still unprocessed after {self.retry.max_attempts} tries")
         now = time.time()
         return [item for item in found if is_live(item, now)]
 
@@ -806,9 +796,7 @@ class DynamoDBStore:
         return Page(items, encode_cursor(cursor_key))
 
     @staticmethod
-    def _start_key(
-        cursor: str, pk: str, pk_attr: str, sk_attr: str, numeric: bool
-    ) -> dict[str, AttributeValue]:
+    def _start_key(cursor: str, pk: str, pk_attr: str, sk_attr: str, numeric: bool) -> dict[str, AttributeValue]:
         last = decode_cursor(cursor)
         start: dict[str, AttributeValue] = {"pk": {"S": last["pk"]}, "sk": {"S": last["sk"]}}
         if pk_attr != "pk":
@@ -905,9 +893,7 @@ class DynamoDBStore:
                     raise StoreError(f"dynamodb transact_write_items: {code}: {exc}") from exc
             except BotoCoreError as exc:
                 raise StoreError(f"dynamodb transact_write_items: {exc}") from exc
-        raise TransactionConflict(
-            f"transaction still conflicting after {self.retry.max_attempts} tries ({last_error})"
-        )
+        raise TransactionConflict(f"transaction still conflicting after {self.retry.max_attempts} tries ({last_error})")
 
     @staticmethod
     def _diagnose(

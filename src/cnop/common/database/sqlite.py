@@ -133,7 +133,7 @@ class SQLiteStore:
     def _get(self, table: str, key: Key) -> Item | None:
         row = (
             self._ready()
-            .execute(f"SELECT body FROM {self._table(table)} WHERE pk=? AND sk=?", (key["pk"], key["sk"]))
+            .execute(f"SELECT body FROM {self._table(table)} WHERE pk=? AND sk=?", (key["pk"], key["sk"]))  # noqa: S608
             .fetchone()
         )
         if row is None:
@@ -210,9 +210,7 @@ class SQLiteStore:
         now = time.time()
         where.append("(expires_at IS NULL OR expires_at > ?)")
         params.append(now)
-        sql = (
-            f"SELECT body FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
-        )
+        sql = f"SELECT body FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
         params.append(limit + 1)
         rows = self._ready().execute(sql, params).fetchall()
         items = [item for item in (_loads(row[0]) for row in rows) if is_live(item, now)]
@@ -251,7 +249,7 @@ class SQLiteStore:
             current: list[Item | None] = []
             for index, op in enumerate(ops):
                 row = conn.execute(
-                    f"SELECT body FROM {self._table(op.table)} WHERE pk=? AND sk=?",
+                    f"SELECT body FROM {self._table(op.table)} WHERE pk=? AND sk=?",  # noqa: S608
                     (op.key["pk"], op.key["sk"]),
                 ).fetchone()
                 item = _loads(row[0]) if row is not None else None

@@ -66,10 +66,18 @@ FINAL_STATUSES = frozenset({OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderS
 
 # The order state machine: from each status, the statuses an order may move to.
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    OrderStatus.PENDING: frozenset({OrderStatus.CONFIRMED, OrderStatus.QUEUED, OrderStatus.COMPLETED, OrderStatus.FAILED}),
+    OrderStatus.PENDING: frozenset(
+        {OrderStatus.CONFIRMED, OrderStatus.QUEUED, OrderStatus.COMPLETED, OrderStatus.FAILED}
+    ),
     OrderStatus.CONFIRMED: frozenset({OrderStatus.QUEUED, OrderStatus.COMPLETED, OrderStatus.FAILED}),
     OrderStatus.QUEUED: frozenset(
-        {OrderStatus.PROCESSING, OrderStatus.COMPLETED, OrderStatus.CANCELLED, OrderStatus.FAILED, OrderStatus.EXPIRED}
+        {
+            OrderStatus.PROCESSING,
+            OrderStatus.COMPLETED,
+            OrderStatus.CANCELLED,
+            OrderStatus.FAILED,
+            OrderStatus.EXPIRED,
+        }
     ),
     OrderStatus.PROCESSING: frozenset({OrderStatus.COMPLETED, OrderStatus.FAILED}),
     OrderStatus.COMPLETED: frozenset(),
@@ -197,7 +205,11 @@ class OrderCreate(BaseModel):
             raise ValueError("time_in_force gtd needs expires_at")
         if self.time_in_force is not TimeInForce.GTD and self.expires_at is not None:
             raise ValueError("expires_at is only for time_in_force gtd")
-        if self.order_type.is_market and self.time_in_force not in (TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK):
+        if self.order_type.is_market and self.time_in_force not in (
+            TimeInForce.GTC,
+            TimeInForce.IOC,
+            TimeInForce.FOK,
+        ):
             raise ValueError("market orders fill at once; gtd does not apply")
         return self
 

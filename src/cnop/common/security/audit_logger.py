@@ -23,9 +23,7 @@ class AuditLogger:
         # Resolved on each call, so logging configured (or captured in tests) later still applies.
         self._log: FilteringBoundLogger = structlog.get_logger(AUDIT_LOGGER_NAME)
 
-    def log_login_success(
-        self, username: str, ip_address: str | None = None, user_agent: str | None = None
-    ) -> None:
+    def log_login_success(self, username: str, ip_address: str | None = None, user_agent: str | None = None) -> None:
         """A user logged in."""
         self._info("audit.login_success", username=username, ip_address=ip_address, user_agent=user_agent)
 

@@ -55,9 +55,7 @@ class _LegacyBcryptHasher(BcryptHasher):
 class PasswordManager:
     """Hashes new passwords with Argon2id, verifies Argon2id and legacy bcrypt hashes, checks strength."""
 
-    def __init__(
-        self, settings: Settings | None = None, *, argon2_params: Argon2Params | None = None
-    ) -> None:
+    def __init__(self, settings: Settings | None = None, *, argon2_params: Argon2Params | None = None) -> None:
         settings = settings or get_settings()
         params = argon2_params or Argon2Params()
         argon2 = Argon2Hasher(

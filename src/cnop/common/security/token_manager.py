@@ -109,9 +109,7 @@ class TokenManager:
             elif self._signing_key is not None:
                 self._verifying_key = self._signing_key.public_key()
             else:
-                raise ValueError(
-                    f"jwt_algorithm {self._algorithm} needs jwt_public_key_file to verify tokens"
-                )
+                raise ValueError(f"jwt_algorithm {self._algorithm} needs jwt_public_key_file to verify tokens")
         else:
             allowed = ", ".join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
             raise ValueError(f"jwt_algorithm {self._algorithm!r} is not supported; use one of {allowed}")

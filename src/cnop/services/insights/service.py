@@ -101,7 +101,9 @@ class InsightsService:
         if cash_share >= HIGH_CASH_SHARE:
             notes.append(f"Cash is {_pct(cash_share)} of your portfolio: most of it is not invested.")
         elif cash_share <= LOW_CASH_SHARE and portfolio.assets:
-            notes.append(f"Cash is only {_pct(cash_share)} of your portfolio: little is left to buy dips or cover orders.")
+            notes.append(
+                f"Cash is only {_pct(cash_share)} of your portfolio: little is left to buy dips or cover orders."
+            )
         else:
             notes.append(f"Cash is {_pct(cash_share)} of your portfolio.")
         if not portfolio.assets:
@@ -123,10 +125,11 @@ class InsightsService:
             best = max(priced, key=lambda a: (a.unrealized_pnl or Decimal(0)) / a.cost_basis)
             worst = min(priced, key=lambda a: (a.unrealized_pnl or Decimal(0)) / a.cost_basis)
             best_pct = (best.unrealized_pnl or Decimal(0)) / best.cost_basis * 100
-            notes.append(f"Best performer: {best.asset_name} at {_pct(best_pct)} ({_usd(best.unrealized_pnl or Decimal(0))}).")
+            notes.append(
+                f"Best performer: {best.asset_name} at {_pct(best_pct)} ({_usd(best.unrealized_pnl or Decimal(0))})."
+            )
             if worst.asset_id != best.asset_id:
-                worst_pct = (worst.unrealized_pnl or Decimal(0)) / worst.cost_basis * 100
-                notes.append(
-                    f"Weakest performer: {worst.asset_name} at {_pct(worst_pct)} ({_usd(worst.unrealized_pnl or Decimal(0))})."
-                )
+                worst_pnl = worst.unrealized_pnl or Decimal(0)
+                worst_pct = worst_pnl / worst.cost_basis * 100
+                notes.append(f"Weakest performer: {worst.asset_name} at {_pct(worst_pct)} ({_usd(worst_pnl)}).")
         return notes

@@ -55,9 +55,7 @@ async def create_order(
     )
 
 
-def order_filter(
-    asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None
-) -> OrderFilter | None:
+def order_filter(asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None) -> OrderFilter | None:
     """A predicate for the list filters, or None when nothing is filtered."""
     if asset_id is None and order_type is None and status in (None, "all"):
         return None

@@ -84,7 +84,9 @@ class OrderService:
     @staticmethod
     def check_quantity(asset: Asset, quantity: Decimal) -> None:
         if places(quantity) > asset.scale:
-            raise ValidationFailed.field("quantity", f"must have at most {asset.scale} decimal places for {asset.asset_id}")
+            raise ValidationFailed.field(
+                "quantity", f"must have at most {asset.scale} decimal places for {asset.asset_id}"
+            )
         if quantity < asset.min_quantity:
             raise ValidationFailed.field("quantity", f"must be at least {asset.min_quantity} {asset.asset_id}")
 
@@ -105,11 +107,11 @@ class OrderService:
             raise InvalidOrder(f"{request.order_type.value} orders are not accepted yet")
         quote = self.quote(asset, request.quantity)
         if request.price is not None:
-            worse = quote.price > request.price if request.order_type.side is OrderSide.BUY else quote.price < request.price
+            worse = (
+                quote.price > request.price if request.order_type.side is OrderSide.BUY else quote.price < request.price
+            )
             if worse:
-                raise PriceProtection(
-                    f"The market price {quote.price} is worse than your bound {request.price}"
-                )
+                raise PriceProtection(f"The market price {quote.price} is worse than your bound {request.price}")
         if request.order_type.side is OrderSide.BUY:
             order = await self._market_buy(username, asset, request, quote, apply_op)
         else:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import InvalidCredentials
@@ -32,7 +33,6 @@ from cnop.services.user.schemas import (
     UserEnvelope,
     UserProfile,
 )
-from cnop.common.dao.balance_dao import entry_from_item
 
 router = APIRouter(prefix="/api/v1", route_class=ExactJSONRoute)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]

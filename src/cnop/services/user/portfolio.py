@@ -143,7 +143,9 @@ class PortfolioService:
             available=holding.available,
             held=holding.held,
             current_price=price,
-            total_value=(holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN) if price is not None else None,
+            total_value=(holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN)
+            if price is not None
+            else None,
             cost_basis=holding.cost_basis,
             average_price=self._average(holding),
             created_at=holding.created_at,

@@ -12,7 +12,7 @@ from cnop.common.config import Settings
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database import keys
-from cnop.common.database.store import ItemStore, Op, Or, AttrNotExists, Le, Put, Update
+from cnop.common.database.store import AttrNotExists, ItemStore, Le, Op, Or, Put, Update
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.user import User, UserRole
 from cnop.common.exceptions import (
@@ -103,9 +103,7 @@ class AccountService:
         return self.issue_token(user)
 
     def issue_token(self, user: User) -> AccessToken:
-        return self.tokens.create_access_token(
-            user.username, user.role.value, token_generation=user.token_generation
-        )
+        return self.tokens.create_access_token(user.username, user.role.value, token_generation=user.token_generation)
 
     async def authenticate(self, token: str) -> Principal:
         """Verify the token, then that it is neither revoked nor from before a password change."""
@@ -113,9 +111,7 @@ class AccountService:
         return await self.principal_for(claims)
 
     async def principal_for(self, claims: TokenClaims) -> Principal:
-        found = await self.store.batch_get(
-            keys.USERS, [keys.user_key(claims.sub), keys.revoked_token_key(claims.jti)]
-        )
+        found = await self.store.batch_get(keys.USERS, [keys.user_key(claims.sub), keys.revoked_token_key(claims.jti)])
         profile = next((item for item in found if item["sk"] == keys.PROFILE), None)
         if profile is None or len(found) > 1:
             raise InvalidToken()
