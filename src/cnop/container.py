@@ -15,6 +15,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
+from cnop.common.events import EventBus
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
@@ -22,8 +23,10 @@ from cnop.gateway.login_guard import LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feeds import PriceFeed, open_price_source
 from cnop.market.prices import PriceBook, PriceSource
+from cnop.market.triggers import TriggerEngine
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
+from cnop.services.order.resting import RestingOrders
 from cnop.services.order.service import OrderService
 from cnop.services.user.portfolio import PortfolioService
 from cnop.services.user.service import AccountService, MoneyService
@@ -54,6 +57,9 @@ class Container:
     trading: OrderService
     portfolio: PortfolioService
     insights: InsightsService
+    events: EventBus
+    resting: RestingOrders
+    triggers: TriggerEngine
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -86,6 +92,8 @@ def build_container(
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
+    events = EventBus(clock)
+    resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     container = Container(
         settings=settings,
@@ -109,12 +117,16 @@ def build_container(
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,
         trading=OrderService(
-            store, order_dao, asset_dao, balance_dao, holding_dao, price_book, settings, clock, metrics
+            store, order_dao, asset_dao, balance_dao, holding_dao, price_book, settings, clock, metrics, resting
         ),
         portfolio=portfolio,
         insights=InsightsService(portfolio, order_dao, clock),
+        events=events,
+        resting=resting,
+        triggers=TriggerEngine(price_book, resting, asset_dao.house_trade_op, settings, clock),
     )
     container.startup.append(inventory.load_catalogue)
     if price_source is not None:
         container.background.append(PriceFeed(price_source, price_book).run)
+    container.background.append(container.triggers.run)
     return container

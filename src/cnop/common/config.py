@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     daily_deposit_limit: Decimal = Decimal("10000")
     daily_withdraw_limit: Decimal = Decimal("5000")
     order_value_limit: Decimal = Decimal("10000")
+    # Stop and trailing buys fill at the market price once triggered, which may gap past the
+    # stop: they reserve this fraction more than quantity x stop, and a fill that still costs more
+    # takes the difference from available cash (or fails, releasing the hold).
+    stop_buy_reserve_margin: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
+    expiry_check_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_seconds: int = 86400
     idempotency_lease_seconds: int = 30
 

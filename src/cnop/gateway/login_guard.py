@@ -11,24 +11,21 @@ accounts. `record_success` is kept so the endpoint reads the same for both outco
 policy has a place to live.
 
 Two implementations: `InMemoryLoginGuard` (one process; time from the injected `Clock`; memory
-bounded) and `SharedLoginGuard` (on a `limits` storage, so on Redis when `redis_url` is set,
-shared by every gateway process; it counts failures in a fixed window that opens at the first
-failure, and keeps time by the storage's clock).
+bounded; a sliding window) and `SharedLoginGuard` (on a `CounterStore`: Redis through `limits`
+when `redis_url` is set, so every gateway process shares it; failures are counted in a fixed
+window that opens at the first failure, and expiry is kept by the store).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from typing import Protocol
 
-from limits.aio.storage import Storage
-
-from cnop.common.clock import Clock
+from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
 from cnop.common.exceptions import LoginBlocked
-from cnop.gateway.middleware import limits_storage
+from cnop.gateway.middleware import CounterStore, counter_store
 
 
 class LoginGuard(Protocol):
@@ -136,12 +133,13 @@ class SharedLoginGuard:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: CounterStore,
         *,
         failures: int = 5,
         window_seconds: int = 300,
         block_seconds: int = 300,
         namespace: str = "cnop/login_guard",
+        clock: Clock | None = None,
     ) -> None:
         if failures < 1:
             raise ValueError("failures must be at least 1")
@@ -150,14 +148,16 @@ class SharedLoginGuard:
         self._window = window_seconds
         self._block = block_seconds
         self._namespace = namespace
+        self._clock = clock or SystemClock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, storage: Storage) -> SharedLoginGuard:
+    def from_settings(cls, settings: Settings, storage: CounterStore, clock: Clock | None = None) -> SharedLoginGuard:
         return cls(
             storage,
             failures=settings.login_guard_failures,
             window_seconds=settings.login_guard_window_seconds,
             block_seconds=settings.login_guard_block_seconds,
+            clock=clock,
         )
 
     def _key(self, kind: str, ip: str) -> str:
@@ -166,7 +166,7 @@ class SharedLoginGuard:
     async def check(self, ip: str) -> None:
         key = self._key("block", ip)
         if await self._storage.get(key):
-            raise _blocked(await self._storage.get_expiry(key) - time.time())
+            raise _blocked(await self._storage.get_expiry(key) - self._clock.timestamp())
 
     async def record_failure(self, ip: str) -> None:
         failures_key = self._key("fail", ip)
@@ -179,10 +179,10 @@ class SharedLoginGuard:
         return None
 
 
-def login_guard_from_settings(settings: Settings, clock: Clock, storage: Storage | None = None) -> LoginGuard:
+def login_guard_from_settings(settings: Settings, clock: Clock, storage: CounterStore | None = None) -> LoginGuard:
     """The shared guard when a storage is given or `redis_url` is set, else the in-memory one."""
     if storage is None and not settings.redis_url:
         return InMemoryLoginGuard.from_settings(settings, clock)
     if storage is None:
-        storage = limits_storage(settings)
-    return SharedLoginGuard.from_settings(settings, storage)
+        storage = counter_store(settings, clock)
+    return SharedLoginGuard.from_settings(settings, storage, clock)

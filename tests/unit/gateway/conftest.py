@@ -24,7 +24,7 @@ from cnop.common.exceptions import (
 )
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.metrics import Metrics, metrics_router
-from cnop.gateway.middleware import UserIdentifier, install_middleware
+from cnop.gateway.middleware import UserIdentifier, bind_request_user, install_middleware
 from cnop.gateway.problems import install_exception_handlers
 
 SECRET = "hunter2-database-password"
@@ -71,6 +71,13 @@ def build_app(
 
     @api.get("/context")
     async def context() -> dict[str, Any]:
+        import structlog
+
+        return dict(structlog.contextvars.get_contextvars())
+
+    @api.get("/whoami")
+    async def whoami(request: Request) -> dict[str, Any]:
+        bind_request_user(request, "alice")
         import structlog
 
         return dict(structlog.contextvars.get_contextvars())

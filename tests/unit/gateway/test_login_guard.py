@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from limits.aio.storage import MemoryStorage
 
 from cnop.common.clock import FakeClock
 from cnop.common.exceptions import LoginBlocked
 from cnop.gateway.login_guard import InMemoryLoginGuard, SharedLoginGuard, login_guard_from_settings
+from cnop.gateway.middleware import MemoryCounters
 
 from .conftest import make_settings
 
@@ -118,8 +118,9 @@ async def test_memory_stays_bounded() -> None:
     assert login_guard.tracked() == 1
 
 
-async def test_the_shared_guard_blocks_the_same_way() -> None:
-    login_guard = SharedLoginGuard.from_settings(make_settings(), MemoryStorage())
+async def test_the_shared_guard_blocks_and_unblocks_the_same_way() -> None:
+    clock = FakeClock()
+    login_guard = SharedLoginGuard.from_settings(make_settings(), MemoryCounters(clock), clock)
     for _ in range(4):
         await login_guard.record_failure(IP)
     await login_guard.check(IP)
@@ -127,13 +128,18 @@ async def test_the_shared_guard_blocks_the_same_way() -> None:
 
     with pytest.raises(LoginBlocked) as blocked:
         await login_guard.check(IP)
-    assert 1 <= blocked.value.extra["retry_after"] <= 300
+    assert blocked.value.extra["retry_after"] == 300
     await login_guard.check(OTHER_IP)
+
+    clock.advance(300)
+    await login_guard.check(IP)
+    await login_guard.record_failure(IP)  # the count started over
+    await login_guard.check(IP)
 
 
 def test_the_factory_picks_the_guard_for_the_shape() -> None:
     assert isinstance(login_guard_from_settings(make_settings(), FakeClock()), InMemoryLoginGuard)
-    shared = login_guard_from_settings(make_settings(), FakeClock(), storage=MemoryStorage())
+    shared = login_guard_from_settings(make_settings(), FakeClock(), storage=MemoryCounters())
     assert isinstance(shared, SharedLoginGuard)
 
 

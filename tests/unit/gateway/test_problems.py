@@ -48,9 +48,7 @@ def test_wrong_method_is_a_405_problem_that_keeps_allow(gateway: GatewayApp) -> 
 
 
 def test_body_validation_errors_list_field_and_message_without_echoing_input(gateway: GatewayApp) -> None:
-    response = get(
-        gateway, "POST", "/api/v1/balance/deposit", json={"amount": "not-a-number", "note": "x" * 40}
-    )
+    response = get(gateway, "POST", "/api/v1/balance/deposit", json={"amount": "not-a-number", "note": "x" * 40})
 
     assert response.status_code == 422
     assert response.headers["Content-Type"] == PROBLEM
@@ -93,9 +91,7 @@ def test_a_single_error_is_spelled_out_in_detail(gateway: GatewayApp) -> None:
         ({"json": [1, 2]}, "Request body must be a JSON object"),
     ],
 )
-def test_a_broken_body_is_a_422_about_the_body(
-    gateway: GatewayApp, kwargs: dict[str, Any], message: str
-) -> None:
+def test_a_broken_body_is_a_422_about_the_body(gateway: GatewayApp, kwargs: dict[str, Any], message: str) -> None:
     with TestClient(gateway.app) as client:
         response = client.post("/api/v1/balance/deposit", **kwargs)
 

@@ -8,7 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.types import Scope
 
-from cnop.gateway.middleware import RateLimitMiddleware
+from cnop.common.clock import FakeClock
+from cnop.gateway.middleware import MemoryCounters, RateLimitMiddleware
 
 from .conftest import GatewayApp, build_app, make_settings
 
@@ -160,3 +161,64 @@ def test_disabled_rate_limiting_sends_no_rate_headers() -> None:
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert "X-RateLimit-Limit" not in responses[0].headers
     assert "X-Request-ID" in responses[0].headers
+
+
+# --- the in-process counter store -------------------------------------------------------------
+
+
+async def test_memory_counters_count_within_a_window_and_start_over_after_it() -> None:
+    clock = FakeClock()
+    counters = MemoryCounters(clock)
+
+    assert [await counters.incr("k", 60) for _ in range(3)] == [1, 2, 3]
+    assert await counters.get("k") == 3
+    assert await counters.get_expiry("k") == clock.timestamp() + 60
+    clock.advance(59)
+    assert await counters.incr("k", 60) == 4
+    clock.advance(1)
+    assert await counters.get("k") == 0
+    assert await counters.incr("k", 60) == 1
+    await counters.clear("k")
+    assert await counters.get("k") == 0
+
+
+async def test_memory_counters_stay_bounded() -> None:
+    clock = FakeClock()
+    counters = MemoryCounters(clock, max_keys=100, sweep_seconds=10)
+    for n in range(1000):
+        await counters.incr(f"ip-{n}", 60)
+    assert len(counters) == 100
+    assert await counters.get("ip-999") == 1  # the newest survive
+
+    clock.advance(61)
+    await counters.incr("fresh", 60)
+    assert len(counters) == 1  # expired ones are swept
+
+
+def test_a_window_resets_on_the_clock() -> None:
+    clock = FakeClock()
+    inner = build_app().app
+    limited = RateLimitMiddleware(inner, make_settings(rate_limit_per_ip="1/minute"), clock=clock)
+    with TestClient(limited) as client:
+        assert client.get("/api/v1/ping").status_code == 200
+        refused = client.get("/api/v1/ping")
+        clock.advance(60)
+        again = client.get("/api/v1/ping")
+
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "60"
+    assert refused.headers["X-RateLimit-Reset"] == str(int(FakeClock().timestamp()) + 60)
+    assert again.status_code == 200
+
+
+def test_a_failing_user_identifier_leaves_the_ip_limit_in_force() -> None:
+    def broken(scope: Scope) -> str | None:
+        raise KeyError("sub")
+
+    gateway = build_app(make_settings(rate_limit_per_ip="1/minute"), identify_user=broken)
+    with TestClient(gateway.app) as client:
+        first = client.get("/api/v1/ping")
+        second = client.get("/api/v1/ping")
+
+    assert [first.status_code, second.status_code] == [200, 429]
+    assert first.headers["X-RateLimit-Limit"] == "1"

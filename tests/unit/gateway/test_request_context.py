@@ -176,3 +176,12 @@ def test_one_access_line_per_request_with_route_template_status_and_ids(gateway:
     assert line["client_ip"] == "203.0.113.7"
     assert isinstance(line["duration_ms"], float)
     assert line["log_level"] == "info"
+
+
+def test_the_user_bound_by_the_auth_layer_is_in_later_logs_and_the_access_line(gateway: GatewayApp) -> None:
+    with capture_logs() as logs, TestClient(gateway.app) as client:
+        context = client.get("/api/v1/whoami", headers={"X-Request-ID": "req-43"}).json()
+
+    assert context == {"request_id": "req-43", "user": "alice"}
+    [line] = [entry for entry in logs if entry["event"] == "request"]
+    assert line["user"] == "alice"

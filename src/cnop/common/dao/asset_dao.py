@@ -9,7 +9,7 @@ from typing import Any
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
-from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, Page, Put, Update
+from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update
 from cnop.common.entities.asset import Asset
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 
@@ -162,6 +162,16 @@ class AssetDAO:
             cursor = page.next_cursor
             if cursor is None:
                 return assets
+
+    @staticmethod
+    def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:
+        """The house's side of a trade: it may never hand out units it does not hold."""
+        return Update(
+            keys.INVENTORY,
+            keys.house_inventory_key(asset_id),
+            add={"quantity": quantity, "cash": cash},
+            condition=Ge("quantity", -quantity) if quantity < 0 else None,
+        )
 
     async def get_house_inventory(self, asset_id: str) -> Item | None:
         return await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))

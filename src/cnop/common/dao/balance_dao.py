@@ -9,6 +9,7 @@ from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
 from cnop.common.database.store import (
     And,
+    Condition,
     Exists,
     Ge,
     Item,
@@ -106,34 +107,35 @@ class BalanceDAO:
 
     def entry_ops(
         self,
-        entry: BalanceTransaction,
-        *,
+        *entries: BalanceTransaction,
         deposited: Decimal = ZERO,
         withdrawn: Decimal = ZERO,
     ) -> list[Op]:
-        """The ledger entry and the balance change it records (ops 0 and 1).
+        """The ledger entries, then one balance update applying their sum (op `len(entries)`).
 
         The balance update is guarded so neither available nor held cash can go below zero:
         that condition, not a lock, is what makes concurrent spending safe.
         """
-        guards = []
-        if entry.available_change < 0:
-            guards.append(Ge("available", -entry.available_change))
-        if entry.held_change < 0:
-            guards.append(Ge("held", -entry.held_change))
-        add: dict[str, Decimal] = {"available": entry.available_change, "held": entry.held_change}
+        available = sum((e.available_change for e in entries), ZERO)
+        held = sum((e.held_change for e in entries), ZERO)
+        guards: list[Condition] = [Exists()]
+        if available < 0:
+            guards.append(Ge("available", -available))
+        if held < 0:
+            guards.append(Ge("held", -held))
+        add: dict[str, Decimal] = {"available": available, "held": held}
         if deposited:
             add["total_deposited"] = deposited
         if withdrawn:
             add["total_withdrawn"] = withdrawn
         return [
-            Put(keys.USERS, entry_to_item(entry), NotExists()),
+            *(Put(keys.USERS, entry_to_item(entry), NotExists()) for entry in entries),
             Update(
                 keys.USERS,
-                keys.balance_key(entry.username),
-                set={"updated_at": isoformat(entry.created_at)},
+                keys.balance_key(entries[0].username),
+                set={"updated_at": isoformat(entries[-1].created_at)},
                 add=add,
-                condition=And(Exists(), *guards),
+                condition=And(*guards),
             ),
         ]
 

@@ -40,6 +40,7 @@ _DECIMALS = (
     "total_amount",
     "held_amount",
     "realized_pnl",
+    "trail_anchor",
 )
 _TIMES = ("expires_at", "created_at", "updated_at", "executed_at", "cancelled_at")
 
@@ -55,6 +56,7 @@ def order_to_item(order: Order) -> Item:
         "time_in_force": order.time_in_force.value,
         "status": order.status.value,
         "reason": order.reason,
+        "stage": order.stage,
     }
     for name in _DECIMALS:
         item[name] = getattr(order, name)
@@ -79,6 +81,7 @@ def order_from_item(item: Item) -> Order:
         time_in_force=TimeInForce(item.get("time_in_force", "gtc")),
         status=OrderStatus(item["status"]),
         reason=item.get("reason"),
+        stage=item.get("stage"),
         **values,
     )
 

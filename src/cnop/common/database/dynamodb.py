@@ -1,7 +1,7 @@
 """The AWS engine: the storage port on Amazon DynamoDB (and DynamoDB Local in tests), via aiobotocore.
 
-One physical table per logical table, named `{prefix}-{logical}`, key `pk`/`sk` (strings), GSIs
-`gsi1` and `gsi2` (see `keys.INDEXES`), TTL on `expires_at`. Every write is one
+One physical table per logical table, named `{prefix}-{logical}`, key `pk`/`sk` (strings), the
+GSIs of `keys.INDEXES` (all attributes projected), TTL on `expires_at`. Every write is one
 `TransactWriteItems` whose condition expressions are compiled from the typed conditions, with the
 same meaning as `store.evaluate` (the reference semantics):
 
@@ -12,9 +12,10 @@ same meaning as `store.evaluate` (the reference semantics):
   leaves behind (guarded by "absent or expired").
 * DynamoDB keeps numbers exactly but drops their trailing zeros (`1000.10` reads as `1000.1`).
   The store promises Decimals back as written, so where a number's exponent differs from the
-  trailing-zero-free form, the item carries a hidden marker attribute `__exp__{name}` with it;
-  markers are never returned. For numeric `add` the marker is a number set of exponents, so that
-  `ADD` keeps it right without reading the item (a sum's exponent is the least of its terms').
+  trailing-zero-free form, the item carries a hidden marker attribute `__exp:{name}` (or
+  `__exp+:{name}` for a positive exponent, `1E+2`) with it; markers are never returned. The marker
+  of a number is a number set of exponents, so that a numeric `add` keeps it right with an `ADD`
+  and without reading the item (a sum's exponent is the least of its terms').
 * `TransactionConflict` cancellations and throttling are retried here with jittered exponential
   back-off and the same `ClientRequestToken`; only `ConditionalCheckFailed` is a business answer.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -82,8 +84,10 @@ log = logging.getLogger(__name__)
 
 AttributeValue = dict[str, Any]
 
-MARKER_PREFIX = "__exp__"
+MARKER_PREFIX = "__exp"
 """Attribute names starting with this are reserved for the engine's number-exponent markers."""
+_SCALE = "__exp:"  # NS: a number's exponent is the least of these and its own; S: a container's
+_EXACT = "__exp+:"  # N: a number's exact, positive exponent (`1E+2`); any `add` drops it
 
 _NO_ATTRIBUTE = MARKER_PREFIX  # a name no item ever carries: used for tautologies and no-op updates
 _SERIALIZER = TypeSerializer()
@@ -104,7 +108,7 @@ _RETRYABLE_REASONS = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 )
 _CONDITION_FAILED = "ConditionalCheckFailed"
-_MAX_MODE_ROUNDS = 4  # update/re-create switches of one transact call (each needs a racing TTL write)
+_MAX_MODE_ROUNDS = 4  # corrections of an Update's assumption (see `Assumption`) per transact call
 _TOKEN_NAMESPACE = uuid.UUID("6f0c2b8e-6a34-4a8e-9a3c-5e3b1d2f7c10")
 
 
@@ -173,12 +177,14 @@ def _map_numbers(value: Any, fn: Callable[[Decimal], Decimal]) -> Any:
     return value
 
 
-def _marker(value: Any) -> AttributeValue | None:
-    """The marker that restores the exponents of the numbers in `value`, or None if none is needed."""
+def _marker(value: Any) -> tuple[str, AttributeValue] | None:
+    """The marker (kind, value) that restores the exponents of the numbers in `value`, if needed."""
     if _is_number(value):
         number = Decimal(value)
         exponent = _exponent(number)
-        return None if exponent == _exponent(_canonical(number)) else {"NS": [str(exponent)]}
+        if exponent == _exponent(_canonical(number)):
+            return None
+        return (_EXACT, {"N": str(exponent)}) if exponent > 0 else (_SCALE, {"NS": [str(exponent)]})
     exponents = []
     needed = False
     for number in _numbers(value):
@@ -188,10 +194,12 @@ def _marker(value: Any) -> AttributeValue | None:
         else:
             exponents.append(str(exponent))
             needed = True
-    return {"S": ",".join(exponents)} if needed else None
+    return (_SCALE, {"S": ",".join(exponents)}) if needed else None
 
 
 def _apply_marker(value: Any, marker: AttributeValue) -> Any:
+    if "N" in marker and _is_number(value):
+        return _rescale(Decimal(value), int(marker["N"]))
     if "NS" in marker and _is_number(value):
         number = Decimal(value)
         return _rescale(number, min([_exponent(number), *(int(e) for e in marker["NS"])]))
@@ -218,8 +226,16 @@ def serialize(value: Any) -> AttributeValue:
     return result
 
 
-def _marker_name(attr: str) -> str:
-    return f"{MARKER_PREFIX}{attr}"
+def _marker_names(attr: str) -> tuple[str, str]:
+    return f"{_SCALE}{attr}", f"{_EXACT}{attr}"
+
+
+def _marker_attr(name: str) -> str | None:
+    """The attribute a marker attribute belongs to; None for an ordinary attribute."""
+    for kind in (_SCALE, _EXACT):
+        if name.startswith(kind):
+            return name[len(kind) :]
+    return None
 
 
 def _check_name(attr: str) -> None:
@@ -245,7 +261,8 @@ def encode_item(item: Item) -> dict[str, AttributeValue]:
         encoded[name] = serialize(value)
         marker = _marker(value)
         if marker is not None:
-            encoded[_marker_name(name)] = marker
+            kind, marker_value = marker
+            encoded[f"{kind}{name}"] = marker_value
     return encoded
 
 
@@ -257,10 +274,9 @@ def decode_item(raw: Mapping[str, AttributeValue]) -> Item:
         if not name.startswith(MARKER_PREFIX)
     }
     for name, marker in raw.items():
-        if name.startswith(MARKER_PREFIX):
-            attr = name[len(MARKER_PREFIX) :]
-            if attr in item:
-                item[attr] = _apply_marker(item[attr], marker)
+        attr = _marker_attr(name)
+        if attr is not None and attr in item:
+            item[attr] = _apply_marker(item[attr], marker)
     return item
 
 
@@ -295,7 +311,7 @@ class Expression:
         return self.raw_value(serialize(value))
 
     def raw_value(self, value: AttributeValue) -> str:
-        ident = json.dumps(value, sort_keys=True)
+        ident = json.dumps(value, sort_keys=True, default=repr)
         placeholder = self._value_ids.get(ident)
         if placeholder is None:
             placeholder = self._value_ids[ident] = f":v{len(self._value_ids)}"
@@ -407,26 +423,29 @@ class Expression:
         for attr, value in op.set.items():
             _check_name(attr)
             if value is None and _is_index_key(attr):
-                removes += [self.name(attr), self.name(_marker_name(attr))]
+                removes += [self.name(attr), *map(self.name, _marker_names(attr))]
                 continue
             sets.append(f"{self.name(attr)} = {self.value(value)}")
             marker = _marker(value)
-            if marker is None:
-                removes.append(self.name(_marker_name(attr)))
-            else:
-                sets.append(f"{self.name(_marker_name(attr))} = {self.raw_value(marker)}")
+            for kind, name in zip((_SCALE, _EXACT), _marker_names(attr), strict=True):
+                if marker is not None and marker[0] == kind:
+                    sets.append(f"{self.name(name)} = {self.raw_value(marker[1])}")
+                else:
+                    removes.append(self.name(name))
         for attr, amount in op.add.items():
             _check_name(attr)
             if not _is_number(amount):
                 raise TypeError("add takes numbers")
             name = self.name(attr)
             sets.append(f"{name} = if_not_exists({name}, {self.value(Decimal(0))}) + {self.value(amount)}")
+            scale, exact = _marker_names(attr)
+            removes.append(self.name(exact))
             exponent = _exponent(Decimal(amount))
             if exponent < 0:
-                adds.append(f"{self.name(_marker_name(attr))} {self.raw_value({'NS': [str(exponent)]})}")
+                adds.append(f"{self.name(scale)} {self.raw_value({'NS': [str(exponent)]})}")
         for attr in op.remove:
             _check_name(attr)
-            removes += [self.name(attr), self.name(_marker_name(attr))]
+            removes += [self.name(attr), *map(self.name, _marker_names(attr))]
         for attr, value in op.init.items():
             _check_name(attr)
             if (value is None and _is_index_key(attr)) or attr in present:
@@ -436,8 +455,9 @@ class Expression:
                 name = self.name(attr)
                 sets.append(f"{name} = if_not_exists({name}, {self.value(value)})")
             else:
+                kind, marker_value = marker
                 sets.append(f"{self.name(attr)} = {self.value(value)}")
-                sets.append(f"{self.name(_marker_name(attr))} = {self.raw_value(marker)}")
+                sets.append(f"{self.name(kind + attr)} = {self.raw_value(marker_value)}")
         if not (sets or removes or adds):
             removes.append(self.name(_NO_ATTRIBUTE))  # creates the item if missing, changes nothing
         clauses = []
@@ -579,21 +599,23 @@ class DynamoDBStore:
         """The store the settings describe. Region, credentials and endpoint come from the usual
         AWS chain (AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_DYNAMODB, instance role, ...); with
         `aws_role_arn` set, the store works as that role, through STS."""
+        # botocore itself reads only AWS_DEFAULT_REGION; AWS_REGION is what the other SDKs read.
+        client_kwargs = {"region_name": os.environ["AWS_REGION"]} if os.environ.get("AWS_REGION") else {}
         if not settings.aws_role_arn:
-            return cls(settings.dynamodb_table_prefix)
+            return cls(settings.dynamodb_table_prefix, client_kwargs=client_kwargs)
         session = get_session()  # its own: it holds the role's credentials
         if sts_client is None:
             base = shared_session()  # the default chain: whoever may assume the role
 
             def default_sts() -> AbstractAsyncContextManager[Any]:
-                client: AbstractAsyncContextManager[Any] = base.create_client("sts")
+                client: AbstractAsyncContextManager[Any] = base.create_client("sts", **client_kwargs)
                 return client
 
             sts_client = default_sts
         fetch = AssumeRole(sts_client, settings.aws_role_arn, settings.aws_role_session_name)
         # The session hands these to every client it creates, instead of its own chain's.
         session._credentials = role_credentials(fetch)
-        return cls(settings.dynamodb_table_prefix, session=session)
+        return cls(settings.dynamodb_table_prefix, session=session, client_kwargs=client_kwargs)
 
     # --- plumbing -----------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ class IndexSpec:
 
 GSI1 = IndexSpec("gsi1", "gsi1pk", "gsi1sk", "S")
 GSI2 = IndexSpec("gsi2", "gsi2pk", "gsi2sk", "N")
-INDEXES = {GSI1.name: GSI1, GSI2.name: GSI2}
+GSI3 = IndexSpec("gsi3", "gsi3pk", "gsi3sk", "N")
+INDEXES = {GSI1.name: GSI1, GSI2.name: GSI2, GSI3.name: GSI3}
 
 
 def key(pk: str, sk: str) -> dict[str, str]:
@@ -123,6 +124,12 @@ def trigger_pk(asset_id: str, direction: str) -> str:
     return f"TRIGGER#{asset_id}#{direction}"
 
 
+def trail_pk(asset_id: str, side: str) -> str:
+    """GSI3 partition of trailing stops, keyed by the price extreme they have seen so far."""
+    return f"TRAIL#{asset_id}#{side}"
+
+
+# GSI1 on the orders table: resting orders with an expiry time, by that time.
 EXPIRY_INDEX_PK = "EXPIRY"
 
 # --- inventory table --------------------------------------------------------------------------

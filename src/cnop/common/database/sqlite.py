@@ -57,6 +57,19 @@ def encode_number_key(value: Any) -> str:
     return f"{int(scaled):0{_INT_DIGITS + _FRACTION_DIGITS}d}"
 
 
+_COLUMNS = [
+    "pk",
+    "sk",
+    *(col for spec in keys.INDEXES.values() for col in (spec.pk_attr, spec.sk_attr)),
+    "expires_at",
+    "body",
+]
+_INSERT_SQL = {
+    table: f"INSERT OR REPLACE INTO {table} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
+    for table in keys.TABLES
+}
+
+
 def _dumps(item: Item) -> str:
     return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
 
@@ -106,13 +119,17 @@ class SQLiteStore:
 
     def _create_tables(self) -> None:
         conn = self._connection()
+        index_columns = [col for spec in keys.INDEXES.values() for col in (spec.pk_attr, spec.sk_attr)]
         for table in keys.TABLES:
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} ("
-                "pk TEXT NOT NULL, sk TEXT NOT NULL,"
-                " gsi1pk TEXT, gsi1sk TEXT, gsi2pk TEXT, gsi2sk TEXT,"
+                f"CREATE TABLE IF NOT EXISTS {table} (pk TEXT NOT NULL, sk TEXT NOT NULL,"
+                f" {', '.join(f'{col} TEXT' for col in index_columns)},"
                 " expires_at REAL, body TEXT NOT NULL, PRIMARY KEY (pk, sk)) WITHOUT ROWID"
             )
+            existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for col in index_columns:
+                if col not in existing:  # a file made before this index existed
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
             for spec in keys.INDEXES.values():
                 conn.execute(
                     f"CREATE INDEX IF NOT EXISTS {table}_{spec.name} ON {table}"
@@ -286,11 +303,7 @@ class SQLiteStore:
         expires = item.get(TTL_ATTRIBUTE)
         columns.append(float(expires) if expires is not None else None)
         columns.append(_dumps(item))
-        conn.execute(
-            f"INSERT OR REPLACE INTO {table}"  # noqa: S608
-            " (pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, expires_at, body) VALUES (?,?,?,?,?,?,?,?)",
-            columns,
-        )
+        conn.execute(_INSERT_SQL[table], columns)
 
     async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
         ops = list(ops)

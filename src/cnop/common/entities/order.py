@@ -114,6 +114,10 @@ class Order(BaseModel):
     held_amount: Decimal = Decimal("0")
     realized_pnl: Decimal | None = None
     reason: str | None = None
+    # Resting orders: a stop-limit is at stage "stop" until its stop is crossed, then "limit";
+    # a trailing stop remembers the best price seen since placement (`trail_anchor`).
+    stage: str | None = None
+    trail_anchor: Decimal | None = None
     created_at: datetime
     updated_at: datetime
     executed_at: datetime | None = None
@@ -234,6 +238,7 @@ class OrderResponse(BaseModel):
     total_amount: Money | None
     held_amount: Money
     realized_pnl: Money | None
+    trail_anchor: Money | None
     created_at: datetime
     updated_at: datetime
     executed_at: datetime | None

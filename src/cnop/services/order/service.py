@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.holding_dao import EXACT_COST_BASIS_ATTEMPTS, HoldingDAO, cost_basis_out
 from cnop.common.dao.order_dao import OrderDAO
-from cnop.common.database import keys
-from cnop.common.database.store import Ge, ItemStore, Op, Update
+from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
-from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus
+from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, TimeInForce
 from cnop.common.exceptions import (
     AssetNotFoundForOrder,
     AssetNotTradeable,
@@ -25,7 +24,6 @@ from cnop.common.exceptions import (
     InsufficientHoldings,
     InsufficientInventory,
     InvalidOrder,
-    OrderNotCancellable,
     OrderValueExceedsLimit,
     PriceProtection,
     StoreError,
@@ -35,10 +33,11 @@ from cnop.common.ids import new_id
 from cnop.common.metrics import Metrics
 from cnop.common.money import USD_SCALE, places, round_down, round_up
 from cnop.market.prices import PriceBook
+from cnop.services.order.resting import RestingOrders
 
-# A sell recomputes the cost basis from the holding it read; if another order changed the
-# holding meanwhile, it reads again. Bounded: contention this high is a client bug.
-MAX_SELL_ATTEMPTS = 16
+# A sell reads the holding, then applies under guards; a guard that fails because another order
+# changed the holding meanwhile means read again (see holding_dao.EXACT_COST_BASIS_ATTEMPTS).
+MAX_SELL_ATTEMPTS = 32
 CENT = Decimal("0.01")
 
 
@@ -62,6 +61,7 @@ class OrderService:
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
+        resting: RestingOrders,
     ) -> None:
         self.store = store
         self.orders = orders
@@ -72,6 +72,7 @@ class OrderService:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        self.resting = resting
 
     async def tradeable_asset(self, asset_id: str) -> Asset:
         asset = await self.assets.find_asset(asset_id)
@@ -104,7 +105,9 @@ class OrderService:
         asset = await self.tradeable_asset(request.asset_id)
         self.check_quantity(asset, request.quantity)
         if not request.order_type.is_market:
-            raise InvalidOrder(f"{request.order_type.value} orders are not accepted yet")
+            order = await self._place_resting(username, asset, request, apply_op)
+            self.metrics.record_order(order.order_type.value, order.status.value)
+            return order
         quote = self.quote(asset, request.quantity)
         if request.price is not None:
             worse = (
@@ -117,13 +120,29 @@ class OrderService:
         else:
             order = await self._market_sell(username, asset, request, quote, apply_op)
         self.metrics.record_order(order.order_type.value, order.status.value)
+        self.resting.events.publish(username, "order.completed", order)
         return order
 
+    async def _place_resting(self, username: str, asset: Asset, request: OrderCreate, apply_op: Op | None) -> Order:
+        market_price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
+        self.resting.check_placement(request, market_price)
+        if self.resting.marketable(request, market_price):
+            # The market already satisfies the limit: fill now at the market price, like a market
+            # order bounded by the limit (which the market price is at or better than).
+            quote = self.quote(asset, request.quantity)
+            if request.order_type.side is OrderSide.BUY:
+                order = await self._market_buy(username, asset, request, quote, apply_op)
+            else:
+                order = await self._market_sell(username, asset, request, quote, apply_op)
+            self.resting.events.publish(username, "order.completed", order)
+            return order
+        if request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
+            return await self.resting.record_unfilled(username, request, apply_op)
+        return await self.resting.queue(username, request, asset, market_price, apply_op)
+
     async def cancel_order(self, username: str, order_id: str) -> Order:
-        order = await self.orders.get_order(username, order_id)
-        if order.status.is_final:
-            raise OrderNotCancellable(f"The order is already {order.status.value}")
-        raise OrderNotCancellable(f"An order that is {order.status.value} cannot be cancelled")
+        """Cancel a queued order, releasing its reservation in the same transaction."""
+        return await self.resting.cancel(username, order_id)
 
     def _new_order(self, username: str, request: OrderCreate, quote: Quote, total: Decimal) -> Order:
         now = self.clock.now()
@@ -135,22 +154,17 @@ class OrderService:
             asset_id=request.asset_id,
             quantity=request.quantity,
             price=request.price,
+            stop_price=request.stop_price,
+            trail_amount=request.trail_amount,
+            trail_percent=request.trail_percent,
             time_in_force=request.time_in_force,
+            expires_at=request.expires_at,
             status=OrderStatus.COMPLETED,
             executed_price=quote.price,
             total_amount=total,
             created_at=now,
             updated_at=now,
             executed_at=now,
-        )
-
-    def _house_op(self, asset_id: str, quantity: Decimal, cash: Decimal) -> Op:
-        """House inventory moves the other way; it may never hand out units it does not hold."""
-        return Update(
-            keys.INVENTORY,
-            keys.house_inventory_key(asset_id),
-            add={"quantity": quantity, "cash": cash},
-            condition=Ge("quantity", -quantity) if quantity < 0 else None,
         )
 
     async def _market_buy(
@@ -187,7 +201,7 @@ class OrderService:
                 order_id=order.order_id,
                 now=now,
             ),
-            self._house_op(asset.asset_id, -order.quantity, cost),  # 5 (guard: house holds the units)
+            self.assets.house_trade_op(asset.asset_id, -order.quantity, cost),  # 5 (guard: house holds the units)
         ]
         if apply_op is not None:
             ops.append(apply_op)  # 6
@@ -210,18 +224,12 @@ class OrderService:
         proceeds = round_down(quote.value, USD_SCALE)  # the seller never receives more than the arithmetic
         if proceeds <= 0:
             raise InvalidOrder("The order is worth less than 0.01 USD")
-        for _ in range(MAX_SELL_ATTEMPTS):
+        for attempt in range(MAX_SELL_ATTEMPTS):
             holding = await self.holdings.get_holding_item(username, asset.asset_id)
             if holding is None or holding["available"] < request.quantity:
                 have = holding["available"] if holding is not None else Decimal(0)
                 raise InsufficientHoldings(f"You have {have} {asset.asset_id} available, not {request.quantity}")
-            quantity_held = holding["available"] + holding["held"]
-            if request.quantity == quantity_held:
-                basis_out = holding["cost_basis"]
-            else:
-                basis_out = (holding["cost_basis"] * request.quantity / quantity_held).quantize(
-                    CENT, rounding=ROUND_HALF_EVEN
-                )
+            basis_out = cost_basis_out(holding, request.quantity)
             order = self._new_order(username, request, quote, proceeds).model_copy(
                 update={"realized_pnl": proceeds - basis_out}
             )
@@ -246,7 +254,7 @@ class OrderService:
                     now,
                     available=-order.quantity,
                     cost_basis=-basis_out,
-                    expected_version=holding.get("version", Decimal(0)),
+                    expected_version=holding["version"] if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
                 ),
                 self.holdings.asset_transaction_op(  # 4
                     username=username,
@@ -261,7 +269,7 @@ class OrderService:
                     order_id=order.order_id,
                     now=now,
                 ),
-                self._house_op(asset.asset_id, order.quantity, -proceeds),  # 5
+                self.assets.house_trade_op(asset.asset_id, order.quantity, -proceeds),  # 5
             ]
             if apply_op is not None:
                 ops.append(apply_op)  # 6
