@@ -34,7 +34,7 @@ def make_settings(**overrides: Any) -> Settings:
         "rate_limit_per_ip": "100000/minute",
         "rate_limit_per_user": "100000/minute",
         "log_json": True,
-        "log_level": "WARNING",
+        "log_level": "INFO",
         "price_source": "manual",
     }
     base.update(overrides)
