@@ -159,3 +159,31 @@ async def check_conservation(store: ItemStore, usernames: list[str], report: Aud
 
 
 GLOBAL_CHECKS.append(check_conservation)
+
+
+async def check_reservations(store: ItemStore, username: str, report: AuditReport) -> None:
+    """Invariant 3: held cash and units equal what the user's queued orders reserve."""
+    pk = keys.user_pk(username)
+    cash = Decimal(0)
+    units: dict[str, Decimal] = {}
+    async for order in query_all(store, keys.ORDERS, pk, sk=SortKey.prefix(keys.ORDER_PREFIX)):
+        if order["status"] != "queued":
+            continue
+        if order["order_type"].endswith("_buy"):
+            cash += order["held_amount"]
+        else:
+            units[order["asset_id"]] = units.get(order["asset_id"], Decimal(0)) + order["held_amount"]
+    balance = await store.get(keys.USERS, keys.balance_key(username))
+    if balance is not None and balance["held"] != cash:
+        report.violations.append(f"{username}: held cash {balance['held']} but queued buys reserve {cash}")
+    async for holding in query_all(store, keys.USERS, pk, sk=SortKey.prefix(keys.HOLDING_PREFIX)):
+        reserved = units.pop(holding["asset_id"], Decimal(0))
+        if holding["held"] != reserved:
+            report.violations.append(
+                f"{username} {holding['asset_id']}: held {holding['held']} but queued sells reserve {reserved}"
+            )
+    for asset_id, reserved in units.items():
+        report.violations.append(f"{username} {asset_id}: queued sells reserve {reserved} of a holding that is missing")
+
+
+USER_CHECKS.append(check_reservations)

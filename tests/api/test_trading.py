@@ -292,6 +292,7 @@ async def _check_after_burst(api: Api, username: str, results: list[Any]) -> Non
 
 
 async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
+    api.container.settings.max_price_age_seconds = 3600
     username, headers = await funded_user(api, "10000")
     api.set_price("BTC", "50000")
     api.set_price("ETH", "2000")
@@ -304,6 +305,7 @@ async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
 
 
 async def test_100_concurrent_mixed_orders_each_by_20_users(api: Api) -> None:
+    api.container.settings.max_price_age_seconds = 3600  # 2,000 orders outlast 30 s on DynamoDB Local
     api.set_price("BTC", "50000")
     api.set_price("ETH", "2000")
     users = [await funded_user(api, "3000") for _ in range(20)]

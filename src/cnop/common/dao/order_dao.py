@@ -43,6 +43,9 @@ _DECIMALS = (
     "trail_anchor",
 )
 _TIMES = ("expires_at", "created_at", "updated_at", "executed_at", "cancelled_at")
+# `expires_at` is the store's TTL attribute (epoch seconds); an order's good-till time is stored
+# under another name so the store never mistakes it for the item's own expiry.
+_STORED_NAME = {"expires_at": "good_till"}
 
 
 def order_to_item(order: Order) -> Item:
@@ -62,7 +65,7 @@ def order_to_item(order: Order) -> Item:
         item[name] = getattr(order, name)
     for name in _TIMES:
         value = getattr(order, name)
-        item[name] = isoformat(value) if value is not None else None
+        item[_STORED_NAME.get(name, name)] = isoformat(value) if value is not None else None
     return item
 
 
@@ -70,7 +73,7 @@ def order_from_item(item: Item) -> Order:
     values: dict[str, Any] = {name: item.get(name) for name in _DECIMALS}
     values["held_amount"] = item.get("held_amount") or Decimal(0)
     for name in _TIMES:
-        raw = item.get(name)
+        raw = item.get(_STORED_NAME.get(name, name))
         values[name] = parse_isoformat(raw) if raw else None
     return Order(
         order_id=item["order_id"],

@@ -358,10 +358,14 @@ class Expression:
             case And(conditions):
                 if not conditions:
                     return self._always(True)
+                if len(conditions) == 1:  # DynamoDB refuses redundant parentheses
+                    return self.condition(conditions[0])
                 return "(" + " AND ".join(self.condition(c) for c in conditions) + ")"
             case Or(conditions):
                 if not conditions:
                     return self._always(False)
+                if len(conditions) == 1:
+                    return self.condition(conditions[0])
                 return "(" + " OR ".join(self.condition(c) for c in conditions) + ")"
             case Not(inner):
                 return f"(NOT {self.condition(inner)})"

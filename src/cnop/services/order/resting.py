@@ -526,7 +526,13 @@ class RestingOrders:
             await self.release(item, OrderStatus.FAILED, reason)
             return None
         done = order.model_copy(
-            update={"status": OrderStatus.COMPLETED, "executed_at": now, "updated_at": now, **fields}
+            update={
+                "status": OrderStatus.COMPLETED,
+                "executed_at": now,
+                "updated_at": now,
+                "executed_price": price,
+                "total_amount": cost,
+            }
         )
         self.events.publish(order.username, "order.completed", done)
         return done
@@ -581,7 +587,14 @@ class RestingOrders:
                 await self.release(item, OrderStatus.FAILED, f"the fill was refused at step {exc.index}")
                 return None
             done = order.model_copy(
-                update={"status": OrderStatus.COMPLETED, "executed_at": now, "updated_at": now, **fields}
+                update={
+                    "status": OrderStatus.COMPLETED,
+                    "executed_at": now,
+                    "updated_at": now,
+                    "executed_price": price,
+                    "total_amount": proceeds,
+                    "realized_pnl": proceeds - basis_out,
+                }
             )
             self.events.publish(order.username, "order.completed", done)
             return done
