@@ -12,6 +12,8 @@ Environment:
     BENCH_CONNECTIONS      wrk connections per scenario (default 64; contention always uses 64)
     BENCH_USERS            users for market_orders, reads and resting_orders (default 200)
     BENCH_WARMUP_SECONDS   unmeasured wrk run before each scenario (default 2; 0 to skip)
+    BENCH_ATTEMPTS         measured windows per scenario at most, when other processes disturb core 0
+                           (default 2; the least disturbed window is reported)
     BENCH_KEEP_STORE       1 to keep the temporary folder (store and server logs) afterwards
 
 Exit status: 0 when every selected scenario ran, no response was a 5xx and the audit passed;
@@ -101,6 +103,7 @@ class Config:
     connections: int
     users: int
     warmup: int
+    attempts: int
     keep_store: bool
 
     @classmethod
@@ -115,6 +118,7 @@ class Config:
             connections=_env_int("BENCH_CONNECTIONS", 64, 1),
             users=_env_int("BENCH_USERS", 200, 1),
             warmup=_env_int("BENCH_WARMUP_SECONDS", 2, 0),
+            attempts=_env_int("BENCH_ATTEMPTS", 2, 1),
             keep_store=os.environ.get("BENCH_KEEP_STORE", "") not in ("", "0"),
         )
 
@@ -548,32 +552,57 @@ EMPTY_RESULT: dict[str, Any] = {
 
 
 def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path) -> dict[str, Any]:
+    """Warm up, then measure; on a shared machine a window that other processes disturbed is measured
+    again (up to `config.attempts` windows) and the least disturbed one is kept. A 5xx in any window,
+    warm-ups included, counts."""
     if scenario.skipped:
         print(f"  {scenario.name}: NOT RUN - {scenario.skipped}", flush=True)
         return {**EMPTY_RESULT, "skipped": scenario.skipped}
     data_file = write_data(workdir, scenario.name, scenario.data)
-    warmup: dict[str, Any] | None = None
-    if config.warmup:
-        warmup = run_wrk(server, scenario.script, data_file, config.warmup, scenario.connections)
-    print(f"  {scenario.name}: {config.seconds} s, {scenario.connections} connections ...", flush=True)
-    result = run_wrk(server, scenario.script, data_file, config.seconds, scenario.connections)
-    result = {
-        **{k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()},
+    best: dict[str, Any] | None = None
+    server_errors = 0
+    other_status_counts: list[dict[str, int]] = []
+    for attempt in range(1, config.attempts + 1):
+        if config.warmup:
+            warmup = run_wrk(server, scenario.script, data_file, config.warmup, scenario.connections)
+            server_errors += count_5xx(warmup["status_counts"])
+            other_status_counts.append(warmup["status_counts"])
+        print(f"  {scenario.name}: {config.seconds} s, {scenario.connections} connections ...", flush=True)
+        result = run_wrk(server, scenario.script, data_file, config.seconds, scenario.connections)
+        server_errors += count_5xx(result["status_counts"])
+        print(
+            f"  {scenario.name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
+            f"statuses {format_counts(result['status_counts'])}, server CPU {result['server_cpu']:.2f}, "
+            f"others on core 0 {result['server_core_others']:.2f}, wrk CPU {result['wrk_cpu']:.2f}",
+            flush=True,
+        )
+        if best is None or result["server_core_others"] < best["server_core_others"]:
+            if best is not None:
+                other_status_counts.append(best["status_counts"])
+            best = result
+        else:
+            other_status_counts.append(result["status_counts"])
+        if best["server_core_others"] <= DISTURBED:
+            break
+        if attempt < config.attempts:
+            print(f"  {scenario.name}: disturbed by other processes; measuring again", flush=True)
+    assert best is not None
+    report = {
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()},
+        "rps": round(best["rps"], 1),
         "connections": scenario.connections,
         "description": DESCRIPTIONS[scenario.name],
+        "attempts": attempt,
+        "server_errors": server_errors,
     }
-    result["rps"] = round(result["rps"], 1)
-    result["server_errors"] = count_5xx(result["status_counts"])
-    if warmup is not None:
-        result["warmup_status_counts"] = warmup["status_counts"]
-        result["server_errors"] += count_5xx(warmup["status_counts"])
-    print(
-        f"  {scenario.name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
-        f"statuses {format_counts(result['status_counts'])}, server CPU {result['server_cpu']:.2f}, "
-        f"wrk CPU {result['wrk_cpu']:.2f}",
-        flush=True,
-    )
-    return result
+    if other_status_counts:
+        # Statuses of the warm-ups and of measured windows that were not kept (5xx among them count).
+        merged: dict[str, int] = {}
+        for counts in other_status_counts:
+            for status, n in counts.items():
+                merged[status] = merged.get(status, 0) + n
+        report["unreported_status_counts"] = merged
+    return report
 
 
 def count_5xx(counts: dict[str, int]) -> int:
@@ -775,6 +804,7 @@ def run(config: Config) -> int:
             "contention_connections": CONTENTION_CONNECTIONS,
             "users": config.users,
             "warmup_seconds": config.warmup,
+            "attempts": config.attempts,
             "scenarios": list(config.scenarios),
         },
     }

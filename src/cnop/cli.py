@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Annotated
 
@@ -52,6 +53,30 @@ def serve(
     settings = _settings(store)
     console.print(f"[bold]cnop[/] serving on http://{host}:{port} (store: {settings.store})")
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+@serve_app.command("worker")
+def serve_worker(store: StoreOption = None) -> None:
+    """Run only the price feed and the trigger engine (no HTTP); several may run over one store."""
+    from cnop.common.logging import configure_logging
+    from cnop.container import build_container
+
+    settings = _settings(store)
+    configure_logging(settings)
+
+    async def run() -> None:
+        container = build_container(settings)
+        await container.store.create_tables()
+        for startup in container.startup:
+            await startup()
+        console.print(f"[bold]cnop worker[/] running (store: {settings.store}, prices: {settings.price_source})")
+        try:
+            await asyncio.gather(*(task() for task in container.background))
+        finally:
+            await container.store.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
 
 
 @db_app.command("init")

@@ -23,6 +23,7 @@ from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers
 from cnop.services.admin_api import router as admin_router
 from cnop.services.dependencies import bearer_token
+from cnop.services.events_api import router as events_router
 from cnop.services.insights.api import router as insights_router
 from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
@@ -107,7 +108,7 @@ def create_app(
         async def metrics(request: Request) -> Response:
             return container.metrics.metrics_response()
 
-    for router in (user_router, order_router, inventory_router, insights_router, admin_router):
+    for router in (user_router, order_router, inventory_router, insights_router, admin_router, events_router):
         app.include_router(router)
     install_middleware(app, settings, container.metrics, _identify_user(container))
     return app

@@ -1,0 +1,130 @@
+"""Trigger-engine cost: one tick with 1,000 vs 100,000 resting orders, of which the same 10 cross.
+
+The engine reads only the crossed orders (range queries on the trigger index), so the time per
+tick should depend on the 10 that fire, not on how many rest. Run:
+
+    .venv/bin/python -m benchmarks.tick_bench            # SQLite
+    BENCH_TICK_ROUNDS=9 .venv/bin/python -m benchmarks.tick_bench
+
+Writes benchmarks/results/tick.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from cnop.common.clock import SystemClock
+from cnop.common.config import Settings
+from cnop.common.dao.asset_dao import AssetDAO
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.order_dao import OrderDAO
+from cnop.common.database import keys
+from cnop.common.database.sqlite import SQLiteStore
+from cnop.common.database.store import Put
+from cnop.common.entities.asset import Asset
+from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.order import OrderCreate, OrderType
+from cnop.common.events import EventBus
+from cnop.common.ids import new_id
+from cnop.market.prices import PriceBook
+from cnop.market.triggers import TriggerEngine
+from cnop.services.order.resting import RestingOrders
+
+CROSSING = 10
+TICK_PRICE = Decimal("44000")
+RESULTS = Path(__file__).parent / "results" / "tick.json"
+
+
+async def resting_background(store: SQLiteStore, count: int) -> None:
+    """`count` queued limit buys far below the tick price: they rest and never fire."""
+    for start in range(0, count, 100):
+        ops = []
+        for n in range(start, min(count, start + 100)):
+            trigger = Decimal(20000 + (n % 19000))
+            ops.append(
+                Put(
+                    keys.ORDERS,
+                    {
+                        **keys.order_key(f"resting{n % 1000:04d}", f"R{n:09d}"),
+                        "status": "queued",
+                        "order_type": "limit_buy",
+                        "asset_id": "BTC",
+                        "gsi2pk": keys.trigger_pk("BTC", "below"),
+                        "gsi2sk": trigger,
+                    },
+                )
+            )
+        await store.transact(ops)
+
+
+async def measure(resting: int, rounds: int) -> list[float]:
+    settings = Settings(order_value_limit=Decimal(10**9))
+    clock = SystemClock()
+    with tempfile.TemporaryDirectory() as folder:
+        store = SQLiteStore(f"{folder}/tick.db")
+        await store.create_tables()
+        now = clock.now()
+        assets = AssetDAO(store, clock)
+        btc = Asset(asset_id="BTC", name="Bitcoin", symbol="btc", scale=8, created_at=now, updated_at=now)
+        await assets.create_asset(btc, Decimal(10**6))
+        balances = BalanceDAO(store, clock)
+        events = EventBus(clock)
+        rest = RestingOrders(store, OrderDAO(store, clock), balances, HoldingDAO(store, clock), settings, clock, events)
+        engine = TriggerEngine(PriceBook(clock), rest, assets.house_trade_op, settings, clock)
+        await resting_background(store, resting)
+        users = [f"trader{n:02d}" for n in range(CROSSING)]
+        for user in users:
+            await store.transact([balances.create_balance_op(user)])
+            deposit = BalanceTransaction(
+                transaction_id=new_id(),
+                username=user,
+                transaction_type=TransactionType.DEPOSIT,
+                amount=Decimal(10**8),
+                available_change=Decimal(10**8),
+                held_change=Decimal(0),
+                description="bench",
+                created_at=now,
+            )
+            await store.transact(balances.entry_ops(deposit))
+        timings = []
+        for _ in range(rounds):
+            for user in users:
+                request = OrderCreate(
+                    order_type=OrderType.LIMIT_BUY, asset_id="BTC", quantity=Decimal("0.01"), price=Decimal("45000")
+                )
+                await rest.queue(user, request, btc, Decimal("50000"), None)
+            start = time.perf_counter()
+            filled = await engine.process_tick("BTC", TICK_PRICE)
+            timings.append(time.perf_counter() - start)
+            assert filled == CROSSING, filled
+        await store.close()
+    return timings
+
+
+async def main() -> None:
+    rounds = int(os.environ.get("BENCH_TICK_ROUNDS", "7"))
+    results = {}
+    for resting in (1_000, 100_000):
+        timings = await measure(resting, rounds)
+        results[resting] = {"median_ms": statistics.median(timings) * 1000, "min_ms": min(timings) * 1000}
+        print(f"{resting:>7} resting, {CROSSING} crossing: median {results[resting]['median_ms']:.2f} ms per tick")
+    ratio = results[100_000]["median_ms"] / results[1_000]["median_ms"]
+    print(f"ratio 100k / 1k = {ratio:.2f} (target < 2)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps({"engine": "sqlite", "crossing": CROSSING, "rounds": rounds, "results": results, "ratio": ratio}, indent=2)
+    )
+    if ratio >= 2:
+        raise SystemExit("tick cost grew with resting orders")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
