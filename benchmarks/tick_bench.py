@@ -120,7 +120,9 @@ async def main() -> None:
     print(f"ratio 100k / 1k = {ratio:.2f} (target < 2)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        json.dumps({"engine": "sqlite", "crossing": CROSSING, "rounds": rounds, "results": results, "ratio": ratio}, indent=2)
+        json.dumps(
+            {"engine": "sqlite", "crossing": CROSSING, "rounds": rounds, "results": results, "ratio": ratio}, indent=2
+        )
     )
     if ratio >= 2:
         raise SystemExit("tick cost grew with resting orders")
