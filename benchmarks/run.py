@@ -24,6 +24,7 @@ baseline, RSS) are reported, not enforced.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -839,7 +840,7 @@ def run(config: Config) -> int:
                 print(f"set-up done in {fixture.setup_seconds} s", flush=True)
                 for scenario in plan(config, fixture):
                     report["scenarios"][scenario.name] = run_guarded(
-                        scenario.name, lambda s=scenario: execute(system, s, config, workdir)
+                        scenario.name, functools.partial(execute, system, scenario, config, workdir)
                     )
                 report["rss_mb"], report["rss_peak_mb"] = system.rss_mb()
             report["server_log_errors"] = system.log_errors()
