@@ -781,10 +781,15 @@ def write_results(report: dict[str, Any]) -> None:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def _terminate_on_sigterm() -> None:
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM both unwind through every `finally`, which stops the server and wrk.
+
+    SIGINT is set explicitly: a shell starting this in the background leaves it ignored."""
+
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -891,7 +896,7 @@ def failures_of(report: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    _terminate_on_sigterm()
+    _interrupt_on_signals()
     try:
         config = Config.from_env()
         return run(config)
