@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck unit bench audit clean deps-dynamodb
+.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb
 
 install: $(STAMP)
 
@@ -32,7 +32,14 @@ test: install deps-dynamodb lint
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 bench: install
+	@scripts/install-bench-tools.sh
 	$(BIN)/python -m benchmarks.run
+
+bench-store: install deps-dynamodb
+	$(BIN)/python -m benchmarks.store_bench
+
+bench-ticks: install
+	$(BIN)/python -m benchmarks.tick_bench
 
 audit: install
 	$(BIN)/cnop audit

@@ -15,6 +15,8 @@ Environment:
     BENCH_ATTEMPTS         measured windows per scenario at most, when other processes disturb core 0
                            (default 2; the least disturbed window is reported)
     BENCH_KEEP_STORE       1 to keep the temporary folder (store and server logs) afterwards
+    BENCH_PYSPY            path to a py-spy binary: record each scenario's first measured window
+                           (GIL samples, speedscope) into benchmarks/results/tmp/ (git-ignored)
 
 Exit status: 0 when every selected scenario ran, no response was a 5xx and the audit passed;
 1 otherwise; 2 when the tools are missing or the environment is wrong. Targets (ratios to the
@@ -106,6 +108,7 @@ class Config:
     warmup: int
     attempts: int
     keep_store: bool
+    pyspy: str | None = None
 
     @classmethod
     def from_env(cls) -> Config:
@@ -121,7 +124,17 @@ class Config:
             warmup=_env_int("BENCH_WARMUP_SECONDS", 2, 0),
             attempts=_env_int("BENCH_ATTEMPTS", 2, 1),
             keep_store=os.environ.get("BENCH_KEEP_STORE", "") not in ("", "0"),
+            pyspy=_pyspy(os.environ.get("BENCH_PYSPY", "").strip()),
         )
+
+
+def _pyspy(path: str) -> str | None:
+    if not path:
+        return None
+    found = shutil.which(path)
+    if found is None:
+        raise UsageError(f"BENCH_PYSPY={path} is not an executable py-spy")
+    return found
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:
@@ -469,7 +482,25 @@ def write_data(workdir: Path, scenario: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def run_wrk(server: Server, script: str, data_file: Path, seconds: int, connections: int) -> dict[str, Any]:
+def start_profiler(pyspy: str, server: Server, seconds: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy on core 1 (beside wrk), sampling only the thread that holds the GIL, without pausing the server."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        "taskset", "-c", CLIENT_CORE, pyspy, "record", "--nonblocking", "--gil", "--threads", "--rate", "100",
+        "--pid", str(server.pid), "--duration", str(seconds), "--format", "speedscope", "--output", str(output),
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_wrk(
+    server: Server,
+    script: str,
+    data_file: Path,
+    seconds: int,
+    connections: int,
+    profile: tuple[str, Path] | None = None,
+) -> dict[str, Any]:
+    """One wrk window; with `profile` (py-spy binary, output file) py-spy records the server meanwhile."""
     command = [
         "taskset", "-c", CLIENT_CORE,
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
@@ -479,12 +510,20 @@ def run_wrk(server: Server, script: str, data_file: Path, seconds: int, connecti
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = server.cpu_seconds()
     core_before = _core_busy_seconds(SERVER_CORE)
-    started = time.monotonic()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    wall = time.monotonic() - started
-    server_cpu = server.cpu_seconds() - server_before
-    core_after = _core_busy_seconds(SERVER_CORE)
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    profiler = start_profiler(profile[0], server, seconds, profile[1]) if profile else None
+    try:
+        started = time.monotonic()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        wall = time.monotonic() - started
+        server_cpu = server.cpu_seconds() - server_before
+        core_after = _core_busy_seconds(SERVER_CORE)
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if profiler is not None:
+            profiler.wait(timeout=60)  # py-spy stops by itself after `seconds` and writes its file
+    finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.kill()
+            profiler.wait()
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if done.returncode != 0 or line is None:
         raise BenchError(f"wrk {script} exited with {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -561,6 +600,7 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
         return {**EMPTY_RESULT, "skipped": scenario.skipped}
     data_file = write_data(workdir, scenario.name, scenario.data)
     best: dict[str, Any] | None = None
+    profiled: str | None = None  # the py-spy recording of the first measured window
     server_errors = 0
     other_status_counts: list[dict[str, int]] = []
     for attempt in range(1, config.attempts + 1):
@@ -569,7 +609,12 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
             server_errors += count_5xx(warmup["status_counts"])
             other_status_counts.append(warmup["status_counts"])
         print(f"  {scenario.name}: {config.seconds} s, {scenario.connections} connections ...", flush=True)
-        result = run_wrk(server, scenario.script, data_file, config.seconds, scenario.connections)
+        profile = None
+        if config.pyspy and attempt == 1:
+            profile = (config.pyspy, RESULTS_DIR / "tmp" / f"{scenario.name}.speedscope.json")
+        result = run_wrk(server, scenario.script, data_file, config.seconds, scenario.connections, profile)
+        if profile is not None:
+            profiled = str(profile[1].relative_to(ROOT))
         server_errors += count_5xx(result["status_counts"])
         print(
             f"  {scenario.name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
@@ -596,6 +641,8 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
         "attempts": attempt,
         "server_errors": server_errors,
     }
+    if profiled is not None:
+        report["profile"] = profiled
     if other_status_counts:
         # Statuses of the warm-ups and of measured windows that were not kept (5xx among them count).
         merged: dict[str, int] = {}
@@ -811,6 +858,7 @@ def run(config: Config) -> int:
             "users": config.users,
             "warmup_seconds": config.warmup,
             "attempts": config.attempts,
+            "profiled": config.pyspy is not None,
             "scenarios": list(config.scenarios),
         },
     }
@@ -858,8 +906,11 @@ def run(config: Config) -> int:
     except (BenchError, subprocess.CalledProcessError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         report["error"] = str(exc)[:4000]
-    except BaseException:
-        print(f"kept the store and server logs in {workdir}", file=sys.stderr)
+    except BaseException:  # Ctrl-C or SIGTERM: the servers are already stopped; leave nothing behind
+        if config.keep_store:
+            print(f"kept the store and server logs in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
 
     report["server_errors"] = sum(r.get("server_errors", 0) for r in report["scenarios"].values())

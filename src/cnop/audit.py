@@ -12,12 +12,12 @@ Checks register themselves in `CHECKS`; services add theirs as they gain the ent
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from cnop.common.database import keys
-from cnop.common.database.store import Item, ItemStore, SortKey
+from cnop.common.database.store import ItemStore, SortKey, query_all
 
 
 @dataclass
@@ -29,19 +29,6 @@ class AuditReport:
     @property
     def ok(self) -> bool:
         return not self.violations
-
-
-async def query_all(
-    store: ItemStore, table: str, pk: str, *, sk: SortKey | None = None, index: str | None = None
-) -> AsyncIterator[Item]:
-    cursor = None
-    while True:
-        page = await store.query(table, pk, sk=sk, index=index, limit=500, cursor=cursor)
-        for item in page.items:
-            yield item
-        cursor = page.next_cursor
-        if cursor is None:
-            return
 
 
 async def all_usernames(store: ItemStore) -> list[str]:

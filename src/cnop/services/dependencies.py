@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-import structlog
 from fastapi import Depends, Query
 from starlette.requests import Request
 
@@ -14,6 +13,7 @@ from cnop.common.database.store import InvalidCursor, Page
 from cnop.common.exceptions import AuthenticationRequired, Forbidden, InvalidToken, ValidationFailed
 from cnop.common.security import TokenClaims
 from cnop.container import Container
+from cnop.gateway.middleware import bind_request_user
 from cnop.services.user.service import Principal
 
 ContainerDep = Annotated[Container, Depends(get_container)]
@@ -42,7 +42,7 @@ def verified_claims(request: Request, container: Container) -> TokenClaims:
 
 async def current_principal(request: Request, container: ContainerDep) -> Principal:
     principal = await container.accounts.principal_for(verified_claims(request, container))
-    structlog.contextvars.bind_contextvars(user=principal.username)
+    bind_request_user(request, principal.username)
     return principal
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
-from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update
+from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
 from cnop.common.entities.asset import Asset
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 
@@ -154,14 +154,9 @@ class AssetDAO:
         return await self.store.query(keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor)
 
     async def all_assets(self) -> list[Asset]:
-        assets: list[Asset] = []
-        cursor = None
-        while True:
-            page = await self.get_assets(limit=250, cursor=cursor)
-            assets += [asset_from_item(item) for item in page.items]
-            cursor = page.next_cursor
-            if cursor is None:
-                return assets
+        """Every asset in rank order (the catalogue is small: tens of assets)."""
+        items = query_all(self.store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1")
+        return [asset_from_item(item) async for item in items]
 
     @staticmethod
     def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:

@@ -20,6 +20,7 @@ from cnop.common.database.store import (
     Put,
     SortKey,
     Update,
+    query_all,
 )
 from cnop.common.entities.holding import Holding
 
@@ -64,21 +65,11 @@ class HoldingDAO:
         return holding_from_item(item) if item is not None else None
 
     async def get_holdings(self, username: str) -> list[Holding]:
-        items: list[Item] = []
-        cursor = None
-        while True:
-            page = await self.store.query(
-                keys.USERS,
-                keys.user_pk(username),
-                sk=SortKey.prefix(keys.HOLDING_PREFIX),
-                limit=100,
-                cursor=cursor,
-            )
-            items += page.items
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        return [holding_from_item(item) for item in items]
+        prefix = SortKey.prefix(keys.HOLDING_PREFIX)
+        return [
+            holding_from_item(item)
+            async for item in query_all(self.store, keys.USERS, keys.user_pk(username), sk=prefix)
+        ]
 
     def change_op(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
@@ -330,6 +330,20 @@ class ItemStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def query_all(
+    store: ItemStore, table: str, pk: str, *, sk: SortKey | None = None, index: str | None = None
+) -> AsyncIterator[Item]:
+    """Every item of a query, page after page (for bounded sets: a user's holdings, crossed orders)."""
+    cursor = None
+    while True:
+        page = await store.query(table, pk, sk=sk, index=index, limit=500, cursor=cursor)
+        for item in page.items:
+            yield item
+        cursor = page.next_cursor
+        if cursor is None:
+            return
 
 
 # --- helpers shared by engines ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import EXACT_COST_BASIS_ATTEMPTS, HoldingDAO, cost_basis_out
 from cnop.common.dao.order_dao import OrderDAO, order_from_item
 from cnop.common.database import keys
-from cnop.common.database.store import And, Eq, Item, ItemStore, Op, SortKey, Update
+from cnop.common.database.store import And, Eq, Item, ItemStore, Op, SortKey, Update, query_all
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
@@ -377,35 +377,16 @@ class RestingOrders:
         """Resting orders of one asset whose trigger this price crosses: two range queries."""
         found: list[Item] = []
         for direction, condition in ((BELOW, SortKey.ge(price)), (ABOVE, SortKey.le(price))):
-            cursor = None
-            while True:
-                page = await self.store.query(
-                    keys.ORDERS,
-                    keys.trigger_pk(asset_id, direction),
-                    sk=condition,
-                    index="gsi2",
-                    limit=100,
-                    cursor=cursor,
-                )
-                found += page.items
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
+            pk = keys.trigger_pk(asset_id, direction)
+            found += [item async for item in query_all(self.store, keys.ORDERS, pk, sk=condition, index="gsi2")]
         return found
 
     async def trailing_to_move(self, asset_id: str, price: Decimal) -> list[Item]:
         """Trailing stops whose best price this tick beats: sells below a new high, buys above a new low."""
         found: list[Item] = []
         for side, condition in (("sell", SortKey.lt(price)), ("buy", SortKey.gt(price))):
-            cursor = None
-            while True:
-                page = await self.store.query(
-                    keys.ORDERS, keys.trail_pk(asset_id, side), sk=condition, index="gsi3", limit=100, cursor=cursor
-                )
-                found += page.items
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
+            pk = keys.trail_pk(asset_id, side)
+            found += [item async for item in query_all(self.store, keys.ORDERS, pk, sk=condition, index="gsi3")]
         return found
 
     async def move_trail(self, item: Item, price: Decimal) -> bool:

@@ -145,26 +145,10 @@ class OrderService:
         return await self.resting.cancel(username, order_id)
 
     def _new_order(self, username: str, request: OrderCreate, quote: Quote, total: Decimal) -> Order:
-        now = self.clock.now()
-        return Order(
-            order_id=new_id(),
-            username=username,
-            client_order_id=request.client_order_id,
-            order_type=request.order_type,
-            asset_id=request.asset_id,
-            quantity=request.quantity,
-            price=request.price,
-            stop_price=request.stop_price,
-            trail_amount=request.trail_amount,
-            trail_percent=request.trail_percent,
-            time_in_force=request.time_in_force,
-            expires_at=request.expires_at,
-            status=OrderStatus.COMPLETED,
-            executed_price=quote.price,
-            total_amount=total,
-            created_at=now,
-            updated_at=now,
-            executed_at=now,
+        """An order filled now, at the quote."""
+        order = self.resting.new_order(username, request, OrderStatus.COMPLETED, Decimal(0), None)
+        return order.model_copy(
+            update={"executed_price": quote.price, "total_amount": total, "executed_at": order.created_at}
         )
 
     async def _market_buy(
