@@ -6,7 +6,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -55,7 +55,12 @@ class Settings(BaseSettings):
     price_source: str = "simulated"
     price_tick_seconds: float = Field(default=1.0, gt=0)
     price_seed: int = 42
-    max_price_age_seconds: float = Field(default=30.0, gt=0)
+    # Also read from CNOP_MAX_PRICE_AGE, the name the trading issue uses.
+    max_price_age_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("max_price_age_seconds", "CNOP_MAX_PRICE_AGE_SECONDS", "CNOP_MAX_PRICE_AGE"),
+    )
     price_history_size: int = 1440
 
     # Gateway
