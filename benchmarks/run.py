@@ -711,7 +711,7 @@ def machine() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": os_name,
         "kernel": platform.release(),
-        "wrk": wrk_version[0] if wrk_version else "unknown",
+        "wrk": wrk_version[0].split(" Copyright")[0] if wrk_version else "unknown",
         "packages": packages,
         "server_core": int(SERVER_CORE),
         "client_core": int(CLIENT_CORE),

@@ -87,6 +87,7 @@ class AssetDAO:
         self.clock = clock
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Asset | None]] = {}
+        self._all: tuple[float, list[Asset]] | None = None
 
     def create_asset_ops(self, asset: Asset, house_quantity: Decimal) -> list[Op]:
         return [
@@ -110,7 +111,7 @@ class AssetDAO:
             await self.store.transact(self.create_asset_ops(asset, house_quantity))
         except ConditionFailed:
             return False
-        self._cache.pop(asset.asset_id, None)
+        self._forget(asset.asset_id)
         return True
 
     async def get_asset(self, asset_id: str) -> Asset:
@@ -140,8 +141,12 @@ class AssetDAO:
             )
         except ConditionFailed as exc:
             raise AssetNotFound() from exc
-        self._cache.pop(asset_id, None)
+        self._forget(asset_id)
         return updated
+
+    def _forget(self, asset_id: str) -> None:
+        self._cache.pop(asset_id, None)
+        self._all = None
 
     async def activate_asset(self, asset_id: str) -> Asset:
         return await self.update_asset(asset_id, {"is_active": True})
@@ -154,9 +159,14 @@ class AssetDAO:
         return await self.store.query(keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor)
 
     async def all_assets(self) -> list[Asset]:
-        """Every asset in rank order (the catalogue is small: tens of assets)."""
+        """Every asset in rank order (the catalogue is small: tens of assets); cached like `find_asset`."""
+        now = time.monotonic()
+        if self._all is not None and now - self._all[0] < self.cache_seconds:
+            return self._all[1]
         items = query_all(self.store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1")
-        return [asset_from_item(item) async for item in items]
+        assets = [asset_from_item(item) async for item in items]
+        self._all = (now, assets)
+        return assets
 
     @staticmethod
     def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:

@@ -14,25 +14,30 @@ if TYPE_CHECKING:
     from cnop.container import Container
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
+    # async: FastAPI would run a plain function in a thread pool on every request
+    return container_of(request)
+
+
+def container_of(request: Request) -> Container:
     return cast("Container", request.app.state.container)
 
 
 def get_store(request: Request) -> ItemStore:
-    return get_container(request).store
+    return container_of(request).store
 
 
 def get_user_dao(request: Request) -> UserDAO:
-    return get_container(request).user_dao
+    return container_of(request).user_dao
 
 
 def get_balance_dao(request: Request) -> BalanceDAO:
-    return get_container(request).balance_dao
+    return container_of(request).balance_dao
 
 
 def get_order_dao(request: Request) -> Any:
-    return get_container(request).order_dao
+    return container_of(request).order_dao
 
 
 def get_asset_dao(request: Request) -> Any:
-    return get_container(request).asset_dao
+    return container_of(request).asset_dao

@@ -379,13 +379,12 @@ def check_item(item: Item) -> None:
 
 
 def _refuse_floats(value: Any) -> None:
-    if isinstance(value, float):
-        raise TypeError("floats are not stored; use Decimal")
-    if isinstance(value, dict):
-        for inner in value.values():
-            _refuse_floats(inner)
-    elif isinstance(value, list | tuple):
-        for inner in value:
+    # On every write: a flat loop over the common case (scalars), recursion only for containers.
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else (value,)
+    for inner in values:
+        if isinstance(inner, float):
+            raise TypeError("floats are not stored; use Decimal")
+        if isinstance(inner, dict | list | tuple):
             _refuse_floats(inner)
 
 

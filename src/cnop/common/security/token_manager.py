@@ -38,6 +38,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 REQUIRED_CLAIMS = ("sub", "iat", "exp", "jti", "iss", "aud", "type", "role", "gen")
 
 _GENERATED_SECRET_BYTES = 64
+_VERIFIED_CACHE_SIZE = 100_000
 _LATEST_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last instant a datetime can hold
 
 
@@ -90,6 +91,7 @@ class TokenManager:
         self._jwt = jwt.PyJWT(options={"enforce_minimum_key_length": True})
         self._signing_key: AllowedPrivateKeys | bytes | None
         self._verifying_key: AllowedPublicKeys | bytes
+        self._verified: dict[str, TokenClaims] = {}
         #: True when no `jwt_secret` was configured and a random one was made: tokens die with the process.
         self.generated_secret = False
 
@@ -160,16 +162,30 @@ class TokenManager:
         )
 
     def verify_access_token(self, token: str) -> TokenClaims:
-        """The token's claims, or `InvalidToken` if it is forged, expired, foreign or malformed."""
-        payload = self.decode_token_payload(token)
-        return TokenClaims(
-            sub=payload["sub"],
-            role=payload["role"],
-            jti=payload["jti"],
-            generation=payload["gen"],
-            iat=datetime.fromtimestamp(payload["iat"], UTC),
-            exp=datetime.fromtimestamp(payload["exp"], UTC),
-        )
+        """The token's claims, or `InvalidToken` if it is forged, expired, foreign or malformed.
+
+        A token string that verified once is remembered (bounded), so a client's next requests
+        cost a dictionary lookup instead of a signature check; expiry is checked every time.
+        Revocation is the caller's check against the store, on every request.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            payload = self.decode_token_payload(token)
+            claims = TokenClaims(
+                sub=payload["sub"],
+                role=payload["role"],
+                jti=payload["jti"],
+                generation=payload["gen"],
+                iat=datetime.fromtimestamp(payload["iat"], UTC),
+                exp=datetime.fromtimestamp(payload["exp"], UTC),
+            )
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        elif self._has_expired(claims.exp.timestamp()):
+            del self._verified[token]
+            raise InvalidToken("Token has expired")
+        return claims
 
     def decode_token_payload(self, token: str) -> dict[str, Any]:
         """The token's raw claims after full verification (expiry included); raises `InvalidToken`."""
