@@ -325,10 +325,16 @@ def running(server: Server) -> Iterator[Server]:
 
 
 def server_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without inherited CNOP_ settings, plus `extra`."""
+    """This process's environment without inherited CNOP_ settings, plus `extra`.
+
+    `BENCH_SERVER_ENV="CNOP_A=1,CNOP_B=x"` adds settings to the system under test, for A/B runs.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNOP_") and k != "WEB_CONCURRENCY"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
+    for pair in filter(None, (p.strip() for p in os.environ.get("BENCH_SERVER_ENV", "").split(","))):
+        name, _, value = pair.partition("=")
+        env[name] = value
     return env
 
 

@@ -8,9 +8,7 @@ one dedicated thread per store, so the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,15 +74,6 @@ _INSERT_SQL = {
 }
 
 
-_WORKER_PREFIX = "sqlite-store"
-_CHECKPOINT_EVERY = 500
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 def _columns(item: Item) -> list[Any]:
     """The row for an item: keys, index columns (numbers made sortable), TTL and the JSON body."""
     columns: list[Any] = [item["pk"], item["sk"]]
@@ -112,68 +101,38 @@ def _loads(body: str) -> Item:
 class SQLiteStore:
     """`ItemStore` on a SQLite file (`sqlite:///path/to.db`, or `sqlite://:memory:`).
 
-    Calls run inline on the caller's thread with a zero busy timeout: an uncontended SQLite call
-    takes tens to hundreds of microseconds, far less than a hand-off to a thread (which, under
-    load, also costs a GIL switch interval of up to 5 ms). When another process holds the write
-    lock, the call is retried on the store's own thread, which waits for the lock there, so the
-    event loop never waits for another process. Checkpoints of the write-ahead log run on that
-    thread too.
+    Calls run on one dedicated thread per store, so the event loop never waits on the disk or on
+    another process's write lock. (Running them inline on the loop was measured too: faster in
+    isolation, but under HTTP load it gave 0.12x instead of 0.19x the baseline's order rate and a
+    ten times worse p99; see benchmarks/README.md.)
     """
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, inline: bool = True) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
         self.path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_WORKER_PREFIX)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._busy_timeout_ms = busy_timeout_ms
-        # One in-memory database per connection: keep it on the store thread alone.
-        self._inline = inline and path != ":memory:"
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._conn: sqlite3.Connection | None = None
         self._tables_ready = False
-        self._commits_since_checkpoint = 0
 
     # --- plumbing -----------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection: the store thread waits for locks, any other thread does not."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            on_worker = threading.current_thread().name.startswith(_WORKER_PREFIX)
+        if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms if on_worker else 0}")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            if not on_worker:
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the store thread
-            self._local.conn = conn
-            self._connections.append(conn)
-        return conn
+            self._conn = conn
+        return self._conn
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._inline:
-            try:
-                return fn(*args)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise StoreError(f"sqlite: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StoreError(f"sqlite: {exc}") from exc
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
-
-    def _committed(self) -> None:
-        self._commits_since_checkpoint += 1
-        if self._commits_since_checkpoint >= _CHECKPOINT_EVERY and self._inline:
-            self._commits_since_checkpoint = 0
-            self._executor.submit(self._checkpoint)
-
-    def _checkpoint(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @staticmethod
     def _table(table: str) -> str:
@@ -365,7 +324,6 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self._committed()
 
     def _insert_new(self, conn: sqlite3.Connection, index: int, op: Put, now: float) -> None:
         try:
@@ -398,9 +356,11 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._run(self._ping)
 
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     async def close(self) -> None:
+        await self._run(self._close)
         self._executor.shutdown(wait=True)
-        for conn in self._connections:
-            conn.close()
-        self._connections.clear()
-        self._local = threading.local()
