@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -38,8 +38,6 @@ class FakeClock:
         return self._now.timestamp()
 
     def advance(self, seconds: float) -> None:
-        from datetime import timedelta
-
         self._now = self._now + timedelta(seconds=seconds)
 
 

@@ -35,6 +35,7 @@ from cnop.common.exceptions import (
     InsufficientHoldings,
     InvalidOrder,
     OrderNotCancellable,
+    OrderNotFound,
     OrderValueExceedsLimit,
     StoreError,
     ValidationFailed,
@@ -360,8 +361,6 @@ class RestingOrders:
     async def cancel(self, username: str, order_id: str) -> Order:
         item = await self.orders.get_order_item(username, order_id)
         if item is None:
-            from cnop.common.exceptions import OrderNotFound
-
             raise OrderNotFound()
         if OrderStatus(item["status"]) is not OrderStatus.QUEUED:
             raise OrderNotCancellable(f"The order is already {item['status']}")

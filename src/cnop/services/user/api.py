@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query
 from starlette.requests import Request
@@ -13,6 +13,7 @@ from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import InvalidCredentials
 from cnop.common.jsonio import ExactJSONResponse
+from cnop.container import Container
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
 from cnop.services.idempotent import run_idempotent
@@ -33,6 +34,7 @@ from cnop.services.user.schemas import (
     UserEnvelope,
     UserProfile,
 )
+from cnop.services.user.service import Principal
 
 router = APIRouter(prefix="/api/v1", route_class=ExactJSONRoute)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -97,6 +99,27 @@ async def get_balance(principal: CurrentUser, container: ContainerDep) -> Respon
     return ExactJSONResponse(BalanceResponse.of(balance))
 
 
+async def move_cash(
+    kind: Literal["deposit", "withdraw"],
+    body: AmountRequest,
+    request: Request,
+    principal: Principal,
+    container: Container,
+    idempotency_key: str | None,
+) -> Response:
+    """A deposit or withdrawal under the client's idempotency key."""
+    move = container.money.deposit if kind == "deposit" else container.money.withdraw
+    return await run_idempotent(
+        request,
+        container.idempotency,
+        username=principal.username,
+        scope=kind,
+        client_key=idempotency_key,
+        payload={"amount": body.amount},
+        work=lambda apply_op: move(principal.username, body.amount, apply_op),
+    )
+
+
 @router.post("/balance/deposit", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
 async def deposit(
     body: AmountRequest,
@@ -105,15 +128,7 @@ async def deposit(
     container: ContainerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return await run_idempotent(
-        request,
-        container.idempotency,
-        username=principal.username,
-        scope="deposit",
-        client_key=idempotency_key,
-        payload={"amount": body.amount},
-        work=lambda apply_op: container.money.deposit(principal.username, body.amount, apply_op),
-    )
+    return await move_cash("deposit", body, request, principal, container, idempotency_key)
 
 
 @router.post("/balance/withdraw", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
@@ -124,15 +139,7 @@ async def withdraw(
     container: ContainerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    return await run_idempotent(
-        request,
-        container.idempotency,
-        username=principal.username,
-        scope="withdraw",
-        client_key=idempotency_key,
-        payload={"amount": body.amount},
-        work=lambda apply_op: container.money.withdraw(principal.username, body.amount, apply_op),
-    )
+    return await move_cash("withdraw", body, request, principal, container, idempotency_key)
 
 
 @router.get("/balance/transactions", response_model=LedgerPage, tags=["balance"])

@@ -10,7 +10,7 @@ from typing import Any
 from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.user_dao import UserDAO
+from cnop.common.dao.user_dao import UserDAO, user_from_item
 from cnop.common.database import keys
 from cnop.common.database.store import AttrNotExists, ItemStore, Le, Op, Or, Put, Update
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
@@ -115,8 +115,6 @@ class AccountService:
         profile = next((item for item in found if item["sk"] == keys.PROFILE), None)
         if profile is None or len(found) > 1:
             raise InvalidToken()
-        from cnop.common.dao.user_dao import user_from_item
-
         user = user_from_item(profile)
         if claims.generation != user.token_generation and claims.jti != user.kept_jti:
             raise InvalidToken()
