@@ -61,7 +61,7 @@ def serve_worker(store: StoreOption = None) -> None:
     from cnop.common.logging import configure_logging
     from cnop.container import build_container
 
-    settings = _settings(store)
+    settings = _settings(store).model_copy(update={"trigger_engine": True})
     configure_logging(settings)
 
     async def run() -> None:

@@ -128,5 +128,6 @@ def build_container(
     container.startup.append(inventory.load_catalogue)
     if price_source is not None:
         container.background.append(PriceFeed(price_source, price_book).run)
-    container.background.append(container.triggers.run)
+    if settings.trigger_engine:
+        container.background.append(container.triggers.run)
     return container

@@ -36,6 +36,8 @@ def make_settings(**overrides: Any) -> Settings:
         "log_json": True,
         "log_level": "INFO",
         "price_source": "manual",
+        # Tests drive the engine themselves (container.triggers.process), so nothing races them.
+        "trigger_engine": False,
     }
     base.update(overrides)
     return Settings(**base)

@@ -353,3 +353,28 @@ async def test_insufficient_house_inventory_fails_the_order_and_releases_the_hol
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]
+
+
+async def test_the_apps_own_engine_fills_on_a_price_set_by_an_admin(store_factory: StoreFactory) -> None:
+    from tests.api.conftest import open_api
+
+    api, lifespan = await open_api(store_factory, trigger_engine=True)
+    try:
+        username, headers = await funded_user(api)
+        admin = await api.admin()
+        api.set_price("BTC", "50000")
+        order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000")
+        r = await api.client.post("/api/v1/admin/prices", headers=admin, json={"asset_id": "BTC", "price": "39500"})
+        assert r.status_code == 200
+        for _ in range(200):  # the background engine consumes the tick on its own
+            if (await order_status(api, headers, order["order_id"]))["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        done = await order_status(api, headers, order["order_id"])
+        assert done["status"] == "completed" and done["executed_price"] == 39500
+        s = await snapshot(api, username)
+        assert s["balance"]["available"] == D("6050.00") and s["balance"]["held"] == 0
+        await audit_ok(api)
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # takes the difference from available cash (or fails, releasing the hold).
     stop_buy_reserve_margin: Decimal = Field(default=Decimal("0.05"), ge=0, le=1)
     expiry_check_seconds: float = Field(default=1.0, gt=0)
+    # Run the trigger engine inside `cnop serve` (false: API only, engines run as `cnop serve worker`).
+    trigger_engine: bool = True
     idempotency_ttl_seconds: int = 86400
     idempotency_lease_seconds: int = 30
 

@@ -552,11 +552,11 @@ def shared_session() -> AioSession:
     return _shared_session
 
 
-def _client_config(max_pool_connections: int = 64) -> Any:
+def _client_config(max_pool_connections: int = 64, connect_timeout: float = 5) -> Any:
     return AioConfig(
         max_pool_connections=max_pool_connections,
         retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
+        connect_timeout=connect_timeout,
         read_timeout=30,
     )
 
@@ -587,10 +587,16 @@ class DynamoDBStore:
 
     @classmethod
     def for_local(cls, endpoint: str, table_prefix: str = "cnop") -> DynamoDBStore:
-        """A store on DynamoDB Local (or any endpoint that takes dummy credentials)."""
+        """A store on DynamoDB Local (or any endpoint that takes dummy credentials).
+
+        DynamoDB Local is one JVM on the same small machine: a burst of thousands of requests
+        would open connections faster than it accepts them, so fewer connections are pooled
+        (requests queue for one) and a connection may take longer to open.
+        """
         return cls(
             table_prefix,
             client_kwargs={
+                "config": _client_config(max_pool_connections=16, connect_timeout=30),
                 "endpoint_url": endpoint,
                 "region_name": "us-east-1",
                 "aws_access_key_id": "local",
