@@ -177,6 +177,3 @@ class AssetDAO:
             add={"quantity": quantity, "cash": cash},
             condition=Ge("quantity", -quantity) if quantity < 0 else None,
         )
-
-    async def get_house_inventory(self, asset_id: str) -> Item | None:
-        return await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))

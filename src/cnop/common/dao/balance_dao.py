@@ -20,6 +20,7 @@ from cnop.common.database.store import (
     Put,
     SortKey,
     Update,
+    filtered_query,
 )
 from cnop.common.entities.balance import Balance, BalanceTransaction, TransactionStatus, TransactionType
 
@@ -167,30 +168,17 @@ class BalanceDAO:
                 cursor=cursor,
                 descending=True,
             )
-        items: list[Item] = []
-        while True:
-            page = await self.store.query(
-                keys.USERS,
-                keys.user_pk(username),
-                sk=SortKey.prefix(keys.TXN_PREFIX),
-                limit=100,
-                cursor=cursor,
-                descending=True,
-            )
-            for item in page.items:
-                if item["transaction_type"] == transaction_type.value:
-                    items.append(item)
-                    if len(items) == limit:
-                        from cnop.common.database.store import encode_cursor
-
-                        return Page(items, encode_cursor({"pk": item["pk"], "sk": item["sk"]}))
-            if page.next_cursor is None:
-                return Page(items, None)
-            cursor = page.next_cursor
-
-    async def get_transaction(self, username: str, transaction_id: str) -> BalanceTransaction | None:
-        item = await self.store.get(keys.USERS, keys.ledger_key(username, transaction_id))
-        return entry_from_item(item) if item is not None else None
+        wanted = transaction_type.value
+        return await filtered_query(
+            self.store,
+            keys.USERS,
+            keys.user_pk(username),
+            lambda item: bool(item["transaction_type"] == wanted),
+            sk=SortKey.prefix(keys.TXN_PREFIX),
+            limit=limit,
+            cursor=cursor,
+            descending=True,
+        )
 
     async def update_transaction_status(self, username: str, transaction_id: str, status: TransactionStatus) -> None:
         await self.store.transact(

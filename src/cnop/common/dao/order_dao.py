@@ -18,7 +18,7 @@ from cnop.common.database.store import (
     Put,
     SortKey,
     Update,
-    encode_cursor,
+    filtered_query,
 )
 from cnop.common.entities.order import (
     Order,
@@ -170,17 +170,9 @@ class OrderDAO:
         prefix = SortKey.prefix(keys.ORDER_PREFIX)
         if matches is None:
             return await self.store.query(keys.ORDERS, pk, sk=prefix, limit=limit, cursor=cursor, descending=True)
-        found: list[Item] = []
-        while True:
-            page = await self.store.query(keys.ORDERS, pk, sk=prefix, limit=100, cursor=cursor, descending=True)
-            for item in page.items:
-                if matches(item):
-                    found.append(item)
-                    if len(found) == limit:
-                        return Page(found, encode_cursor({"pk": item["pk"], "sk": item["sk"]}))
-            if page.next_cursor is None:
-                return Page(found, None)
-            cursor = page.next_cursor
+        return await filtered_query(
+            self.store, keys.ORDERS, pk, matches, sk=prefix, limit=limit, cursor=cursor, descending=True
+        )
 
     async def get_orders_by_user_and_asset(
         self, username: str, asset_id: str, *, limit: int = 50, cursor: str | None = None

@@ -135,11 +135,6 @@ class UserDAO:
             ]
         )
 
-    async def set_role(self, username: str, role: UserRole) -> None:
-        await self.store.transact(
-            [Update(keys.USERS, keys.user_key(username), set={"role": role.value}, condition=Exists())]
-        )
-
     async def authenticate_user(self, username: str, password: str) -> User:
         """The user if the password matches; InvalidCredentials otherwise, at the same cost either way."""
         user = await self.find_user(username)

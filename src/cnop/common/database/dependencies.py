@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from starlette.requests import Request
 
+from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.store import ItemStore
 
@@ -35,9 +37,9 @@ def get_balance_dao(request: Request) -> BalanceDAO:
     return container_of(request).balance_dao
 
 
-def get_order_dao(request: Request) -> Any:
+def get_order_dao(request: Request) -> OrderDAO:
     return container_of(request).order_dao
 
 
-def get_asset_dao(request: Request) -> Any:
+def get_asset_dao(request: Request) -> AssetDAO:
     return container_of(request).asset_dao

@@ -42,10 +42,6 @@ def user_pk(username: str) -> str:
     return f"USER#{username}"
 
 
-def username_from_pk(pk: str) -> str:
-    return pk.removeprefix("USER#")
-
-
 def user_key(username: str) -> dict[str, str]:
     return key(user_pk(username), PROFILE)
 
@@ -103,14 +99,6 @@ def order_key(username: str, order_id: str) -> dict[str, str]:
     return key(user_pk(username), order_sk(order_id))
 
 
-def order_id_from_sk(sk: str) -> str:
-    return sk.removeprefix(ORDER_PREFIX)
-
-
-def client_order_key(username: str, client_order_id: str) -> dict[str, str]:
-    return key(user_pk(username), f"CLIENTORDER#{client_order_id}")
-
-
 def asset_txn_prefix(asset_id: str) -> str:
     return f"{ASSET_TXN_PREFIX}{asset_id}#"
 
@@ -143,7 +131,3 @@ def asset_key(asset_id: str) -> dict[str, str]:
 
 def house_inventory_key(asset_id: str) -> dict[str, str]:
     return key(f"ASSET#{asset_id}", "INVENTORY")
-
-
-def price_key(asset_id: str) -> dict[str, str]:
-    return key(f"ASSET#{asset_id}", "PRICE")

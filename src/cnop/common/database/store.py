@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol, TypeAlias
@@ -344,6 +344,34 @@ async def query_all(
         cursor = page.next_cursor
         if cursor is None:
             return
+
+
+async def filtered_query(
+    store: ItemStore,
+    table: str,
+    pk: str,
+    matches: Callable[[Item], bool],
+    *,
+    sk: SortKey | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    descending: bool = False,
+) -> Page:
+    """A page of the base-table items that `matches`, reading on until the page is full.
+
+    The cursor is the key of the last item returned, so the next page resumes right after it.
+    """
+    found: list[Item] = []
+    while True:
+        page = await store.query(table, pk, sk=sk, limit=100, cursor=cursor, descending=descending)
+        for item in page.items:
+            if matches(item):
+                found.append(item)
+                if len(found) == limit:
+                    return Page(found, encode_cursor({"pk": item["pk"], "sk": item["sk"]}))
+        if page.next_cursor is None:
+            return Page(found, None)
+        cursor = page.next_cursor
 
 
 # --- helpers shared by engines ----------------------------------------------------------------

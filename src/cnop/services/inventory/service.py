@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 from cnop.common.clock import Clock
 from cnop.common.dao.asset_dao import AssetDAO, _rank_key
@@ -123,7 +122,3 @@ class InventoryService:
             has_more=more,
             next_cursor=next_cursor,
         )
-
-    def price_of(self, asset_id: str) -> Decimal | None:
-        tick = self.prices.current(asset_id)
-        return tick.price if tick else None
