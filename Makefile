@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb
+.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb audit-deps sbom soak
 
 install: $(STAMP)
 
@@ -43,6 +43,18 @@ bench-ticks: install
 
 audit: install
 	$(BIN)/cnop audit
+
+# Known vulnerabilities in the locked dependencies (needs the advisory service; exits 0 with a
+# note when it cannot be reached). Not part of `make test`: a new advisory must not fail CI.
+audit-deps: install
+	$(BIN)/python scripts/audit_deps.py
+
+# A CycloneDX SBOM of the installed environment, with the project as its root component.
+sbom: install
+	@mkdir -p build
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --of JSON --output-reproducible \
+	  -o build/sbom.cdx.json $(BIN)/python
+	@echo "SBOM written to build/sbom.cdx.json"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
