@@ -136,6 +136,7 @@ class AccountService:
             ]
         )
         self.audit.log_logout(principal.username, ip_address=ip)
+        self.audit.log_token_revoked(principal.username, claims.jti, reason="logout")
 
     async def update_profile(self, principal: Principal, request: ProfileUpdateRequest) -> User:
         changes: dict[str, Any] = {}
@@ -160,6 +161,7 @@ class AccountService:
         new_hash = await self.passwords.hash_password_async(request.new_password)
         await self.users.change_password(principal.user, new_hash, principal.claims.jti)
         self.audit.log_password_change(principal.username, ip_address=ip)
+        self.audit.log_token_revoked(principal.username, "all-other-tokens", reason="password_change")
         user = await self.users.get_user_by_username(principal.username)
         return self.issue_token(user)
 
