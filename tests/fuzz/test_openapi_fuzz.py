@@ -51,6 +51,7 @@ TARGET = int(os.environ.get("CNOP_FUZZ_REQUESTS", "10000"))
 SKIPPED = {("GET", "/api/v1/events")}
 # These revoke the token they are sent with: each case gets a token of its own.
 REVOKING = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/auth/password")}
+RATE_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 
 
@@ -58,9 +59,10 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 class Tally:
     sent: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
-    def check(self, method: str, path: str, response: Any) -> None:
+    def check(self, method: str, path: str, response: Any, sent: dict[str, Any]) -> None:
         """The contract every response must meet, whatever was sent."""
         self.sent += 1
         status = response.status_code
@@ -69,6 +71,12 @@ class Tally:
         if status >= 500:
             self.failures.append(f"{where}: {response.text[:300]}")
             return
+        if header(response, "x-request-id") is None:
+            self.failures.append(f"{where}: no X-Request-ID header")
+        if status == 429:
+            missing = [h for h in RATE_HEADERS if header(response, h) is None]
+            if missing:
+                self.failures.append(f"{where}: a 429 without {missing}")
         if status < 400:
             return
         content_type = header(response, "content-type") or ""
@@ -80,7 +88,11 @@ class Tally:
         except ValueError:
             self.failures.append(f"{where}: problem body is not JSON: {response.text[:200]}")
             return
-        problems = problem_violations(body, status, header(response, "x-request-id"))
+        # A replay (same Idempotency-Key) answers the first response's body, request id included.
+        replay = any(name.lower() == "idempotency-key" for name in sent)
+        problems = problem_violations(body, status, None if replay else header(response, "x-request-id"))
+        if isinstance(body, dict):
+            self.codes[f"{status} {body.get('code')}"] += 1
         if problems:
             self.failures.append(f"{where}: {'; '.join(problems)}: {body}")
 
@@ -104,7 +116,7 @@ def problem_violations(body: Any, status: int, request_id: str | None) -> list[s
         found.append(f"status {body.get('status')!r} in the body")
     if not isinstance(body.get("code"), str) or not body.get("code"):
         found.append("no code")
-    if request_id is None or body.get("request_id") != request_id:
+    if not isinstance(body.get("request_id"), str) or (request_id is not None and body["request_id"] != request_id):
         found.append(f"request_id {body.get('request_id')!r} is not the X-Request-ID {request_id!r}")
     errors = body.get("errors")
     if errors is not None and not (
@@ -213,7 +225,7 @@ def fuzz_operation(target: Target, operation: Any, mode: GenerationMode, example
         for name, value in target.headers_for(method, path).items():
             headers.setdefault(name, value)
         response = case.call(session=target.client, headers=headers)
-        target.tally.check(method, path, response)
+        target.tally.check(method, path, response, headers)
 
     try:
         run()
@@ -243,7 +255,7 @@ def run_state_machine(target: Target, steps: int) -> None:
             return {"session": target.client, "headers": headers}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            tally.check(case.operation.method.upper(), case.operation.path, response)
+            tally.check(case.operation.method.upper(), case.operation.path, response, kwargs.get("headers") or {})
 
     before = tally.sent
     Fuzzer.run(
@@ -271,7 +283,7 @@ def report(name: str, target: Target, started: float) -> None:
     elapsed = time.monotonic() - started
     print(
         f"\nfuzz {name}: {target.tally.sent} requests in {elapsed:.0f} s;"
-        f" statuses {dict(sorted(target.tally.statuses.items()))}"
+        f" statuses {dict(sorted(target.tally.statuses.items()))}; problems {dict(target.tally.codes.most_common())}"
     )
 
 
@@ -305,4 +317,27 @@ def test_fuzzing_stateful_sequences_finds_no_5xx_and_only_problem_errors(target:
     started = time.monotonic()
     run_state_machine(target, TARGET // STATEFUL_SHARE)
     report("stateful", target, started)
+    assert_clean(target)
+
+
+@pytest.fixture
+def limited_target(tmp_path: Path) -> Iterator[Target]:
+    """Rate limits and the login guard as small as a test can reach, for the 429 run."""
+    yield from build_target(
+        tmp_path, rate_limit_per_ip="40/minute", rate_limit_per_user="30/minute", max_price_age_seconds=86400
+    )
+
+
+def test_fuzzing_with_the_limits_on_meets_429s_in_the_contract_shape(limited_target: Target) -> None:
+    target = limited_target
+    started = time.monotonic()
+    wanted = {("GET", "/api/v1/balance"), ("POST", "/api/v1/auth/login"), ("GET", "/api/v1/inventory/assets")}
+    ops = [o for o in operations(target) if (o.method.upper(), o.path) in wanted]
+    assert len(ops) == len(wanted)
+    for seed in range(3):
+        for operation in ops:
+            fuzz_operation(target, operation, GenerationMode.POSITIVE, 25, seed)
+    report("limits on", target, started)
+    assert target.tally.statuses[429] > 0, target.tally.statuses
+    assert target.tally.codes["429 rate_limited"] == target.tally.statuses[429]
     assert_clean(target)

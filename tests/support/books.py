@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -42,8 +43,10 @@ async def every(client: Any, path: str, headers: dict[str, str], field: str, lim
     """All items of a paged list, following `next_cursor`."""
     items: list[Any] = []
     cursor = None
+    path, _, query = path.partition("?")
     while True:
-        params: dict[str, Any] = {"limit": limit}
+        params: dict[str, Any] = dict(urllib.parse.parse_qsl(query))
+        params["limit"] = limit
         if cursor:
             params["cursor"] = cursor
         r = await client.get(path, params=params, headers=headers)

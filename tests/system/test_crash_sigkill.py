@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -186,8 +187,9 @@ async def run_load_then_kill(server: CnopServer, users: dict[str, dict[str, str]
 async def all_pages(client: httpx.AsyncClient, path: str, headers: dict[str, str], field: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor = None
+    path, _, query = path.partition("?")
     while True:
-        params: dict[str, Any] = {"limit": 100}
+        params: dict[str, Any] = {**dict(urllib.parse.parse_qsl(query)), "limit": 100}
         if cursor:
             params["cursor"] = cursor
         r = await client.get(path, params=params, headers=headers)
