@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb audit-deps sbom soak
+.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb audit-deps sbom soak bench-durability
 
 install: $(STAMP)
 
@@ -39,6 +39,14 @@ bench-store: install deps-dynamodb
 
 bench-ticks: install
 	$(BIN)/python -m benchmarks.tick_bench
+
+# SQLite's synchronous modes (OFF / NORMAL / FULL): what each costs per commit.
+bench-durability: install
+	$(BIN)/python -m benchmarks.sqlite_durability
+
+# A bounded soak (SOAK_SECONDS, default 300, at SOAK_RATE requests/s): RSS, fds and p99 must not grow.
+soak: install
+	$(BIN)/python -m benchmarks.soak
 
 audit: install
 	$(BIN)/cnop audit
