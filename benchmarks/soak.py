@@ -9,7 +9,8 @@ deposits, withdrawals, market orders and resting orders that are cancelled again
 
 The bound, checked between the first window after the warm-up and the last one:
 - RSS grows by at most `SOAK_MAX_RSS_GROWTH_MB` (default 40 MB);
-- open file descriptors grow by at most `SOAK_MAX_FD_GROWTH` (default 16);
+- open files (descriptors that are not sockets) grow by at most `SOAK_MAX_FD_GROWTH` (default 16),
+  and sockets stay within the client's connections (`SOAK_MAX_IN_FLIGHT`) plus the listener;
 - p99 at the end is at most `SOAK_MAX_P99_RATIO` (default 2.0) times p99 at the start, + 20 ms;
 - no 5xx, no client error other than a business refusal, and `cnop audit` passes afterwards.
 
@@ -54,6 +55,7 @@ class Window:
     started: float
     rss_mb: float = 0.0
     fds: int = 0
+    sockets: int = 0
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -77,8 +79,20 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def open_fds(pid: int) -> tuple[int, int]:
+    """(file descriptors that are not sockets, sockets): a leak shows in the first; the second
+    follows the client's open connections, at most `SOAK_MAX_IN_FLIGHT` plus the listener."""
+    files = sockets = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:"):
+            sockets += 1
+        else:
+            files += 1
+    return files, sockets
 
 
 def server_env(store: str) -> dict[str, str]:
@@ -140,8 +154,9 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, headers: di
 
 async def soak(base: str, pid: int) -> tuple[list[Window], Counter[int]]:
     statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         users = await set_up(client)
         rng = random.Random(42)
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -154,8 +169,9 @@ async def soak(base: str, pid: int) -> tuple[list[Window], Counter[int]]:
                 started = time.perf_counter()
                 try:
                     status = await one_request(client, rng, rng.choice(users))
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     status = 0
+                    errors[type(exc).__name__] += 1
                 target.latencies.append(time.perf_counter() - started)
                 statuses[status] += 1
 
@@ -164,11 +180,12 @@ async def soak(base: str, pid: int) -> tuple[list[Window], Counter[int]]:
         while time.monotonic() - begin < SECONDS:
             now = time.monotonic()
             if now - window.started >= WINDOW:
-                window.rss_mb, window.fds = rss_mb(pid), open_fds(pid)
+                window.rss_mb = rss_mb(pid)
+                window.fds, window.sockets = open_fds(pid)
                 windows.append(window)
                 print(
                     f"t={now - begin:5.0f}s rss={window.rss_mb:6.1f} MB fds={window.fds:3d}"
-                    f" p99={window.p99_ms:7.1f} ms requests={len(window.latencies)}",
+                    f" sockets={window.sockets:3d} p99={window.p99_ms:7.1f} ms requests={len(window.latencies)}",
                     flush=True,
                 )
                 window = Window(now)
@@ -179,6 +196,8 @@ async def soak(base: str, pid: int) -> tuple[list[Window], Counter[int]]:
                 next_start += 1 / RATE
             await asyncio.sleep(max(0.0, min(next_start - time.monotonic(), 0.01)))
         await asyncio.gather(*tasks)
+    if errors:
+        print(f"transport errors: {dict(errors)}")
     return windows, statuses
 
 
@@ -228,7 +247,9 @@ def report(windows: list[Window], statuses: Counter[int], audit_ok: bool) -> int
     bad = {s: n for s, n in statuses.items() if s >= 500 or s == 0 or s in (400, 401, 403, 404, 429)}
     checks = {
         f"RSS growth {rss_growth:+.1f} MB <= {MAX_RSS_GROWTH_MB:.0f} MB": rss_growth <= MAX_RSS_GROWTH_MB,
-        f"open fds growth {fd_growth:+d} <= {MAX_FD_GROWTH}": fd_growth <= MAX_FD_GROWTH,
+        f"open files (not sockets) growth {fd_growth:+d} <= {MAX_FD_GROWTH}": fd_growth <= MAX_FD_GROWTH,
+        f"sockets at end {last.sockets} <= {MAX_IN_FLIGHT + 4} (client connections + listener)": last.sockets
+        <= MAX_IN_FLIGHT + 4,
         f"p99 at end {last.p99_ms:.1f} ms <= {p99_bound:.1f} ms": last.p99_ms <= p99_bound,
         f"no 5xx, transport or client errors ({bad or 'none'})": not bad,
         "cnop audit passed": audit_ok,
@@ -238,11 +259,11 @@ def report(windows: list[Window], statuses: Counter[int], audit_ok: bool) -> int
         f"{SECONDS:.0f} s at {RATE:.0f} requests/s ({sent} requests, statuses {dict(sorted(statuses.items()))}),"
         f" {USERS} users, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| window | RSS MB | open fds | p99 ms | requests |",
-        "|---|---:|---:|---:|---:|",
-        f"| start (first after {WARMUP:.0f} s warm-up) | {first.rss_mb:.1f} | {first.fds} | {first.p99_ms:.1f}"
-        f" | {len(first.latencies)} |",
-        f"| end | {last.rss_mb:.1f} | {last.fds} | {last.p99_ms:.1f} | {len(last.latencies)} |",
+        "| window | RSS MB | open files | sockets | p99 ms | requests |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| start (first after {WARMUP:.0f} s warm-up) | {first.rss_mb:.1f} | {first.fds} | {first.sockets}"
+        f" | {first.p99_ms:.1f} | {len(first.latencies)} |",
+        f"| end | {last.rss_mb:.1f} | {last.fds} | {last.sockets} | {last.p99_ms:.1f} | {len(last.latencies)} |",
         "",
         *(f"- {'ok  ' if ok else 'FAIL'} {name}" for name, ok in checks.items()),
     ]
