@@ -40,6 +40,7 @@ from schemathesis import GenerationMode
 from schemathesis.python import asgi
 
 from cnop.common.entities.user import UserRole
+from cnop.common.logging import configure_logging
 from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
 from cnop.container import build_container
 from cnop.gateway.app import create_app
@@ -193,6 +194,9 @@ def build_target(tmp_path: Path, **overrides: Any) -> Iterator[Target]:
         assert r.status_code == 201, r.text
         admin = login(client, "fuzz_admin")
         yield Target(schema, client, customer, admin, Tally())
+    # The app set the process's log level to ERROR (quiet for 10,000 requests); later tests in
+    # this worker expect the usual level.
+    configure_logging(make_settings())
 
 
 @pytest.fixture
