@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cnop.audit import run_audit
+from cnop.common.clock import FakeClock
 from cnop.common.entities.order import OrderStatus
 from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
@@ -142,7 +143,7 @@ async def test_unknown_routes_wrong_methods_and_bad_input_answer_in_alpaca_shape
         ({"side": "buy", "type": "market", "time_in_force": "fok", "qty": "0.001"}, 422, 40010001, "time_in_force"),
         ({"side": "buy", "type": "market", "time_in_force": "gtc"}, 422, 40010001, "qty"),
         ({"side": "buy", "type": "market", "time_in_force": "gtc", "qty": "1", "notional": "10"}, 422, 40010001, "qty"),
-        ({"side": "buy", "type": "limit", "time_in_force": "gtc", "qty": "0.001"}, 422, 40010001, "price"),
+        ({"side": "buy", "type": "limit", "time_in_force": "gtc", "qty": "0.001"}, 422, 40010001, "limit_price"),
         ({"side": "buy", "type": "market", "time_in_force": "gtc", "qty": "-1"}, 422, 40010001, "qty"),
         ({"side": "buy", "type": "market", "time_in_force": "gtc", "qty": "0.000000001"}, 422, 40010001, "qty"),
         ({"side": "buy", "type": "oco", "time_in_force": "gtc", "qty": "0.001"}, 422, 40010001, "type"),
@@ -322,3 +323,54 @@ async def test_account_assets_clock_and_market_data_in_alpacas_shapes(api: Api) 
     assert_alpaca_error(
         await api.client.get(f"{A}/v1beta3/crypto/us/bars?symbols=BTC/USD&timeframe=7Day"), 422, 40010001
     )
+
+
+async def test_a_stale_price_is_503_in_alpaca_shape_and_nothing_changes(fake_clock_api: tuple[Api, FakeClock]) -> None:
+    api, clock = fake_clock_api
+    username, _, key = await trader(api)
+    api.set_price("BTC", "50000")
+    clock.advance(api.container.settings.max_price_age_seconds + 5)
+    order = {"symbol": "BTC/USD", "qty": "0.001", "side": "buy", "type": "market", "time_in_force": "gtc"}
+    assert_alpaca_error(await api.client.post(f"{A}/v2/orders", json=order, headers=key), 503, 50310000)
+    balance = await api.container.balance_dao.get_balance(username)
+    assert balance.available == Decimal("1000.00") and balance.held == Decimal("0.00")
+
+
+async def test_stop_limit_stop_and_trailing_orders_map_to_the_native_types(api: Api) -> None:
+    username, headers, key = await trader(api)
+    api.set_price("BTC", "50000")
+    buy = {"symbol": "BTC/USD", "qty": "0.01", "side": "buy", "type": "market", "time_in_force": "gtc"}
+    assert (await api.client.post(f"{A}/v2/orders", json=buy, headers=key)).status_code == 200
+    placed = []
+    for body in (
+        {"type": "stop_limit", "stop_price": "45000", "limit_price": "44000"},
+        {"type": "stop", "stop_price": "40000"},
+        {"type": "trailing_stop", "trail_percent": "5"},
+        {"type": "trailing_stop", "trail_price": "1000"},
+    ):
+        r = await api.client.post(
+            f"{A}/v2/orders",
+            json={"symbol": "BTC/USD", "qty": "0.001", "side": "sell", "time_in_force": "gtc", **body},
+            headers=key,
+        )
+        assert r.status_code == 200, r.text
+        placed.append(r.json())
+    assert [(o["type"], o["status"], o["stop_price"], o["limit_price"]) for o in placed] == [
+        ("stop_limit", "new", "45000", "44000"),
+        ("stop", "new", "40000", None),
+        ("trailing_stop", "new", "47500.00000000", None),
+        ("trailing_stop", "new", "49000.00000000", None),
+    ]
+    assert (placed[2]["trail_percent"], placed[2]["hwm"]) == ("5", "50000")
+    assert (placed[3]["trail_price"], placed[3]["hwm"]) == ("1000", "50000")
+    native = (await api.client.get("/api/v1/orders?status=queued", headers=headers)).json()["data"]
+    assert sorted(o["order_type"] for o in native) == [
+        "stop_limit_sell", "stop_loss_sell", "trailing_stop_sell", "trailing_stop_sell"
+    ]
+    holding = await api.container.holding_dao.get_holding(username, "BTC")
+    assert holding is not None and holding.held == Decimal("0.004") and holding.available == Decimal("0.006")
+    position = (await api.client.get(f"{A}/v2/positions/BTCUSD", headers=key)).json()
+    assert Decimal(position["qty"]) == Decimal("0.01")
+    assert Decimal(position["qty_available"]) == Decimal("0.006")
+    report = await run_audit(api.container.store)
+    assert report.ok, report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -72,11 +73,19 @@ def _renamed(errors: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{**e, "field": ALPACA_FIELDS.get(e["field"], e["field"])} for e in errors]
 
 
+_NATIVE_WORDS = re.compile(r"\b(" + "|".join(ALPACA_FIELDS) + r")\b")
+
+
+def _alpaca_words(message: str) -> str:
+    """A native rule's message in Alpaca's field names (`price is required` -> `limit_price is required`)."""
+    return _NATIVE_WORDS.sub(lambda match: ALPACA_FIELDS[match.group(1)], message)
+
+
 def _validation(exc: ValidationError) -> ValidationFailed:
     errors = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error.get("loc", ())) or "body"
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        message = _alpaca_words(str(error.get("msg", "invalid")).removeprefix("Value error, "))
         errors.append({"field": ALPACA_FIELDS.get(field, field), "message": message})
     return ValidationFailed(f"{errors[0]['field']}: {errors[0]['message']}", errors=errors)
 
