@@ -16,6 +16,20 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _split_pairs(value: object) -> object:
+    """`name=value,name=value` (how a ConfigMap writes a map) as a dict; a dict passes through."""
+    if isinstance(value, str):
+        pairs: dict[str, str] = {}
+        for part in value.split(","):
+            name, sep, item = part.partition("=")
+            if part.strip() and not sep:
+                raise ValueError(f"{part.strip()!r} is not name=value")
+            if part.strip():
+                pairs[name.strip()] = item.strip()
+        return pairs
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CNOP_", env_file=".env", extra="ignore")
 
@@ -77,11 +91,34 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     redis_url: str | None = None
 
+    # Gateway to services (the cloud shape): `CNOP_UPSTREAM_URLS=user=http://user:8080,order=...`
+    # names each service's base URL; `CNOP_UPSTREAM_TIMEOUTS=/api/v1/insights=30` overrides the
+    # read timeout of a routed prefix (the defaults are in `cnop.gateway.upstreams.ROUTES`).
+    upstream_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    upstream_timeouts: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+    upstream_max_keepalive_connections: int = Field(default=64, ge=1)
+    upstream_keepalive_seconds: float = Field(default=30.0, gt=0)
+    # Idempotent requests are retried this many times (so up to retries + 1 attempts) after a
+    # transport error or a 502/503/504, with jittered back-off from `upstream_retry_backoff_seconds`.
+    upstream_retries: int = Field(default=2, ge=0, le=5)
+    upstream_retry_backoff_seconds: float = Field(default=0.05, ge=0)
+    # Bodies up to this size with a Content-Length are kept so that a retry can resend them;
+    # larger or chunked bodies stream straight through and are never retried.
+    upstream_replay_body_bytes: int = Field(default=65536, ge=0)
+    breaker_window_seconds: float = Field(default=30.0, gt=0)
+    breaker_min_failures: int = Field(default=5, ge=1)
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_open_seconds: float = Field(default=10.0, gt=0)
+    breaker_half_open_probes: int = Field(default=2, ge=1)
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = True
 
     _split_lists = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
+    _split_maps = field_validator("upstream_urls", "upstream_timeouts", mode="before")(_split_pairs)
 
 
 @lru_cache(maxsize=1)
