@@ -72,6 +72,10 @@ async def test_resting_buys_hold_then_fill_once_with_refund(
     assert order["status"] == "queued" and order["held_amount"] == hold  # USD: two places
     assert order["quantity"] == "0.1" and order["executed_price"] is None and order["total_amount"] is None
     assert order["price_bound"] is None and order["price"] == body.get("price")
+    assert order["trail_percent"] == body.get("trail_percent") and order["trail_amount"] is None
+    stops = {"limit_buy": None, "take_profit_buy": "45000", "stop_loss_buy": "55000", "trailing_stop_buy": "51000"}
+    assert order["stop_price"] == stops[body["order_type"]]
+    assert order["trail_anchor"] == ("50000" if body["order_type"] == "trailing_stop_buy" else None)
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000") - D(hold) and s["balance"]["held"] == D(hold)
     assert ledger_types(s) == ["deposit", "order_hold"]
@@ -184,8 +188,10 @@ async def test_cancel_releases_the_hold_and_twice_is_409(api: Api) -> None:
     order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000")
     r = await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=headers)
     assert r.status_code == 200, r.text
-    cancelled = r.json()["data"]
+    cancelled = read(r)["data"]
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"]
+    assert cancelled["price"] == "40000" and cancelled["quantity"] == "0.1" and cancelled["held_amount"] == "4000.00"
+    assert cancelled["executed_price"] is None and cancelled["total_amount"] is None
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]

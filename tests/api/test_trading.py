@@ -183,7 +183,9 @@ async def test_inactive_asset_is_not_tradeable_and_changes_nothing(api: Api) -> 
     username, headers = await funded_user(api)
     admin = await api.admin()
     r = await api.client.post("/api/v1/admin/assets/SOL/deactivate", headers=admin)
-    assert r.status_code == 200 and r.json()["data"]["is_active"] is False
+    assert r.status_code == 200 and read(r)["data"]["is_active"] is False
+    assert read(r)["data"]["availability_status"] == "unavailable" and read(r)["data"]["min_quantity"] == "0.001"
+    assert read(r)["data"]["price_usd"] == "166" and read(r)["data"]["scale"] == 6
     before = await snapshot(api, username, "SOL")
     assert_problem(await api.order(headers, order_type="market_buy", asset_id="SOL", quantity="1"), 422, "asset_not_tradeable")
     assert await snapshot(api, username, "SOL") == before

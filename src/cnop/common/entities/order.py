@@ -21,6 +21,7 @@ from pydantic import (
 from cnop.common.money import (
     DECIMAL_TEXT_SCHEMA,
     MAX_PRICE,
+    Percent,
     PercentInput,
     Price,
     PriceInput,
@@ -235,7 +236,7 @@ class OrderResponse(BaseModel):
     price_bound: Price | None
     stop_price: Price | None
     trail_amount: Price | None
-    trail_percent: Price | None
+    trail_percent: Percent | None
     time_in_force: TimeInForce
     expires_at: datetime | None
     status: OrderStatus
