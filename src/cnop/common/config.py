@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,12 +39,17 @@ class Settings(BaseSettings):
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"
+    # `local`: one process, HS256 allowed. `cloud`: one process per service (`cnop serve <service>`),
+    # tokens only asymmetric (EdDSA), signed by the user service alone.
+    shape: Literal["local", "cloud"] = "local"
 
     # Tokens
     jwt_secret: SecretStr | None = None
     jwt_algorithm: str = "HS256"
     jwt_private_key_file: str | None = None
     jwt_public_key_file: str | None = None
+    # Every `*.pem` in this directory is a trusted public key (rotation: old and new at once).
+    jwt_public_keys_dir: str | None = None
     jwt_issuer: str = "cnop"
     jwt_audience: str = "cnop-api"
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
