@@ -1,4 +1,4 @@
-"""Decimal fields on the wire and the one input number grammar (decision 0007).
+"""Decimal fields on the wire and the one input number grammar (decision 0008).
 
 - Every Decimal field of every `/api/v1` response is a string in the OpenAPI document, every
   numeric request field is "number or pattern string", integers stay integers.

@@ -1,4 +1,4 @@
-"""Reading API answers the way a careful client does (decision 0007).
+"""Reading API answers the way a careful client does (decision 0008).
 
 `read` parses a response with the project's exact JSON reader (non-integer numbers become
 Decimals, so a stray JSON number can never equal the string a test expects). `usd` and `exact`

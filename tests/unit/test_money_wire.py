@@ -1,4 +1,4 @@
-"""The wire format of Decimals and the input grammar, without an app (decision 0007)."""
+"""The wire format of Decimals and the input grammar, without an app (decision 0008)."""
 
 from __future__ import annotations
 

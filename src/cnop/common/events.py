@@ -39,7 +39,7 @@ class EventBus:
         self._listeners: dict[str, set[asyncio.Queue[Event]]] = {}
 
     def publish(self, username: str, event_type: str, data: Any) -> Event:
-        """Publish `data` in its wire form: an `Order` as the API's order object (decision 0007)."""
+        """Publish `data` in its wire form: an `Order` as the API's order object (decision 0008)."""
         if isinstance(data, Order):
             data = OrderResponse.of(data)
         payload = data.model_dump(mode="python") if isinstance(data, BaseModel) else data

@@ -3,7 +3,7 @@
 Responses: a Decimal in a response model is written by its field type (`cnop.common.money`:
 `UsdAmount` as `"1000.00"`, `Quantity`/`Price`/`Percent` without padding); a bare Decimal
 outside a model is written like a quantity (exact, plain, a string). Never a JSON number, never
-an exponent (decision 0007).
+an exponent (decision 0008).
 
 Requests (`loads_request`): every JSON number is read from its text (never through float);
 a number text longer than `MAX_NUMBER_TEXT`, `NaN` and `Infinity` become a `RejectedNumber`

@@ -1,6 +1,6 @@
 """Exact money: Decimal amounts, per-asset scales, and the one wire format for decimal fields.
 
-On the wire (decision 0007) every field that holds a Decimal is a JSON string in plain notation:
+On the wire (decision 0008) every field that holds a Decimal is a JSON string in plain notation:
 USD amounts always with two places (`"1000.00"`), quantities, prices and percentages as their
 exact value without padding (`"0.001"`, `"67250.12"`). The response types below (`UsdAmount`,
 `Quantity`, `Price`, `Percent`) carry that serializer and their OpenAPI schema.

@@ -35,7 +35,7 @@ def sse(data: Any, event: str, event_id: int | None = None) -> bytes:
 
 
 def price_tick(tick: Tick) -> dict[str, str]:
-    """A `price.tick` event's data: the price as an exact plain string (decision 0007)."""
+    """A `price.tick` event's data: the price as an exact plain string (decision 0008)."""
     return {"asset_id": tick.asset_id, "price": plain_text(tick.price), "time": isoformat(tick.at)}
 
 
