@@ -216,7 +216,7 @@ async def test_a_market_buy_by_either_symbol_lands_in_the_native_books(api: Api)
     assert by_id == by_client == order
     positions = (await api.client.get(f"{A}/v2/positions", headers=key)).json()
     assert [(p["symbol"], p["qty"], p["cost_basis"], p["avg_entry_price"]) for p in positions] == [
-        ("BTCUSD", "0.002", "100.00", "50000.00000000")
+        ("BTCUSD", "0.002", "100.00", "50000")
     ]
     for symbol in ("BTC/USD", "BTCUSD", "btc/usd", "BTC"):
         position = (await api.client.get(f"{A}/v2/positions/{symbol}", headers=key)).json()
@@ -358,8 +358,8 @@ async def test_stop_limit_stop_and_trailing_orders_map_to_the_native_types(api: 
     assert [(o["type"], o["status"], o["stop_price"], o["limit_price"]) for o in placed] == [
         ("stop_limit", "new", "45000", "44000"),
         ("stop", "new", "40000", None),
-        ("trailing_stop", "new", "47500.00000000", None),
-        ("trailing_stop", "new", "49000.00000000", None),
+        ("trailing_stop", "new", "47500", None),
+        ("trailing_stop", "new", "49000", None),
     ]
     assert (placed[2]["trail_percent"], placed[2]["hwm"]) == ("5", "50000")
     assert (placed[3]["trail_price"], placed[3]["hwm"]) == ("1000", "50000")

@@ -1,6 +1,7 @@
 """Alpaca's shapes, field for field as alpaca-py 0.44's models read them.
 
-Every decimal is a JSON string with its exact digits (as Alpaca's trading API writes them);
+Every decimal is a JSON string, exact, in the native API's format (decision 0008: USD amounts
+with two places, quantities and prices plain), as Alpaca's trading API writes them as strings;
 times are RFC 3339; enum values are Alpaca's own (`new`, `filled`, `canceled`; `ACTIVE`;
 `CRYPTO`; `crypto`). Fields Alpaca has and a crypto paper account cannot have are present with
 their neutral value (`"0"`, `false`), because the SDK requires some of them.
@@ -12,17 +13,34 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from cnop.common.money import Money
+from cnop.common.money import (
+    MAX_PERCENT,
+    PERCENT_PLACES,
+    PercentInput,
+    PriceInput,
+    QuantityInput,
+    UsdAmountInput,
+    decimal_input,
+    plain_text,
+    usd_text,
+)
 
 
 def text(value: Decimal | None) -> str | None:
-    """A Decimal as Alpaca writes numbers: a string, positional, exact (`"0.00000001"`)."""
-    if value is None:
-        return None
-    written = format(value, "f")
-    return "0" if written in ("-0", "-0.0") else written
+    """A quantity, price or ratio as a string, plain and exact (`"0.001"`), as the native API writes it."""
+    return plain_text(value) if value is not None else None
+
+
+def usd(value: Decimal | None) -> str | None:
+    """A USD amount as a string with two places (`"1000.00"`), as the native API writes it."""
+    return usd_text(value) if value is not None else None
+
+
+# Closing a position by `percentage`: above 0, at most 100 (all of it), at most 4 places.
+_PERCENTAGE = decimal_input(places=PERCENT_PLACES, maximum=MAX_PERCENT)
+PercentageInput = Annotated[Decimal, BeforeValidator(_PERCENTAGE)]
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -34,15 +52,15 @@ class OrderRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     symbol: Annotated[str, Field(min_length=1, max_length=32)]
-    qty: Money | None = None
-    notional: Money | None = None
+    qty: QuantityInput | None = None
+    notional: UsdAmountInput | None = None
     side: Literal["buy", "sell"]
     type: Literal["market", "limit", "stop", "stop_limit", "trailing_stop"]
     time_in_force: Literal["gtc", "ioc"]
-    limit_price: Money | None = None
-    stop_price: Money | None = None
-    trail_price: Money | None = None
-    trail_percent: Money | None = None
+    limit_price: PriceInput | None = None
+    stop_price: PriceInput | None = None
+    trail_price: PriceInput | None = None
+    trail_percent: PercentInput | None = None
     extended_hours: bool | None = None
     client_order_id: Annotated[str | None, Field(max_length=64)] = None
     order_class: Literal["simple", ""] | None = None
@@ -64,22 +82,22 @@ class Account(BaseModel):
     currency: str = "USD"
     buying_power: str
     regt_buying_power: str
-    daytrading_buying_power: str = "0"
+    daytrading_buying_power: str = "0.00"
     non_marginable_buying_power: str
-    options_buying_power: str = "0"
+    options_buying_power: str = "0.00"
     cash: str
-    accrued_fees: str = "0"
-    pending_transfer_out: str = "0"
-    pending_transfer_in: str = "0"
+    accrued_fees: str = "0.00"
+    pending_transfer_out: str = "0.00"
+    pending_transfer_in: str = "0.00"
     portfolio_value: str
     equity: str
     last_equity: str
     long_market_value: str
-    short_market_value: str = "0"
-    initial_margin: str = "0"
-    maintenance_margin: str = "0"
-    last_maintenance_margin: str = "0"
-    sma: str = "0"
+    short_market_value: str = "0.00"
+    initial_margin: str = "0.00"
+    maintenance_margin: str = "0.00"
+    last_maintenance_margin: str = "0.00"
+    sma: str = "0.00"
     multiplier: str = "1"
     pattern_day_trader: bool = False
     trading_blocked: bool = False

@@ -25,7 +25,7 @@ from cnop.common.exceptions import (
     ValidationFailed,
 )
 from cnop.common.jsonio import dumps, loads
-from cnop.common.money import Money, round_down
+from cnop.common.money import QuantityInput, round_down
 from cnop.container import Container
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.alpaca import render, views
@@ -40,6 +40,7 @@ from cnop.services.alpaca.schemas import (
     CloseResult,
     MarketClock,
     OrderRequest,
+    PercentageInput,
     Position,
 )
 from cnop.services.alpaca.symbols import compact, pair
@@ -384,8 +385,8 @@ async def close_position(
     symbol: str,
     principal: Trader,
     container: ContainerDep,
-    qty: Annotated[Money | None, Query()] = None,
-    percentage: Annotated[Money | None, Query()] = None,
+    qty: Annotated[QuantityInput | None, Query()] = None,
+    percentage: Annotated[PercentageInput | None, Query()] = None,
 ) -> Response:
     order = await _close(container, principal.username, symbol, qty, percentage)
     return json_response(render.order(order))

@@ -9,11 +9,10 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.holding import Holding
 from cnop.common.entities.user import User
 from cnop.common.exceptions import NotFound
-from cnop.common.money import USD_SCALE
 from cnop.container import Container
 from cnop.services.alpaca import render
 from cnop.services.alpaca.ids import account_uuid, asset_uuid
-from cnop.services.alpaca.schemas import Account, Position, text
+from cnop.services.alpaca.schemas import Account, Position, text, usd
 from cnop.services.alpaca.symbols import candidates, compact
 
 CENT = Decimal("0.01")
@@ -73,11 +72,11 @@ def position(container: Container, holding: Holding) -> Position:
         avg_entry_price=text(average) or "0",
         qty=text(quantity) or "0",
         qty_available=text(holding.available) or "0",
-        market_value=text(value),
-        cost_basis=text(holding.cost_basis) or "0",
-        unrealized_pl=text(pl),
+        market_value=usd(value),
+        cost_basis=usd(holding.cost_basis) or "0",
+        unrealized_pl=usd(pl),
         unrealized_plpc=render.ratio(pl, holding.cost_basis) if pl is not None else None,
-        unrealized_intraday_pl=text(intraday),
+        unrealized_intraday_pl=usd(intraday),
         unrealized_intraday_plpc=render.ratio(intraday, value - intraday)
         if intraday is not None and value is not None
         else None,
@@ -111,19 +110,19 @@ async def account(container: Container, user: User) -> Account:
         if tick is not None:
             long_value += _value(holding.quantity, tick.price)
     equity = balance.current_balance + long_value
-    buying_power = text(balance.available) or "0"
+    buying_power = usd(balance.available) or "0.00"
     return Account(
         id=account_uuid(user.username),
         account_number=user.username,
         buying_power=buying_power,
         regt_buying_power=buying_power,
         non_marginable_buying_power=buying_power,
-        cash=text(balance.current_balance.quantize(Decimal(1).scaleb(-USD_SCALE))) or "0",
-        portfolio_value=text(equity) or "0",
-        equity=text(equity) or "0",
+        cash=usd(balance.current_balance) or "0.00",
+        portfolio_value=usd(equity) or "0.00",
+        equity=usd(equity) or "0.00",
         # No end-of-day snapshots are kept: yesterday's equity is not known, so it reads as today's.
-        last_equity=text(equity) or "0",
-        long_market_value=text(long_value) or "0",
+        last_equity=usd(equity) or "0.00",
+        long_market_value=usd(long_value) or "0.00",
         created_at=user.created_at,
         balance_asof=container.clock.now().date().isoformat(),
     )
