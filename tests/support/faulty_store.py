@@ -47,14 +47,19 @@ class FaultyStore:
     armed: bool = False
     fail_at: int | None = None
     fault: Fault = Fault.ERROR
+    only: str | None = None
     calls: list[str] = field(default_factory=list)
     injected: str | None = None
     _before: dict[ItemId, Item | None] = field(default_factory=dict)
     _tables: dict[ItemId, tuple[str, Key]] = field(default_factory=dict)
 
-    def arm(self, fail_at: int | None = None, fault: Fault = Fault.ERROR) -> None:
-        """Start numbering calls (and tracking writes); fail call `fail_at` (None: fail none)."""
-        self.armed, self.fail_at, self.fault = True, fail_at, fault
+    def arm(self, fail_at: int | None = None, fault: Fault = Fault.ERROR, only: str | None = None) -> None:
+        """Start numbering calls (and tracking writes); fail call `fail_at` (None: fail none).
+
+        With `only` (e.g. "transact"), `fail_at` counts only the calls of that method, so a read
+        that a cache sometimes saves does not shift which write fails.
+        """
+        self.armed, self.fail_at, self.fault, self.only = True, fail_at, fault, only
         self.calls, self.injected = [], None
         self._before, self._tables = {}, {}
 
@@ -65,9 +70,9 @@ class FaultyStore:
     async def _call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
         if not self.armed:
             return await run()
-        index = len(self.calls)
+        index = len(self.calls) if self.only is None else self.calls.count(self.only)
         self.calls.append(name)
-        if index != self.fail_at:
+        if index != self.fail_at or (self.only is not None and name != self.only):
             return await run()
         self.injected = f"{self.fault.value} at call {index} ({name})"
         if self.fault is Fault.ERROR:

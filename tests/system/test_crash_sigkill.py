@@ -33,7 +33,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import ENGINES
-from tests.support.cnop_server import CnopServer, run_cnop, store_env
+from tests.support.restartable_server import CnopServer, run_cnop, store_env
 
 pytestmark = pytest.mark.system
 
