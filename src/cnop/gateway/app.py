@@ -28,6 +28,7 @@ from cnop.services.insights.api import router as insights_router
 from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
 from cnop.services.user.api import router as user_router
+from cnop.services.web.app import install_web
 
 log = structlog.get_logger("cnop.gateway")
 
@@ -113,6 +114,7 @@ def create_app(
     # half of a request's framework cost with nested routers).
     for router in (order_router, user_router, inventory_router, insights_router, events_router, admin_router):
         app.router.routes.extend(router.routes)
+    install_web(app, container)
     install_middleware(app, settings, container.metrics, _identify_user(container))
     return app
 
