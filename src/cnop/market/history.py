@@ -137,8 +137,6 @@ class PriceHistoryRecorder:
 
     async def run(self) -> None:
         queue = self.book.subscribe()
-        # The prices the book starts with (catalogue snapshot or restored) count as points too.
-        self.note(list(self.book.snapshot().values()))
         try:
             while True:
                 try:
