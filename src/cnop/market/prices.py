@@ -289,10 +289,8 @@ class PriceBook:
         """
         current = self._assets.get(asset_id)
         first = current.raw[0].at if current is not None else None
-        older = sorted(
-            (p for p in points if p.asset_id == asset_id and p.price > 0 and (first is None or p.at < first)),
-            key=lambda p: p.at,
-        )
+        by_time = {p.at: p for p in points if p.asset_id == asset_id and p.price > 0 and (first is None or p.at < first)}
+        older = [by_time[moment] for moment in sorted(by_time)]  # one point per moment, oldest first
         if not older:
             return 0
         history = _AssetHistory(self._history_size)
