@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -45,7 +46,7 @@ async def test_price_history_survives_a_restart_bounded_and_downsampled(store_fa
     # Only the minutes flushed by each flush are kept (the latest tick at flush time), plus hours.
     assert 9 <= restored <= 20
     assert history[-1].price == Decimal("49000") and history[-1].at == now
-    assert all(a.at < b.at for a, b in zip(history, history[1:], strict=False))
+    assert all(a.at < b.at for a, b in itertools.pairwise(history))
     assert history[0].at >= start and Decimal(50009) <= history[-2].price <= Decimal("50089.40")
     assert book.current("BTC").price == Decimal("49000")  # type: ignore[union-attr]
     stats = book.stats("BTC")

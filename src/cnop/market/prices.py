@@ -289,7 +289,9 @@ class PriceBook:
         """
         current = self._assets.get(asset_id)
         first = current.raw[0].at if current is not None else None
-        by_time = {p.at: p for p in points if p.asset_id == asset_id and p.price > 0 and (first is None or p.at < first)}
+        by_time = {
+            p.at: p for p in points if p.asset_id == asset_id and p.price > 0 and (first is None or p.at < first)
+        }
         older = [by_time[moment] for moment in sorted(by_time)]  # one point per moment, oldest first
         if not older:
             return 0
