@@ -30,14 +30,13 @@ def test_price_history_is_still_there_after_a_restart(tmp_path: Path) -> None:
             before = http.get("/api/v1/inventory/assets/BTC/prices", params={"interval": "raw"}).json()["data"]["prices"]
         assert [Decimal(str(p["price"])) for p in before[-3:]] == [Decimal(p) for p in prices]
 
-    with cnop_server(tmp_path) as second:
-        with second.api() as http:
+    with cnop_server(tmp_path) as second, second.api() as http:
 
-            def history() -> list[Decimal]:
-                body = http.get("/api/v1/inventory/assets/BTC/prices", params={"interval": "raw"}).json()
-                return [Decimal(str(p["price"])) for p in body["data"]["prices"]]
+        def history() -> list[Decimal]:
+            body = http.get("/api/v1/inventory/assets/BTC/prices", params={"interval": "raw"}).json()
+            return [Decimal(str(p["price"])) for p in body["data"]["prices"]]
 
-            after = wait_until(lambda: history() if len(history()) >= 2 else None)
+        after = wait_until(lambda: history() if len(history()) >= 2 else None)
     # The minute and hour points of the last flush come back (the latest tick of each bucket),
     # before the new process's own starting price.
     assert Decimal("40990") in after[:-1]
