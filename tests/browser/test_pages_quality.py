@@ -240,6 +240,7 @@ def test_public_price_stream_and_cookie_authenticated_events_with_resume(server:
         )
         assert r.status_code == 303
         session = r.cookies["cnop_session"]
+        http.cookies.clear()
         assert http.get("/api/v1/events").status_code == 401  # no cookie, no header
         with http.stream("GET", "/api/v1/events", cookies={"cnop_session": session}) as events:
             assert events.status_code == 200
