@@ -46,6 +46,25 @@ ROUTES: tuple[Route, ...] = (
     # The Alpaca-compatible adapter trades through the order service's use cases; wrap the
     # gateway in `cnop.gateway.alpaca.AlpacaErrorShape` so its own refusals there are Alpaca's too.
     Route("/alpaca", "order"),
+    # The web app's pages and static files (cnop.services.web); "/" alone is the markets page.
+    *(
+        Route(prefix, "web")
+        for prefix in (
+            "/",
+            "/login",
+            "/signup",
+            "/logout",
+            "/dashboard",
+            "/assets",
+            "/orders",
+            "/ledger",
+            "/ledger.csv",
+            "/cash",
+            "/profile",
+            "/admin",
+            "/static",
+        )
+    ),
 )
 
 
