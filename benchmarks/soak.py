@@ -155,7 +155,8 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, headers: di
 async def soak(base: str, pid: int) -> tuple[list[Window], Counter[int]]:
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive would close them under a request.
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT, keepalive_expiry=3.0)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
         users = await set_up(client)
         rng = random.Random(42)
