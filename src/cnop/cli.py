@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -39,47 +38,70 @@ def _settings(store: str | None = None) -> Settings:
     return settings
 
 
+DrainOption = Annotated[
+    float | None,
+    typer.Option("--drain-seconds", help="On SIGTERM, answer not-ready this long before stopping (default: config)"),
+]
+
+
 @serve_app.callback()
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8080,
     store: StoreOption = None,
+    drain_seconds: DrainOption = None,
 ) -> None:
-    """Serve every service behind the gateway, with the price feed and trigger engine."""
+    """Serve every service behind the gateway, with the price feed and trigger engine (the local shape).
+
+    `cnop serve <role>` runs one role of the cloud shape instead.
+    """
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
     from cnop.gateway.app import create_app
+    from cnop.serving import run_app
 
     settings = _settings(store)
     console.print(f"[bold]cnop[/] serving on http://{host}:{port} (store: {settings.store})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds
+    run_app(create_app(settings), host=host, port=port, drain_seconds=drain)
 
 
-@serve_app.command("worker")
-def serve_worker(store: StoreOption = None) -> None:
-    """Run only the price feed and the trigger engine (no HTTP); several may run over one store."""
-    from cnop.common.logging import configure_logging
-    from cnop.container import build_container
+def _serve_role(name: str, host: str, port: int, store: str | None, drain_seconds: float | None) -> None:
+    from cnop.gateway.cloud import create_gateway_app
+    from cnop.roles import GATEWAY, create_role_app, role_named
+    from cnop.serving import run_app
 
-    settings = _settings(store).model_copy(update={"trigger_engine": True})
-    configure_logging(settings)
+    settings = _settings(store)
+    app = create_gateway_app(settings) if name == GATEWAY else create_role_app(role_named(name), settings)
+    console.print(f"[bold]cnop {name}[/] serving on http://{host}:{port} (store: {settings.store})")
+    drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds
+    run_app(app, host=host, port=port, drain_seconds=drain)
 
-    async def run() -> None:
-        container = build_container(settings)
-        await container.store.create_tables()
-        for startup in container.startup:
-            await startup()
-        console.print(f"[bold]cnop worker[/] running (store: {settings.store}, prices: {settings.price_source})")
-        try:
-            await asyncio.gather(*(task() for task in container.background))
-        finally:
-            await container.store.close()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+def _add_role_command(name: str, summary: str) -> None:
+    def command(
+        host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port (health and metrics, and the role's routes)")] = 8080,
+        store: StoreOption = None,
+        drain_seconds: DrainOption = None,
+    ) -> None:
+        _serve_role(name, host, port, store, drain_seconds)
+
+    command.__doc__ = f"The {name} role of the cloud shape: {summary}."
+    serve_app.command(name)(command)
+
+
+def _add_role_commands() -> None:
+    # The roles are listed once, in `cnop.roles`; each becomes `cnop serve <role>`.
+    from cnop.roles import GATEWAY, ROLES
+
+    _add_role_command(GATEWAY, "the only public entry; routes /api/v1/... to the services")
+    for role in ROLES:
+        _add_role_command(role.name, role.summary)
+
+
+_add_role_commands()
 
 
 @db_app.command("init")
