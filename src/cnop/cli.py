@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -204,16 +206,36 @@ def user_create(
 def keys_generate(
     private_key: Annotated[Path, typer.Option("--private-key", help="Where to write the private key (PEM)")],
     public_key: Annotated[Path, typer.Option("--public-key", help="Where to write the public key (PEM)")],
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="If the private key exists, keep it and print its kid")
+    ] = False,
 ) -> None:
-    """Make an Ed25519 key pair for signing tokens; prints its kid."""
-    from cnop.common.security.token_manager import write_ed25519_key_pair
+    """Make an Ed25519 key pair for signing tokens; prints its kid. An existing key is never overwritten."""
+    from cnop.common.security.token_manager import existing_key_id, write_ed25519_key_pair
 
     try:
         kid = write_ed25519_key_pair(private_key, public_key)
     except FileExistsError:
-        err_console.print(f"[red]{private_key} exists[/]: refusing to overwrite a key")
-        raise typer.Exit(1) from None
+        if not exist_ok:
+            err_console.print(f"[red]{private_key} exists[/]: refusing to overwrite a key")
+            raise typer.Exit(1) from None
+        kid = existing_key_id(private_key)
     typer.echo(kid)
+
+
+@app.command("probe")
+def probe(
+    port: Annotated[int, typer.Option(help="Port of the local server")] = 8080,
+    path: Annotated[str, typer.Option(help="Path to ask")] = "/health",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 3.0,
+) -> None:
+    """Exit 0 if http://127.0.0.1:PORT/PATH answers 200, else 1 (a container HEALTHCHECK)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError):
+        ok = False
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from cnop import __version__
 from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
+from cnop.common.redis_ping import ping_redis, watch_redis
 from cnop.container import Container, build_container
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers
@@ -119,6 +120,8 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Tables and the catalogue are the `cnop db init` job's, not every replica's.
         running = [asyncio.create_task(task()) for task in container.background]
+        if settings.redis_url:
+            running.append(asyncio.create_task(watch_redis(settings.redis_url, container.metrics)))
         _log.info("role_started", role=role.name, store=settings.store)
         try:
             yield
@@ -146,9 +149,18 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
             raise CheckFailed("shutting down")
 
     health = HealthCheck(service=f"cnop-{role.name}", version=__version__)
-    health.add("store", container.store.ping, critical=True, readiness=True)
+    # Not critical: in a cluster /health is the liveness probe, and a store outage must make the
+    # pods not-ready (readiness), not restart them all.
+    health.add("store", container.store.ping, critical=False, readiness=True)
     if role.prices:
         health.add("prices", fresh_price_check(container), critical=False, readiness=True)
+    if settings.redis_url:
+        redis_url = settings.redis_url
+
+        async def redis() -> None:
+            await ping_redis(redis_url)
+
+        health.add("redis", redis, critical=False, readiness=True)
     health.add("draining", not_draining, liveness=False, readiness=True)
     app.include_router(health_router(health))
 

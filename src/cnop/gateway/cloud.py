@@ -29,6 +29,7 @@ from cnop.common.exceptions import AuthenticationRequired, CnopError
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics
+from cnop.common.redis_ping import watch_redis
 from cnop.common.security import TokenClaims, TokenManager
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers, scope_problem_response
@@ -123,15 +124,20 @@ def create_gateway_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(watch_redis(settings.redis_url, metrics)) if settings.redis_url else None
         try:
             yield
         finally:
             draining.set()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await proxy.aclose()
 
     app = FastAPI(title="cnop gateway", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None)
     app.state.draining = draining
     app.state.proxy = proxy
+    app.state.metrics = metrics
     install_exception_handlers(app)
 
     async def not_draining() -> None:
