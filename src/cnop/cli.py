@@ -22,7 +22,9 @@ db_app = typer.Typer(help="Store management", no_args_is_help=True)
 user_app = typer.Typer(help="User management", no_args_is_help=True)
 serve_app = typer.Typer(help="Serve the system (all services behind the gateway)", invoke_without_command=True)
 keys_app = typer.Typer(help="Token signing keys (the cloud shape)", no_args_is_help=True)
+dev_app = typer.Typer(help="Run shapes on this machine for development", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(dev_app, name="dev")
 app.add_typer(keys_app, name="keys")
 app.add_typer(user_app, name="user")
 app.add_typer(serve_app, name="serve")
@@ -236,6 +238,66 @@ def probe(
     except (urllib.error.URLError, OSError):
         ok = False
     raise typer.Exit(0 if ok else 1)
+
+
+@dev_app.command("cloud")
+def dev_cloud(
+    workdir: Annotated[Path, typer.Option(help="Keys, logs and (for SQLite) the store live here")] = Path(".cloud"),
+    base_port: Annotated[int, typer.Option(help="Gateways from here; services at +10.., workers at +20..")] = 8100,
+    gateways: Annotated[int, typer.Option(min=1, max=9)] = 2,
+    workers: Annotated[int, typer.Option(min=0, max=9)] = 2,
+    dynamodb_local: Annotated[
+        bool, typer.Option(help="Start DynamoDB Local (installed by `make deps-dynamodb`); else the SQLite file")
+    ] = True,
+    redis: Annotated[bool, typer.Option(help="Start redis-server for the shared state")] = True,
+) -> None:
+    """The cloud shape as processes on 127.0.0.1: DynamoDB Local, Redis, every service, gateways; Ctrl-C stops."""
+    import shutil
+    import time
+
+    from cnop.dev import CloudOnOneMachine, Helper, start_dynamodb_local, start_redis
+
+    workdir = workdir.resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    helpers: list[Helper] = []
+    extra: dict[str, str] = {}
+    try:
+        store = f"sqlite:///{workdir / 'cloud.db'}"
+        if dynamodb_local:
+            ddb = start_dynamodb_local(
+                base_port + 30, Path(".cache/dynamodb-local").resolve(), workdir / "logs" / "dynamodb.log"
+            )
+            helpers.append(ddb)
+            store = "dynamodb"
+            extra = {"AWS_ENDPOINT_URL_DYNAMODB": ddb.url, "AWS_REGION": "us-east-1",
+                     "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}  # fmt: skip
+        redis_url = None
+        if redis:
+            if shutil.which("redis-server") is None:
+                err_console.print("redis-server is not installed: pass --no-redis, or install it")
+                raise typer.Exit(1)
+            helpers.append(start_redis(base_port + 31, workdir / "logs" / "redis.log"))
+            redis_url = helpers[-1].url
+        shape = CloudOnOneMachine(workdir, store, base_port, gateways, workers, redis_url, extra)
+        shape.start()
+        try:
+            table = Table(title="cnop cloud shape (Ctrl-C stops)")
+            table.add_column("process")
+            table.add_column("address")
+            for helper in helpers:
+                table.add_row(helper.name, helper.url)
+            for member in shape.members:
+                table.add_row(member.name, member.url)
+            console.print(table)
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("stopping")
+        finally:
+            shape.stop()
+    finally:
+        for helper in reversed(helpers):
+            helper.stop()
 
 
 def main() -> None:
