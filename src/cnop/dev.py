@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -208,6 +209,27 @@ class CloudOnOneMachine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_base_port(gateways: int = 2, workers: int = 2) -> int:
+    """A base port whose planned ports are free, below the kernel's ephemeral range.
+
+    Below it, a probe of a port nobody listens on yet can never be joined to itself by the
+    kernel (a TCP self-connect), which would look like a server echoing the request.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    offsets = [*range(gateways), *SERVICE_OFFSETS.values(), *(WORKER_OFFSET + i for i in range(workers)), 30, 31, 40]
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10000, low - max(offsets) - 1)
+        if all(_port_is_free(base + offset) for offset in offsets):
+            return base
+    raise RuntimeError("no free range of ports")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _answers_200(url: str) -> bool:
