@@ -27,6 +27,7 @@ from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
 from cnop.common.redis_ping import ping_redis, watch_redis
 from cnop.container import Container, build_container
+from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers
 from cnop.gateway.upstreams import DEFAULT_TIMEOUT_SECONDS, Route
@@ -61,9 +62,17 @@ class Role:
     public: tuple[str, ...] = ()
     trigger_engine: bool = False
     prices: bool = True
+    #: Anything else the role's app serves (a mounted sub-application), added last.
+    extend: Callable[[FastAPI, Container], None] | None = None
 
     def routes(self) -> tuple[Route, ...]:
         return tuple(Route(p, self.name, None if p in self.streams else self.timeout) for p in self.prefixes)
+
+
+def _alpaca(app: FastAPI, container: Container) -> None:
+    """The Alpaca-compatible API, trading through the order service's use cases, in Alpaca's error shape."""
+    mount_alpaca(app, container)
+    app.add_middleware(AlpacaErrorShape)
 
 
 GATEWAY = "gateway"
@@ -72,8 +81,9 @@ ROLES: tuple[Role, ...] = (
     Role("user", "accounts, tokens (the only signer), cash, ledger, portfolio", (user_router, jwks_router),
          ("/api/v1/auth", "/api/v1/balance", "/api/v1/portfolio", "/.well-known/jwks.json"),
          public=("/api/v1/auth/register", "/api/v1/auth/login", "/.well-known/jwks.json")),
-    Role("order", "orders and their events", (order_router, events_router),
-         ("/api/v1/orders", "/api/v1/assets", "/api/v1/events"), streams=("/api/v1/events",)),
+    Role("order", "orders and their events; the Alpaca-compatible API", (order_router, events_router),
+         ("/api/v1/orders", "/api/v1/assets", "/api/v1/events", "/alpaca"), streams=("/api/v1/events",),
+         public=("/alpaca",), extend=_alpaca),  # Alpaca clients authenticate with API keys, checked by the service
     Role("inventory", "assets, prices, admin", (inventory_router, admin_router),
          ("/api/v1/inventory", "/api/v1/admin"), public=("/api/v1/inventory",)),
     Role("insights", "portfolio analysis", (insights_router,), ("/api/v1/insights",), timeout=30.0),
@@ -174,4 +184,6 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
         app.router.routes.extend(router.routes)
     # The edge's limits are the gateway's; a service keeps request ids, headers, metrics, errors.
     install_middleware(app, settings.model_copy(update={"rate_limit_enabled": False}), container.metrics)
+    if role.extend is not None:
+        role.extend(app, container)
     return app

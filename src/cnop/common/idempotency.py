@@ -88,6 +88,15 @@ class IdempotencyRecords:
             return StoredResponse(int(existing["response_status"]), existing["response_body"].encode())
         raise IdempotencyInProgress()
 
+    async def stored_response(self, username: str, scope: str, client_key: str) -> StoredResponse | None:
+        """The first response stored under a key, while it is kept; None if none is (yet)."""
+        if not _KEY_PATTERN.match(client_key):
+            return None
+        item = await self.store.get(keys.USERS, keys.idempotency_key(username, scope, client_key))
+        if item is None or item.get("status") != "completed":
+            return None
+        return StoredResponse(int(item["response_status"]), item["response_body"].encode())
+
     def apply_op(self, claim: Claim) -> Op:
         """Goes into the work's transaction: it applies only while this claim is the owner."""
         return Update(

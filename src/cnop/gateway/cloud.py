@@ -31,6 +31,7 @@ from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics
 from cnop.common.redis_ping import watch_redis
 from cnop.common.security import TokenClaims, TokenManager
+from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.proxy import ReverseProxy, Upstream
@@ -159,4 +160,6 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     app.router.routes.append(Mount("", app=proxy))
     app.add_middleware(EdgeAuthentication, tokens=tokens, public_prefixes=PUBLIC_PREFIXES)
     install_middleware(app, settings, metrics, _token_identifier(tokens))
+    # Outermost, so that the gateway's own refusals under /alpaca (429, 503) take Alpaca's shape too.
+    app.add_middleware(AlpacaErrorShape)
     return app

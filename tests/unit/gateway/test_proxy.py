@@ -117,6 +117,8 @@ def test_routes_match_by_longest_prefix_and_whole_segments() -> None:
     assert table.match("/api/v1/events").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/.well-known/jwks.json").upstream == "user"  # type: ignore[union-attr]
     assert table.match("/api/v1/ordersx") is None
+    assert table.match("/alpaca/v2/positions/BTC/USD").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/alpacax") is None
     assert table.match("/health") is None
     assert table.upstreams == {"user", "order", "inventory", "insights"}
 
