@@ -15,11 +15,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 # --- web assets -------------------------------------------------------------------------------
-# The web app's assets are npm packages pinned in its package-lock.json. When the web app ships
-# them, this stage runs `npm ci` and copies the built files to /web/dist; until then it is empty.
+# The web app's npm assets (htmx, lightweight-charts), installed from the lock file without
+# running any package script.
 FROM ${NODE_IMAGE} AS web-assets
-WORKDIR /web
-RUN mkdir -p /web/dist
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --omit=dev --no-audit --no-fund
 
 # --- build ------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -27,7 +28,6 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
 COPY src ./src
-COPY --from=web-assets /web/dist ./src/cnop/web/dist
 RUN python -m venv /opt/cnop \
  && /opt/cnop/bin/pip install -c requirements.lock . \
  && /opt/cnop/bin/pip uninstall -y pip setuptools wheel
@@ -38,7 +38,9 @@ RUN groupadd --system --gid 10001 cnop \
  && useradd --system --uid 10001 --gid cnop --home-dir /app --no-create-home --shell /usr/sbin/nologin cnop \
  && mkdir -p /app && chown cnop:cnop /app
 COPY --from=build /opt/cnop /opt/cnop
+COPY --from=web-assets /assets/node_modules /app/node_modules
 ENV PATH=/opt/cnop/bin:$PATH \
+    CNOP_WEB_ASSETS_DIR=/app/node_modules \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CNOP_SHAPE=cloud \

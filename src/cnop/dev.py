@@ -30,7 +30,7 @@ from typing import IO
 
 from cnop.roles import ROLES
 
-SERVICE_OFFSETS = {"user": 10, "order": 11, "inventory": 12, "insights": 13}
+SERVICE_OFFSETS = {"user": 10, "order": 11, "inventory": 12, "insights": 13, "web": 14}
 WORKER_OFFSET = 20
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0

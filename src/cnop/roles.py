@@ -38,6 +38,7 @@ from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
 from cnop.services.user.api import router as user_router
 from cnop.services.user.jwks_api import router as jwks_router
+from cnop.services.web.app import install_web
 
 _log = get_logger("cnop.roles")
 
@@ -81,17 +82,21 @@ ROLES: tuple[Role, ...] = (
     Role("user", "accounts, tokens (the only signer), cash, ledger, portfolio", (user_router, jwks_router),
          ("/api/v1/auth", "/api/v1/balance", "/api/v1/portfolio", "/.well-known/jwks.json"),
          public=("/api/v1/auth/register", "/api/v1/auth/login", "/.well-known/jwks.json")),
+    # Alpaca clients authenticate with API keys, which the service checks; the price stream is public.
     Role("order", "orders and their events; the Alpaca-compatible API", (order_router, events_router),
-         ("/api/v1/orders", "/api/v1/assets", "/api/v1/events", "/alpaca"), streams=("/api/v1/events",),
-         public=("/alpaca",), extend=_alpaca),  # Alpaca clients authenticate with API keys, checked by the service
+         ("/api/v1/orders", "/api/v1/assets", "/api/v1/events", "/api/v1/prices", "/alpaca"),
+         streams=("/api/v1/events", "/api/v1/prices"), public=("/alpaca", "/api/v1/prices"), extend=_alpaca),
     Role("inventory", "assets, prices, admin", (inventory_router, admin_router),
          ("/api/v1/inventory", "/api/v1/admin"), public=("/api/v1/inventory",)),
     Role("insights", "portfolio analysis", (insights_router,), ("/api/v1/insights",), timeout=30.0),
+    # The pages sign in with a session cookie, which the web service checks: public at the edge.
+    Role("web", "the server-rendered web app (every path no other role serves)", (), ("/",), public=("/",),
+         extend=install_web),
     Role("worker", "price feed and trigger engine (health and metrics only over HTTP)", trigger_engine=True),
 )
 # fmt: on
 ROUTES: tuple[Route, ...] = tuple(route for role in ROLES for route in role.routes())
-PUBLIC_PREFIXES: tuple[str, ...] = tuple(prefix for role in ROLES for prefix in role.public)
+PUBLIC_PREFIXES: dict[str, tuple[str, ...]] = {role.name: role.public for role in ROLES}
 ROLE_NAMES: tuple[str, ...] = (GATEWAY, *(role.name for role in ROLES))
 
 

@@ -129,7 +129,7 @@ async def test_the_gateway_refuses_a_protected_path_without_a_valid_token_at_the
     settings = _settings(
         tmp_path,
         # Nothing listens here: a request that got past the edge check would be a 503.
-        upstream_urls={name: "http://127.0.0.1:9" for name in ("user", "order", "inventory", "insights")},
+        upstream_urls={name: "http://127.0.0.1:9" for name in ("user", "order", "inventory", "insights", "web")},
         breaker_min_failures=1000,
         upstream_retries=0,
     )
@@ -147,13 +147,13 @@ async def test_the_gateway_refuses_a_protected_path_without_a_valid_token_at_the
                 assert forged.status_code == 401
                 assert forged.json()["code"] == "invalid_token"
             # Public paths go through to the service (which is down here: a 503, not a 401).
-            for path in ("/api/v1/inventory/assets", "/.well-known/jwks.json"):
+            for path in ("/api/v1/inventory/assets", "/.well-known/jwks.json", "/dashboard", "/api/v1/prices/stream"):
                 response = await client.get(path)
                 assert response.status_code == 503, path
                 assert response.headers["retry-after"] == "1"
             login = await client.post("/api/v1/auth/login", json={"username": "alice_01", "password": "x"})
             assert login.status_code == 503
-            assert set(PUBLIC_PREFIXES) >= {"/api/v1/auth/login", "/api/v1/auth/register"}
+            assert set(PUBLIC_PREFIXES["user"]) >= {"/api/v1/auth/login", "/api/v1/auth/register"}
             # Its own health says which upstreams are not ready; it stays alive and ready.
             health = await client.get("/health")
             assert health.status_code == 200

@@ -30,6 +30,7 @@ from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
 from cnop.services.user.api import router as user_router
 from cnop.services.user.jwks_api import router as jwks_router
+from cnop.services.web.app import install_web
 
 log = structlog.get_logger("cnop.gateway")
 
@@ -130,6 +131,7 @@ def create_app(
     ):
         app.router.routes.extend(router.routes)
     mount_alpaca(app, container)
+    install_web(app, container)
     install_middleware(app, settings, container.metrics, _identify_user(container))
     # Outermost, so that it sees every answer under /alpaca, the middleware's own refusals included.
     app.add_middleware(AlpacaErrorShape)

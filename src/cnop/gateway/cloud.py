@@ -35,6 +35,7 @@ from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.proxy import ReverseProxy, Upstream
+from cnop.gateway.upstreams import RouteTable
 from cnop.roles import PUBLIC_PREFIXES, ROUTES
 
 _READY_TIMEOUT_SECONDS = 2.0
@@ -66,19 +67,26 @@ def _token_identifier(tokens: TokenManager) -> Callable[[Scope], str | None]:
 
 
 class EdgeAuthentication:
-    """401 at the edge for a routed, protected path without a token that verifies."""
+    """401 at the edge for a routed, protected path without a token that verifies.
 
-    def __init__(self, app: ASGIApp, tokens: TokenManager, public_prefixes: tuple[str, ...]) -> None:
+    A path is public when a public prefix of the role it is routed to covers it.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: TokenManager, public_prefixes: dict[str, tuple[str, ...]]) -> None:
         self.app = app
         self._identify = _token_identifier(tokens)
         self._public = public_prefixes
-        self._routed = tuple(route.prefix for route in ROUTES)
+        self._routes = RouteTable(ROUTES)
 
     def _needs_token(self, path: str) -> bool:
-        def under(prefix: str) -> bool:
-            return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+        route = self._routes.match(path)
+        if route is None:
+            return False
 
-        return any(under(p) for p in self._routed) and not any(under(p) for p in self._public)
+        def under(prefix: str) -> bool:
+            return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+        return not any(under(p) for p in self._public.get(route.upstream, ()))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not self._needs_token(scope["path"]):

@@ -68,7 +68,9 @@ def test_dockerignore_sends_only_the_build_inputs() -> None:
 
 def test_compose_runs_the_whole_cloud_shape_with_two_gateways() -> None:
     services = _compose()["services"]
-    assert {"dynamodb", "redis", "db-init", "keys", "user", "order", "inventory", "insights", "worker"} <= set(services)
+    assert {"dynamodb", "redis", "db-init", "keys", "user", "order", "inventory", "insights", "web", "worker"} <= set(
+        services
+    )
     roles = {}
     for name, service in services.items():
         if service.get("image") != "cnop:local":
@@ -98,4 +100,4 @@ def test_in_compose_only_the_user_service_holds_the_signing_key() -> None:
             assert env["CNOP_JWT_ALGORITHM"] == "EdDSA", name
             assert env["CNOP_SHAPE"] == "cloud", name
     upstreams = services["gateway-a"]["environment"]["CNOP_UPSTREAM_URLS"]
-    assert {pair.split("=")[0] for pair in upstreams.split(",")} == {"user", "order", "inventory", "insights"}
+    assert {pair.split("=")[0] for pair in upstreams.split(",")} == {"user", "order", "inventory", "insights", "web"}

@@ -74,7 +74,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         jwt_algorithm="EdDSA",
         jwt_public_keys_dir=str(directory / "public"),
         price_source="manual",
-        upstream_urls={name: "http://127.0.0.1:9" for name in ("user", "order", "inventory", "insights")},
+        upstream_urls={name: "http://127.0.0.1:9" for name in ("user", "order", "inventory", "insights", "web")},
     )
     names = _exported(create_gateway_app(settings).state.metrics.registry)
     for role in ROLES:

@@ -116,11 +116,12 @@ def test_routes_match_by_longest_prefix_and_whole_segments() -> None:
     assert table.match("/api/v1/admin/users/bob/transactions").upstream == "inventory"  # type: ignore[union-attr]
     assert table.match("/api/v1/events").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/.well-known/jwks.json").upstream == "user"  # type: ignore[union-attr]
-    assert table.match("/api/v1/ordersx") is None
+    assert table.match("/api/v1/ordersx").upstream == "web"  # type: ignore[union-attr]  # the catch-all
     assert table.match("/alpaca/v2/positions/BTC/USD").upstream == "order"  # type: ignore[union-attr]
-    assert table.match("/alpacax") is None
-    assert table.match("/health") is None
-    assert table.upstreams == {"user", "order", "inventory", "insights"}
+    assert table.match("/alpacax").upstream == "web"  # type: ignore[union-attr]
+    assert table.match("/dashboard").upstream == "web"  # type: ignore[union-attr]
+    assert table.match("/api/v1/prices/stream").upstream == "order"  # type: ignore[union-attr]
+    assert table.upstreams == {"user", "order", "inventory", "insights", "web"}
 
 
 def test_timeouts_from_config_apply_to_their_prefix_and_an_unknown_prefix_is_an_error() -> None:
@@ -143,7 +144,7 @@ def test_upstream_urls_and_timeouts_are_read_from_name_value_lists() -> None:
 
 def test_a_proxy_without_a_url_for_a_routed_service_does_not_start() -> None:
     with pytest.raises(ValueError, match="inventory"):
-        ReverseProxy.from_settings(Settings(upstream_urls={"user": "http://u", "order": "http://o"}))
+        ReverseProxy.from_settings(Settings(upstream_urls={"user": "http://u", "order": "http://o", "web": "http://w"}))
 
 
 async def test_the_request_goes_upstream_whole_with_the_gateway_request_id_and_without_hop_headers(
