@@ -7,7 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run cloud test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets
+.PHONY: install run cloud test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
+  audit-deps sbom soak bench-durability
 
 install: $(STAMP) web-assets
 
@@ -53,11 +54,31 @@ bench-store: install deps-dynamodb
 bench-ticks: install
 	$(BIN)/python -m benchmarks.tick_bench
 
+# SQLite's synchronous modes (OFF / NORMAL / FULL): what each costs per commit.
+bench-durability: install
+	$(BIN)/python -m benchmarks.sqlite_durability
+
+# A bounded soak (SOAK_SECONDS, default 300, at SOAK_RATE requests/s): RSS, fds and p99 must not grow.
+soak: install
+	$(BIN)/python -m benchmarks.soak
+
 bench-pages: install
 	$(BIN)/python -m benchmarks.pages_bench
 
 audit: install
 	$(BIN)/cnop audit
+
+# Known vulnerabilities in the locked dependencies (needs the advisory service; exits 0 with a
+# note when it cannot be reached). Not part of `make test`: a new advisory must not fail CI.
+audit-deps: install
+	$(BIN)/python scripts/audit_deps.py
+
+# A CycloneDX SBOM of the installed environment, with the project as its root component.
+sbom: install
+	@mkdir -p build
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --of JSON --output-reproducible \
+	  -o build/sbom.cdx.json $(BIN)/python
+	@echo "SBOM written to build/sbom.cdx.json"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -76,6 +76,9 @@ def _alpaca(app: FastAPI, container: Container) -> None:
     app.add_middleware(AlpacaErrorShape)
 
 
+# The web app's pages and static files; "/" alone is the markets page.
+WEB_PREFIXES = ("/", "/login", "/signup", "/logout", "/dashboard", "/assets", "/orders", "/ledger",
+                "/ledger.csv", "/cash", "/profile", "/admin", "/static")  # fmt: skip
 GATEWAY = "gateway"
 # fmt: off
 ROLES: tuple[Role, ...] = (
@@ -90,8 +93,7 @@ ROLES: tuple[Role, ...] = (
          ("/api/v1/inventory", "/api/v1/admin"), public=("/api/v1/inventory",)),
     Role("insights", "portfolio analysis", (insights_router,), ("/api/v1/insights",), timeout=30.0),
     # The pages sign in with a session cookie, which the web service checks: public at the edge.
-    Role("web", "the server-rendered web app (every path no other role serves)", (), ("/",), public=("/",),
-         extend=install_web),
+    Role("web", "the server-rendered web app", (), WEB_PREFIXES, public=WEB_PREFIXES, extend=install_web),
     Role("worker", "price feed and trigger engine (health and metrics only over HTTP)", trigger_engine=True),
 )
 # fmt: on

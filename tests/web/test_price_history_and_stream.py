@@ -124,5 +124,11 @@ def test_numbers_are_formatted_exactly_at_their_scale() -> None:
     assert fmt.percent(Decimal("1.2345")) == "+1.23%"
     assert fmt.percent(Decimal("-0.001")) == "0.00%"
     assert fmt.compact_usd(Decimal("1325161250000")) == "$1.33T"
+    assert fmt.field_message("Password", "String should have at least 12 characters") == (
+        "Password must have at least 12 characters"
+    )
+    assert fmt.field_message("First name", "Field required") == "First name is required"
+    assert fmt.field_message("Amount", "must be greater than 0") == "Amount must be greater than 0"
+    assert fmt.field_message("Email", "The daily limit is 10 USD") == "The daily limit is 10 USD"
     # 0.1 + 0.2 is exactly 0.3 here: no float ever touches the amount.
     assert fmt.usd(Decimal("0.1") + Decimal("0.2")) == "$0.30"

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # Shape and store
     store: str = "sqlite:///./data/cnop.db"
     dynamodb_table_prefix: str = "cnop"
+    # SQLite's commit durability (WAL mode): NORMAL survives a killed process, FULL also a power cut.
+    sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "NORMAL"
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"

@@ -238,6 +238,13 @@ class PriceUnavailable(ServiceUnavailable):
     title = "No fresh market price is available"
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The store failed or timed out: an outage, answered 503 so the client may retry."""
+
+    code = "store_unavailable"
+    title = "The data store is not answering"
+
+
 # --- the store (never shown to clients as such) ------------------------------------------------
 
 

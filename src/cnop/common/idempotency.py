@@ -123,6 +123,12 @@ class IdempotencyRecords:
         )
 
     async def abandon(self, claim: Claim) -> None:
-        """Release a claim whose work did not happen (an outage), so the client may retry."""
+        """Release a claim whose work did not happen (an outage), so the client may retry.
+
+        Only while it is still `in_progress`: a store error can arrive after the work's
+        transaction was applied (a timeout on the commit's answer), and deleting the `applied`
+        record then would let a retry apply the work a second time.
+        """
         with contextlib.suppress(ConditionFailed):
-            await self.store.transact([Delete(keys.USERS, claim.key, Eq("owner", claim.owner))])
+            condition = And(Eq("owner", claim.owner), Eq("status", "in_progress"))
+            await self.store.transact([Delete(keys.USERS, claim.key, condition)])

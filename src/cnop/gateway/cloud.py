@@ -84,7 +84,7 @@ class EdgeAuthentication:
             return False
 
         def under(prefix: str) -> bool:
-            return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+            return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
         return not any(under(p) for p in self._public.get(route.upstream, ()))
 

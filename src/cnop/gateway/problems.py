@@ -31,12 +31,15 @@ from starlette.types import Scope
 from cnop.common.exceptions import (
     AuthenticationRequired,
     CnopError,
+    ConditionFailed,
     Conflict,
     Forbidden,
     MethodNotAllowed,
     NotFound,
     RateLimited,
     ServiceUnavailable,
+    StoreError,
+    StoreUnavailable,
     ValidationFailed,
 )
 from cnop.common.jsonio import ProblemResponse
@@ -192,6 +195,15 @@ async def _handle_cnop_error(request: Request, exc: Exception) -> Response:
     return cnop_error_response(request, exc)
 
 
+async def _handle_store_error(request: Request, exc: Exception) -> Response:
+    """A store outage is a 503 the client may retry; a condition no use case mapped is a bug (500)."""
+    if isinstance(exc, ConditionFailed):
+        log_unhandled(request.scope, exc)
+        return internal_error_response(request.scope)
+    _log.warning("store_unavailable", method=request.method, path=request.url.path, exc_info=exc)
+    return cnop_error_response(request, StoreUnavailable("The data store did not answer; try again shortly."))
+
+
 async def _handle_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = validation_errors(exc.errors())
@@ -257,6 +269,7 @@ async def _handle_unhandled(request: Request, exc: Exception) -> Response:
 def install_exception_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem details."""
     app.add_exception_handler(CnopError, _handle_cnop_error)
+    app.add_exception_handler(StoreError, _handle_store_error)
     app.add_exception_handler(RequestValidationError, _handle_request_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     # An endpoint that parses JSON itself (stdlib or `cnop.common.jsonio`) fails the same way a

@@ -32,8 +32,6 @@ class Route:
         return self.prefix
 
     def matches(self, path: str) -> bool:
-        if self.prefix == "/":  # the catch-all (the web app): whatever no longer prefix takes
-            return True
         return path == self.prefix or (path.startswith(self.prefix) and path[len(self.prefix)] == "/")
 
 

@@ -46,8 +46,11 @@ async def current_principal(request: Request, container: ContainerDep) -> Princi
     return principal
 
 
-async def current_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def current_admin(
+    request: Request, principal: Annotated[Principal, Depends(current_principal)], container: ContainerDep
+) -> Principal:
     if not principal.is_admin:
+        container.audit.log_access_denied(principal.username, resource=request.url.path, reason="admin_required")
         raise Forbidden("Administrator role required")
     return principal
 

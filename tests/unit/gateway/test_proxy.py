@@ -116,12 +116,21 @@ def test_routes_match_by_longest_prefix_and_whole_segments() -> None:
     assert table.match("/api/v1/admin/users/bob/transactions").upstream == "inventory"  # type: ignore[union-attr]
     assert table.match("/api/v1/events").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/.well-known/jwks.json").upstream == "user"  # type: ignore[union-attr]
-    assert table.match("/api/v1/ordersx").upstream == "web"  # type: ignore[union-attr]  # the catch-all
+    assert table.match("/api/v1/ordersx") is None
     assert table.match("/alpaca/v2/positions/BTC/USD").upstream == "order"  # type: ignore[union-attr]
-    assert table.match("/alpacax").upstream == "web"  # type: ignore[union-attr]
-    assert table.match("/dashboard").upstream == "web"  # type: ignore[union-attr]
-    assert table.match("/api/v1/prices/stream").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/alpacax") is None
+    assert table.match("/health") is None
     assert table.upstreams == {"user", "order", "inventory", "insights", "web"}
+
+
+def test_the_web_apps_pages_go_to_the_web_service_and_the_api_does_not() -> None:
+    table = RouteTable(ROUTES)
+    for path in ("/", "/login", "/dashboard", "/assets/BTC", "/orders/01JABCDEFGHJ/cancel", "/ledger.csv", "/static/app.js"):
+        assert table.match(path).upstream == "web", path  # type: ignore[union-attr]
+    assert table.match("/api/v1/assets/BTC/transactions").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/api/v1/prices/stream").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/dashboardx") is None
+    assert table.match("/health") is None
 
 
 def test_timeouts_from_config_apply_to_their_prefix_and_an_unknown_prefix_is_an_error() -> None:

@@ -15,7 +15,7 @@ def open_store(url: str, settings: Settings | None = None) -> ItemStore:
         if path.startswith("/") and not path.startswith("//"):
             # sqlite:///relative/path -> "relative/path"; sqlite:////abs/path -> "/abs/path"
             path = path[1:]
-        return SQLiteStore(path or ":memory:")
+        return SQLiteStore(path or ":memory:", synchronous=(settings or Settings()).sqlite_synchronous)
     if url == "dynamodb" or url.startswith("dynamodb://"):
         from cnop.common.database.dynamodb import DynamoDBStore
 

@@ -42,6 +42,8 @@ from cnop.common.exceptions import ConditionFailed, StoreError
 
 T = TypeVar("T")
 
+# OFF is here for measurements only; the settings accept NORMAL, FULL and EXTRA.
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _INT_DIGITS = 20
 _FRACTION_DIGITS = 18
 
@@ -107,8 +109,11 @@ class SQLiteStore:
     ten times worse p99; see benchmarks/README.md.)
     """
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "NORMAL") -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
         self.path = path
+        self.synchronous = synchronous
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
@@ -123,7 +128,10 @@ class SQLiteStore:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # NORMAL in WAL mode: a commit survives the process being killed (the WAL is in the OS),
+            # and the file is never corrupted; a power cut may lose the last commits before a
+            # checkpoint. FULL syncs the WAL on every commit. See docs/decisions (SQLite durability).
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             self._conn = conn
         return self._conn
 

@@ -139,6 +139,7 @@ class AccountService:
             ]
         )
         self.audit.log_logout(principal.username, ip_address=ip)
+        self.audit.log_token_revoked(principal.username, claims.jti, reason="logout")
 
     async def update_profile(self, principal: Principal, request: ProfileUpdateRequest) -> User:
         changes: dict[str, Any] = {}
@@ -163,6 +164,7 @@ class AccountService:
         new_hash = await self.passwords.hash_password_async(request.new_password)
         await self.users.change_password(principal.user, new_hash, principal.claims.jti)
         self.audit.log_password_change(principal.username, ip_address=ip)
+        self.audit.log_token_revoked(principal.username, "all-other-tokens", reason="password_change")
         if self.api_keys is not None:
             # The generation moved on, so every key is dead already; this removes them from the store.
             await self.api_keys.revoke_all(principal.username, reason="password_change")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -101,6 +102,24 @@ def label(value: object) -> str:
     """`stop_loss_sell` → `Stop loss sell`."""
     text = str(getattr(value, "value", value)).replace("_", " ")
     return text[:1].upper() + text[1:]
+
+
+_PYDANTIC_WORDS = (
+    (re.compile(r"^Field required$"), "is required"),
+    (re.compile(r"^String should have at least (\d+) characters?$"), r"must have at least \1 characters"),
+    (re.compile(r"^String should have at most (\d+) characters?$"), r"must have at most \1 characters"),
+    (re.compile(r"^Input should be a valid (\w+).*$"), r"must be a valid \1"),
+)
+
+
+def field_message(label: str, message: str) -> str:
+    """A validation message that reads as a sentence after the field's label."""
+    for pattern, words in _PYDANTIC_WORDS:
+        if pattern.match(message):
+            return f"{label} {pattern.sub(words, message)}"
+    if message[:1].islower():
+        return f"{label} {message}"
+    return message
 
 
 FILTERS = {

@@ -16,7 +16,7 @@ from cnop.common.exceptions import CnopError, ValidationFailed
 from cnop.gateway.problems import validation_errors
 from cnop.services.user.service import Principal
 from cnop.services.web import charts
-from cnop.services.web.format import FILTERS
+from cnop.services.web.format import FILTERS, field_message
 from cnop.services.web.session import CSRF_FIELD, csrf_token, keep_csrf
 
 # Scripts and styles only from this server; no inline script, no eval, nothing from elsewhere.
@@ -35,7 +35,12 @@ environment = Environment(
     lstrip_blocks=True,
 )
 environment.filters.update(FILTERS)
-environment.globals.update(sparkline=charts.sparkline, allocation_ring=charts.allocation_ring, colour=charts.colour)
+environment.globals.update(
+    field_message=field_message,
+    sparkline=charts.sparkline,
+    allocation_ring=charts.allocation_ring,
+    colour=charts.colour,
+)
 
 # Human words for the API's refusal codes (the detail follows them).
 REFUSALS = {
