@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
+.PHONY: install run cloud test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
   audit-deps sbom soak bench-durability
 
 install: $(STAMP) web-assets
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 run: install
 	$(BIN)/cnop serve --host $(HOST) --port $(PORT)
+
+# The cloud shape as processes on 127.0.0.1 (gateways on 8100 and 8101); Ctrl-C stops everything.
+# Redis joins once the shared state reads it (until then each process keeps its own).
+cloud: install deps-dynamodb
+	$(BIN)/cnop dev cloud
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,14 @@ class Container:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
+def _price_age(book: PriceBook, clock: Clock) -> Callable[[], float]:
+    def age() -> float:
+        last = book.last_applied_at
+        return math.inf if last is None else max(0.0, (clock.now() - last).total_seconds())
+
+    return age
+
+
 def build_container(
     settings: Settings,
     *,
@@ -142,6 +151,9 @@ def build_container(
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
     )
+    metrics.watch_price_age(_price_age(price_book, clock))
+    if settings.trigger_engine:
+        metrics.watch_trigger_engine_lag(container.triggers.lag_seconds)
     container.startup.append(inventory.load_catalogue)
     if settings.price_history_flush_seconds > 0:
         recorder = PriceHistoryRecorder(

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     breaker_open_seconds: float = Field(default=10.0, gt=0)
     breaker_half_open_probes: int = Field(default=2, ge=1)
 
+    # On SIGTERM: answer not-ready (and close event streams) this long before the server stops,
+    # so a load balancer stops sending first. 0 stops at once (a developer's Ctrl-C).
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
+
     # Web app: where `make install` put the npm assets (default: ./node_modules of the checkout,
     # then of the working directory).
     web_assets_dir: str | None = None

@@ -28,8 +28,9 @@ from cnop.common.config import Settings
 
 # uvicorn's loggers: their handlers are removed so that their records reach ours through the root.
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
-# The gateway writes one access line per request, with the request id; uvicorn's would repeat it.
-_QUIETED_LOGGERS = {"uvicorn.access": logging.WARNING}
+# The gateway writes one access line per request, with the request id; uvicorn's would repeat it,
+# and the cloud gateway's HTTP client would add one per upstream request.
+_QUIETED_LOGGERS = {"uvicorn.access": logging.WARNING, "httpx2": logging.WARNING, "httpcore2": logging.WARNING}
 _LOG_METHODS = ("msg", "debug", "info", "warning", "warn", "error", "err", "critical", "exception", "fatal")
 
 
@@ -128,6 +129,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(max(level, _QUIETED_LOGGERS.get(name, logging.NOTSET)))
+    for name, quiet in _QUIETED_LOGGERS.items():
+        if name not in _UVICORN_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, quiet))
 
 
 def get_logger(name: str, **initial_values: Any) -> FilteringBoundLogger:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
@@ -48,6 +48,22 @@ class _BreakerCollector(Collector):
         )
         for upstream, state in self._states():
             family.add_metric((upstream,), state)
+        yield family
+
+
+class _ReadAtScrape(Collector):
+    """One unlabelled gauge whose value is read when Prometheus scrapes (None: no sample)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float | None]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation)
+        value = self._read()
+        if value is not None:
+            family.add_metric((), value)
         yield family
 
 
@@ -125,6 +141,12 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.redis_up = Gauge(
+            "redis_up",
+            "1 when the last ping of the shared-state Redis answered, 0 when it did not (only with CNOP_REDIS_URL).",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         # Resolved label children, so the hot path is one dict lookup instead of `.labels()`.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -161,6 +183,27 @@ class Metrics:
     def watch_breakers(self, states: BreakerStates) -> None:
         """Export `cnop_circuit_breaker_state`, read from `states` at every scrape."""
         self.registry.register(_BreakerCollector(states))
+
+    def watch_price_age(self, age_seconds: Callable[[], float | None]) -> None:
+        """Export `cnop_price_age_seconds`: how old this process's freshest price is, read at scrape."""
+        self.registry.register(
+            _ReadAtScrape(
+                f"{NAMESPACE}_price_age_seconds",
+                "Seconds since the freshest price this process holds (+Inf before the first).",
+                age_seconds,
+            )
+        )
+
+    def watch_trigger_engine_lag(self, lag_seconds: Callable[[], float | None]) -> None:
+        """Export `cnop_trigger_engine_lag_seconds` (only where the trigger engine runs)."""
+        self.registry.register(
+            _ReadAtScrape(
+                f"{NAMESPACE}_trigger_engine_lag_seconds",
+                "How far the trigger engine is behind the price ticks: the age of the oldest tick it has not "
+                "finished (0 when it is caught up).",
+                lag_seconds,
+            )
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric in this registry."""

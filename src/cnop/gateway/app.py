@@ -103,6 +103,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.container = container
+    app.state.draining = asyncio.Event()
     install_exception_handlers(app)
 
     health = HealthCheck(service="cnop-gateway", version=__version__)

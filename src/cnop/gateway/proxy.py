@@ -44,6 +44,7 @@ from cnop.common.metrics import Metrics
 from cnop.gateway.breaker import BreakerPolicy, CircuitBreaker, Monotonic
 from cnop.gateway.problems import http_error_response, request_id_of, scope_problem_response
 from cnop.gateway.upstreams import Route, RouteTable
+from cnop.roles import ROUTES
 
 Header = tuple[bytes, bytes]
 Outcome = Literal["ok", "error", "timeout", "connect_error", "rejected", "abandoned"]
@@ -166,7 +167,7 @@ class ReverseProxy:
         monotonic: Monotonic = time.monotonic,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> ReverseProxy:
-        routes = RouteTable.configured(settings.upstream_timeouts)
+        routes = RouteTable.configured(ROUTES, settings.upstream_timeouts)
         policy = BreakerPolicy(
             window_seconds=settings.breaker_window_seconds,
             bucket_seconds=min(1.0, settings.breaker_window_seconds),
@@ -222,6 +223,7 @@ class ReverseProxy:
             else:
                 await http_error_response(scope, 404, None, None)(scope, receive, send)
             return
+        scope["route"] = route  # the metrics label: the route's prefix
         await self._forward(scope, receive, send, route, self.upstreams[route.upstream])
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route, upstream: Upstream) -> None:

@@ -1,9 +1,9 @@
 """Which service answers which path in the cloud shape, and how long the gateway waits for it.
 
-`ROUTES` is the one table: a routed prefix is one line here. A path belongs to the longest
-prefix it equals or continues with a `/` (`/api/v1/orders` takes `/api/v1/orders/01J...` but
-not `/api/v1/ordersx`). The base URL of each service comes from `CNOP_UPSTREAM_URLS`; a
-prefix's read timeout can be overridden with `CNOP_UPSTREAM_TIMEOUTS`.
+The routes themselves come from the roles (`cnop.roles.ROUTES`: each role lists its prefixes).
+A path belongs to the longest prefix it equals or continues with a `/` (`/api/v1/orders` takes
+`/api/v1/orders/01J...` but not `/api/v1/ordersx`). The base URL of each service comes from
+`CNOP_UPSTREAM_URLS`; a prefix's read timeout can be overridden with `CNOP_UPSTREAM_TIMEOUTS`.
 """
 
 from __future__ import annotations
@@ -26,46 +26,13 @@ class Route:
     upstream: str
     timeout: float | None = DEFAULT_TIMEOUT_SECONDS
 
+    @property
+    def path_format(self) -> str:
+        """The metrics label of requests on this route (the prefix: a bounded set)."""
+        return self.prefix
+
     def matches(self, path: str) -> bool:
         return path == self.prefix or (path.startswith(self.prefix) and path[len(self.prefix)] == "/")
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("/api/v1/orders", "order"),
-    Route("/api/v1/assets", "order"),  # an asset's transactions are the order service's records
-    Route("/api/v1/events", "order", timeout=None),
-    Route("/api/v1/auth", "user"),
-    Route("/api/v1/balance", "user"),
-    Route("/api/v1/portfolio", "user"),
-    Route("/.well-known/jwks.json", "user"),
-    Route("/api/v1/admin/users", "user"),
-    Route("/api/v1/inventory", "inventory"),
-    Route("/api/v1/prices", "inventory", timeout=None),
-    Route("/api/v1/admin", "inventory"),
-    Route("/api/v1/insights", "insights", timeout=30.0),
-    # The Alpaca-compatible adapter trades through the order service's use cases; wrap the
-    # gateway in `cnop.gateway.alpaca.AlpacaErrorShape` so its own refusals there are Alpaca's too.
-    Route("/alpaca", "order"),
-    # The web app's pages and static files (cnop.services.web); "/" alone is the markets page.
-    *(
-        Route(prefix, "web")
-        for prefix in (
-            "/",
-            "/login",
-            "/signup",
-            "/logout",
-            "/dashboard",
-            "/assets",
-            "/orders",
-            "/ledger",
-            "/ledger.csv",
-            "/cash",
-            "/profile",
-            "/admin",
-            "/static",
-        )
-    ),
-)
 
 
 class RouteTable:
@@ -78,7 +45,7 @@ class RouteTable:
             raise ValueError("a prefix is routed twice")
 
     @classmethod
-    def configured(cls, timeouts: Mapping[str, float], routes: Iterable[Route] = ROUTES) -> RouteTable:
+    def configured(cls, routes: Iterable[Route], timeouts: Mapping[str, float]) -> RouteTable:
         """`routes` with the read timeouts of `CNOP_UPSTREAM_TIMEOUTS` applied (an unknown prefix is an error)."""
         routes = list(routes)
         known = {r.prefix for r in routes}

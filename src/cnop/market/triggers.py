@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from decimal import Decimal
 
 import structlog
@@ -34,6 +35,13 @@ class TriggerEngine:
         self.settings = settings
         self.clock = clock
         self.fills = 0
+        # The time of the oldest tick taken from the book but not yet finished (None: caught up).
+        self._working_since: datetime | None = None
+
+    def lag_seconds(self) -> float:
+        """How far behind the ticks the engine is: the age of the oldest unfinished tick, else 0."""
+        since = self._working_since
+        return 0.0 if since is None else max(0.0, (self.clock.now() - since).total_seconds())
 
     async def run(self) -> None:
         """Consume the book's ticks and expire due orders until cancelled."""
@@ -42,7 +50,11 @@ class TriggerEngine:
         try:
             while True:
                 batch = await queue.get()
-                await self.process(batch)
+                self._working_since = min((tick.at for tick in batch), default=None)
+                try:
+                    await self.process(batch)
+                finally:
+                    self._working_since = None
         finally:
             self.book.unsubscribe(queue)
             expiry.cancel()

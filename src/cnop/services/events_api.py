@@ -33,6 +33,7 @@ from cnop.services.web.session import session_principal
 router = APIRouter(prefix="/api/v1", tags=["events"])
 HEARTBEAT_SECONDS = 15.0
 DISCONNECT_CHECK_SECONDS = 0.5
+DRAINING_HINT = b"retry: 1000\n\n"
 
 
 def sse(data: Any, event: str, event_id: int | None = None) -> bytes:
@@ -65,8 +66,12 @@ async def event_stream(
         order_wait: asyncio.Task[Event] = asyncio.create_task(orders.get())
         price_wait: asyncio.Task[list[Any]] = asyncio.create_task(prices.get())
         idle = 0.0
+        draining = getattr(request.app.state, "draining", None)
         try:
             while not await request.is_disconnected():
+                if isinstance(draining, asyncio.Event) and draining.is_set():
+                    yield DRAINING_HINT  # the server is stopping: reconnect (to another replica) soon
+                    return
                 done, _ = await asyncio.wait(
                     {order_wait, price_wait}, timeout=DISCONNECT_CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )

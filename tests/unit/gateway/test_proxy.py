@@ -15,7 +15,8 @@ from cnop.common.config import Settings
 from cnop.common.metrics import Metrics
 from cnop.gateway.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from cnop.gateway.proxy import RetryPolicy, ReverseProxy, Upstream, is_retryable
-from cnop.gateway.upstreams import ROUTES, Route, RouteTable
+from cnop.gateway.upstreams import Route, RouteTable
+from cnop.roles import ROUTES
 
 Handler = Callable[[httpx2.Request], Awaitable[httpx2.Response]]
 POLICY = BreakerPolicy(window_seconds=30, min_failures=5, failure_ratio=0.5, open_seconds=10, half_open_probes=2)
@@ -112,8 +113,9 @@ def test_routes_match_by_longest_prefix_and_whole_segments() -> None:
     table = RouteTable(ROUTES)
     assert table.match("/api/v1/orders").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/api/v1/orders/01JABC").upstream == "order"  # type: ignore[union-attr]
-    assert table.match("/api/v1/admin/users/bob/transactions").upstream == "user"  # type: ignore[union-attr]
-    assert table.match("/api/v1/admin/prices").upstream == "inventory"  # type: ignore[union-attr]
+    assert table.match("/api/v1/admin/users/bob/transactions").upstream == "inventory"  # type: ignore[union-attr]
+    assert table.match("/api/v1/events").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/.well-known/jwks.json").upstream == "user"  # type: ignore[union-attr]
     assert table.match("/api/v1/ordersx") is None
     assert table.match("/alpaca/v2/positions/BTC/USD").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/alpacax") is None
@@ -126,18 +128,18 @@ def test_the_web_apps_pages_go_to_the_web_service_and_the_api_does_not() -> None
     for path in ("/", "/login", "/dashboard", "/assets/BTC", "/orders/01JABCDEFGHJ/cancel", "/ledger.csv", "/static/app.js"):
         assert table.match(path).upstream == "web", path  # type: ignore[union-attr]
     assert table.match("/api/v1/assets/BTC/transactions").upstream == "order"  # type: ignore[union-attr]
-    assert table.match("/api/v1/prices/stream").upstream == "inventory"  # type: ignore[union-attr]
+    assert table.match("/api/v1/prices/stream").upstream == "order"  # type: ignore[union-attr]
     assert table.match("/dashboardx") is None
     assert table.match("/health") is None
 
 
 def test_timeouts_from_config_apply_to_their_prefix_and_an_unknown_prefix_is_an_error() -> None:
-    table = RouteTable.configured({"/api/v1/insights": 45.0})
+    table = RouteTable.configured(ROUTES, {"/api/v1/insights": 45.0})
     assert table.match("/api/v1/insights/portfolio").timeout == 45.0  # type: ignore[union-attr]
     assert table.match("/api/v1/orders").timeout == 10.0  # type: ignore[union-attr]
     assert table.match("/api/v1/events").timeout is None  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="/api/v1/nope"):
-        RouteTable.configured({"/api/v1/nope": 1.0})
+        RouteTable.configured(ROUTES, {"/api/v1/nope": 1.0})
 
 
 def test_upstream_urls_and_timeouts_are_read_from_name_value_lists() -> None:
@@ -151,7 +153,7 @@ def test_upstream_urls_and_timeouts_are_read_from_name_value_lists() -> None:
 
 def test_a_proxy_without_a_url_for_a_routed_service_does_not_start() -> None:
     with pytest.raises(ValueError, match="inventory"):
-        ReverseProxy.from_settings(Settings(upstream_urls={"user": "http://u", "order": "http://o"}))
+        ReverseProxy.from_settings(Settings(upstream_urls={"user": "http://u", "order": "http://o", "web": "http://w"}))
 
 
 async def test_the_request_goes_upstream_whole_with_the_gateway_request_id_and_without_hop_headers(

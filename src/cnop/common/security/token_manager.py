@@ -383,6 +383,11 @@ def write_ed25519_key_pair(private_path: Path, public_path: Path) -> str:
     return key_id(private_key.public_key())
 
 
+def existing_key_id(private_path: Path) -> str:
+    """The kid of the key pair whose private key is at `private_path`."""
+    return key_id(_load_private_key(str(private_path)).public_key())
+
+
 def _load_public_keys_dir(path: str) -> list[AllowedPublicKeys]:
     """Every `*.pem` public key in the directory (as a mounted Secret or ConfigMap lays them out)."""
     directory = Path(path)
