@@ -140,7 +140,10 @@ class PriceHistoryRecorder:
         try:
             while True:
                 try:
-                    batch = await asyncio.wait_for(queue.get(), timeout=self.flush_seconds)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+                    # that arrives as the queue yields, and this loop would then never end.
+                    async with asyncio.timeout(self.flush_seconds):
+                        batch = await queue.get()
                     self.note(batch)
                     while not queue.empty():
                         self.note(queue.get_nowait())

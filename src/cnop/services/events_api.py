@@ -152,7 +152,9 @@ async def price_stream(
         idle = 0.0
         while not await request.is_disconnected() and container.clock.timestamp() < deadline:
             try:
-                batch = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_CHECK_SECONDS)
+                # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a cancellation.
+                async with asyncio.timeout(DISCONNECT_CHECK_SECONDS):
+                    batch = await queue.get()
             except TimeoutError:
                 idle += DISCONNECT_CHECK_SECONDS
                 if idle >= HEARTBEAT_SECONDS:
