@@ -25,7 +25,7 @@ from typing import Protocol
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
 from cnop.common.exceptions import LoginBlocked
-from cnop.gateway.middleware import CounterStore, counter_store
+from cnop.gateway.counters import CounterStore, counter_store
 
 
 class LoginGuard(Protocol):
