@@ -46,13 +46,12 @@ def serve(
     """Serve every service behind the gateway, with the price feed and trigger engine."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
     from cnop.gateway.app import create_app
+    from cnop.gateway.server import serve as serve_http
 
     settings = _settings(store)
     console.print(f"[bold]cnop[/] serving on http://{host}:{port} (store: {settings.store})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    serve_http(create_app(settings), settings, host=host, port=port)
 
 
 @serve_app.command("worker")

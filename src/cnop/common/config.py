@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     redis_url: str | None = None
 
+    # HTTP server layer (`cnop serve`, gateway/server.py): refused before the app sees a request
+    server_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    server_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    server_keep_alive_seconds: float = Field(default=5.0, gt=0)
+    server_max_connections: int = Field(default=1000, ge=1)
+    # Peers in `trusted_proxies` are exempt (a load balancer carries many clients).
+    server_max_connections_per_ip: int = Field(default=100, ge=1)
+    # Request bodies (gateway/middleware/body_limit.py): larger ones are 413 before they are read
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_auth_body_bytes: int = Field(default=8 * 1024, ge=1024)
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = True
