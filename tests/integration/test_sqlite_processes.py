@@ -7,9 +7,13 @@ import multiprocessing
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.database.store import Ge, Put, SortKey, Update
+
+pytestmark = pytest.mark.system
 
 
 def _worker(path: str, name: str, count: int) -> None:
