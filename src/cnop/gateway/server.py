@@ -140,6 +140,7 @@ class EdgeConfig(uvicorn.Config):
 
     def __init__(self, app: Any, *, limits: EdgeLimits, proxies: TrustedProxies | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("http", EdgeHttpProtocol)
+        kwargs.setdefault("server_header", False)
         super().__init__(app, proxy_headers=False, forwarded_allow_ips="", ws="none", **kwargs)
         self.edge_limits = limits
         self.connection_gate = ConnectionGate(limits.max_connections, limits.max_connections_per_ip, proxies)

@@ -11,6 +11,7 @@ the outside in:
                                so that a browser can read a 429
     RateLimitMiddleware        rate_limit.py: per-IP and per-user fixed windows, X-RateLimit-*
                                headers, 429
+    BodyLimitMiddleware        body_limit.py: bodies over the route's bound are 413 unread
     UnhandledErrorMiddleware   errors.py: turns an unexpected exception into the generic 500
     (FastAPI's exception handlers and the routes)
 
@@ -27,6 +28,7 @@ from cnop.common.config import Settings
 from cnop.common.metrics import Metrics
 from cnop.gateway.client_ip import TrustedProxies
 from cnop.gateway.counters import CounterStore, MemoryCounters, counter_store
+from cnop.gateway.middleware.body_limit import BodyLimitMiddleware
 from cnop.gateway.middleware.errors import UnhandledErrorMiddleware
 from cnop.gateway.middleware.metrics import MetricsMiddleware
 from cnop.gateway.middleware.rate_limit import (
@@ -42,6 +44,7 @@ __all__ = [
     "RATE_LIMIT_EXEMPT_PATHS",
     "RATE_LIMIT_HEADERS",
     "REQUEST_ID_HEADER",
+    "BodyLimitMiddleware",
     "CounterStore",
     "MemoryCounters",
     "MetricsMiddleware",
@@ -55,6 +58,8 @@ __all__ = [
     "install_middleware",
     "route_template",
 ]
+
+AUTH_PATH_PREFIX = "/api/v1/auth/"
 
 
 def install_middleware(
@@ -75,6 +80,11 @@ def install_middleware(
     """
     # add_middleware wraps what is already there, so add from the innermost outwards.
     app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_body_bytes,
+        limits_by_prefix=[(AUTH_PATH_PREFIX, settings.max_auth_body_bytes)],
+    )
     if settings.rate_limit_enabled:
         app.add_middleware(
             RateLimitMiddleware, settings=settings, identify_user=identify_user, storage=rate_limit_storage
