@@ -29,6 +29,7 @@ from cnop.common.exceptions import (
     StoreError,
     ValidationFailed,
 )
+from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.metrics import Metrics
 from cnop.common.money import USD_SCALE, places, round_down, round_up
@@ -101,7 +102,7 @@ class OrderService:
             )
         return Quote(price, value)
 
-    async def place_order(self, username: str, request: OrderCreate, apply_op: Op | None = None) -> Order:
+    async def place_order(self, username: str, request: OrderCreate, apply_op: MarkApplied | None = None) -> Order:
         asset = await self.tradeable_asset(request.asset_id)
         self.check_quantity(asset, request.quantity)
         if not request.order_type.is_market:
@@ -123,7 +124,9 @@ class OrderService:
         self.resting.events.publish(username, "order.completed", order)
         return order
 
-    async def _place_resting(self, username: str, asset: Asset, request: OrderCreate, apply_op: Op | None) -> Order:
+    async def _place_resting(
+        self, username: str, asset: Asset, request: OrderCreate, apply_op: MarkApplied | None
+    ) -> Order:
         market_price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
         self.resting.check_placement(request, market_price)
         if self.resting.marketable(request, market_price):
@@ -152,7 +155,7 @@ class OrderService:
         )
 
     async def _market_buy(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: Op | None
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
         cost = round_up(quote.value, USD_SCALE)  # the buyer never pays less than the arithmetic
         order = self._new_order(username, request, quote, cost)
@@ -188,7 +191,7 @@ class OrderService:
             self.assets.house_trade_op(asset.asset_id, -order.quantity, cost),  # 5 (guard: house holds the units)
         ]
         if apply_op is not None:
-            ops.append(apply_op)  # 6
+            ops.append(apply_op(order.order_id))  # 6
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:
@@ -203,7 +206,7 @@ class OrderService:
         return order
 
     async def _market_sell(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: Op | None
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
         proceeds = round_down(quote.value, USD_SCALE)  # the seller never receives more than the arithmetic
         if proceeds <= 0:
@@ -256,7 +259,7 @@ class OrderService:
                 self.assets.house_trade_op(asset.asset_id, order.quantity, -proceeds),  # 5
             ]
             if apply_op is not None:
-                ops.append(apply_op)  # 6
+                ops.append(apply_op(order.order_id))  # 6
             try:
                 await self.store.transact(ops)
             except ConditionFailed as exc:
