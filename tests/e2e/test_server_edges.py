@@ -308,3 +308,22 @@ def test_a_chunked_login_body_past_its_bound_is_413(server: CnopServer) -> None:
         r = http.post("/api/v1/auth/login", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "body_too_large"
     assert "8192 bytes" in r.json()["detail"]
+
+
+# --- finding 9: a restart keeps everyone signed in (local shape, no CNOP_JWT_SECRET) -------------
+
+
+def test_without_a_configured_secret_tokens_survive_a_restart(tmp_path: Path) -> None:
+    with cnop_server(tmp_path, unset=("CNOP_JWT_SECRET",)) as first, first.client() as http:
+        headers = register_and_login(http, "restart_01")
+        assert http.get("/api/v1/balance", headers=headers).status_code == 200
+    secret_file = tmp_path / "data" / "jwt-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    with cnop_server(tmp_path, unset=("CNOP_JWT_SECRET",)) as second, second.client() as http:
+        r = http.get("/api/v1/balance", headers=headers)
+        assert r.status_code == 200 and Decimal(str(r.json()["current_balance"])) == 0
+    secret_file.chmod(0o644)
+    with pytest.raises(RuntimeError, match="may be read by others"), cnop_server(
+        tmp_path, unset=("CNOP_JWT_SECRET",), ready_timeout=30
+    ):
+        pass

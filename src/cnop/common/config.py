@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     login_guard_failures: int = 5
     login_guard_window_seconds: int = 300
     login_guard_block_seconds: int = 300
+    # Per account (gateway/login_guard.py AccountThrottle): free failures, then doubling delays.
+    login_account_free_failures: int = Field(default=5, ge=1)
+    login_account_base_delay_seconds: float = Field(default=1.0, gt=0)
+    login_account_max_delay_seconds: float = Field(default=60.0, gt=0)
+    login_account_window_seconds: int = Field(default=3600, ge=1)
+    # Concurrent event streams (GET /api/v1/events), per user and per client IP; past them 429.
+    max_streams_per_user: int = Field(default=5, ge=1)
+    max_streams_per_ip: int = Field(default=20, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_enabled: bool = True

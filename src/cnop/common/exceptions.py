@@ -127,6 +127,16 @@ class RateLimited(CnopError):
     title = "Too many requests"
 
 
+class LoginThrottled(RateLimited):
+    code = "login_throttled"
+    title = "Too many failed logins for this account; try again later"
+
+
+class TooManyStreams(RateLimited):
+    code = "too_many_streams"
+    title = "Too many open event streams"
+
+
 # --- accounts ---------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from cnop.common.clock import isoformat
 from cnop.common.events import Event
 from cnop.common.jsonio import dumps
 from cnop.container import Container
-from cnop.services.dependencies import ContainerDep, CurrentUser
+from cnop.services.dependencies import ContainerDep, CurrentUser, client_ip
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 HEARTBEAT_SECONDS = 15.0
@@ -95,8 +95,9 @@ async def events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
-    return StreamingResponse(
+    return container.streams.response(
         event_stream(container, request, principal.username, resume),
-        media_type="text/event-stream",
+        user=principal.username,
+        ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

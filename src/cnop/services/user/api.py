@@ -51,13 +51,16 @@ async def register(body: RegisterRequest, request: Request, container: Container
 async def login(body: LoginRequest, request: Request, container: ContainerDep) -> Response:
     ip = client_ip(request) or "unknown"
     await container.login_guard.check(ip)
+    await container.account_throttle.check(body.username)
     try:
         token = await container.accounts.login(body.username, body.password, ip=ip)
     except InvalidCredentials:
         await container.login_guard.record_failure(ip)
+        await container.account_throttle.record_failure(body.username)
         container.metrics.record_login("failure")
         raise
     await container.login_guard.record_success(ip)
+    await container.account_throttle.record_success(body.username)
     container.metrics.record_login("success")
     return ExactJSONResponse(TokenResponse(access_token=token.access_token, expires_in=token.expires_in))
 
@@ -83,7 +86,16 @@ async def logout(request: Request, principal: CurrentUser, container: ContainerD
 async def change_password(
     body: PasswordChangeRequest, request: Request, principal: CurrentUser, container: ContainerDep
 ) -> Response:
-    token = await container.accounts.change_password(principal, body, ip=client_ip(request))
+    # A wrong current password is a password guess like a failed login, and is counted as one.
+    ip = client_ip(request) or "unknown"
+    await container.login_guard.check(ip)
+    await container.account_throttle.check(principal.username)
+    try:
+        token = await container.accounts.change_password(principal, body, ip=ip)
+    except InvalidCredentials:
+        await container.login_guard.record_failure(ip)
+        await container.account_throttle.record_failure(principal.username)
+        raise
     return ExactJSONResponse(
         PasswordChangedResponse(
             message="Password changed successfully; other sessions were signed out",
@@ -117,6 +129,7 @@ async def move_cash(
         client_key=idempotency_key,
         payload={"amount": body.amount},
         work=lambda apply_op: move(principal.username, body.amount, apply_op),
+        rebuild=lambda transaction_id: container.money.movement_of(principal.username, transaction_id),
     )
 
 
