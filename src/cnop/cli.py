@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,7 +20,9 @@ app = typer.Typer(help="Cloud Native Order Processor", no_args_is_help=True, add
 db_app = typer.Typer(help="Store management", no_args_is_help=True)
 user_app = typer.Typer(help="User management", no_args_is_help=True)
 serve_app = typer.Typer(help="Serve the system (all services behind the gateway)", invoke_without_command=True)
+keys_app = typer.Typer(help="Token signing keys (the cloud shape)", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 app.add_typer(user_app, name="user")
 app.add_typer(serve_app, name="serve")
 
@@ -172,6 +175,22 @@ def user_create(
         err_console.print(f"[red]{exc.code}[/]: {exc.detail}")
         raise typer.Exit(1) from None
     console.print(f"[green]created[/] {request.username} ({'admin' if admin else 'customer'})")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    private_key: Annotated[Path, typer.Option("--private-key", help="Where to write the private key (PEM)")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="Where to write the public key (PEM)")],
+) -> None:
+    """Make an Ed25519 key pair for signing tokens; prints its kid."""
+    from cnop.common.security.token_manager import write_ed25519_key_pair
+
+    try:
+        kid = write_ed25519_key_pair(private_key, public_key)
+    except FileExistsError:
+        err_console.print(f"[red]{private_key} exists[/]: refusing to overwrite a key")
+        raise typer.Exit(1) from None
+    typer.echo(kid)
 
 
 def main() -> None:

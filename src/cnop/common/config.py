@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -13,6 +13,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _split_pairs(value: object) -> object:
+    """`name=value,name=value` (how a ConfigMap writes a map) as a dict; a dict passes through."""
+    if isinstance(value, str):
+        pairs: dict[str, str] = {}
+        for part in value.split(","):
+            name, sep, item = part.partition("=")
+            if part.strip() and not sep:
+                raise ValueError(f"{part.strip()!r} is not name=value")
+            if part.strip():
+                pairs[name.strip()] = item.strip()
+        return pairs
     return value
 
 
@@ -25,12 +39,17 @@ class Settings(BaseSettings):
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"
+    # `local`: one process, HS256 allowed. `cloud`: one process per service (`cnop serve <service>`),
+    # tokens only asymmetric (EdDSA), signed by the user service alone.
+    shape: Literal["local", "cloud"] = "local"
 
     # Tokens
     jwt_secret: SecretStr | None = None
     jwt_algorithm: str = "HS256"
     jwt_private_key_file: str | None = None
     jwt_public_key_file: str | None = None
+    # Every `*.pem` in this directory is a trusted public key (rotation: old and new at once).
+    jwt_public_keys_dir: str | None = None
     jwt_issuer: str = "cnop"
     jwt_audience: str = "cnop-api"
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
@@ -96,11 +115,34 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_auth_body_bytes: int = Field(default=8 * 1024, ge=1024)
 
+    # Gateway to services (the cloud shape): `CNOP_UPSTREAM_URLS=user=http://user:8080,order=...`
+    # names each service's base URL; `CNOP_UPSTREAM_TIMEOUTS=/api/v1/insights=30` overrides the
+    # read timeout of a routed prefix (the defaults are in `cnop.gateway.upstreams.ROUTES`).
+    upstream_urls: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    upstream_timeouts: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    upstream_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+    upstream_max_keepalive_connections: int = Field(default=64, ge=1)
+    upstream_keepalive_seconds: float = Field(default=30.0, gt=0)
+    # Idempotent requests are retried this many times (so up to retries + 1 attempts) after a
+    # transport error or a 502/503/504, with jittered back-off from `upstream_retry_backoff_seconds`.
+    upstream_retries: int = Field(default=2, ge=0, le=5)
+    upstream_retry_backoff_seconds: float = Field(default=0.05, ge=0)
+    # Bodies up to this size with a Content-Length are kept so that a retry can resend them;
+    # larger or chunked bodies stream straight through and are never retried.
+    upstream_replay_body_bytes: int = Field(default=65536, ge=0)
+    breaker_window_seconds: float = Field(default=30.0, gt=0)
+    breaker_min_failures: int = Field(default=5, ge=1)
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_open_seconds: float = Field(default=10.0, gt=0)
+    breaker_half_open_probes: int = Field(default=2, ge=1)
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = True
 
     _split_lists = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
+    _split_maps = field_validator("upstream_urls", "upstream_timeouts", mode="before")(_split_pairs)
 
 
 @lru_cache(maxsize=1)

@@ -1,5 +1,8 @@
 """Prometheus metrics: one `Metrics` object per app, each with its own registry.
 
+Every name starts with `cnop_` (the `NAMESPACE`), so dashboards and alert rules can tell the
+project's series from those of the runtime and the cluster.
+
 Labels are kept to bounded sets: the route label is the route template
 (`/api/v1/orders/{order_id}`) or `unmatched`, never a raw path, and unknown HTTP methods are
 counted as `OTHER`; a client can never create new time series by sending odd requests.
@@ -7,12 +10,16 @@ counted as `OTHER`; a client can never create new time series by sending odd req
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.responses import Response
 
+NAMESPACE = "cnop"
 UNMATCHED_ROUTE = "unmatched"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds; an API call here is milliseconds, a slow one (password hashing) a few hundred.
@@ -21,6 +28,27 @@ _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 def _method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "OTHER"
+
+
+BreakerStates = Callable[[], Iterable[tuple[str, int]]]
+"""(upstream, state) pairs, the state as 0 closed, 1 half-open, 2 open."""
+
+
+class _BreakerCollector(Collector):
+    """Reads the breakers' states at scrape time (an open breaker turns half-open by time alone)."""
+
+    def __init__(self, states: BreakerStates) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            f"{NAMESPACE}_circuit_breaker_state",
+            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+            labels=("upstream",),
+        )
+        for upstream, state in self._states():
+            family.add_metric((upstream,), state)
+        yield family
 
 
 class Metrics:
@@ -32,6 +60,7 @@ class Metrics:
             "http_requests",
             "HTTP requests answered, by method, route template and status.",
             ("method", "route", "status"),
+            namespace=NAMESPACE,
             registry=self.registry,
         )
         self.http_request_duration = Histogram(
@@ -39,21 +68,61 @@ class Metrics:
             "Time to answer an HTTP request, by method and route template.",
             ("method", "route"),
             buckets=_DURATION_BUCKETS,
+            namespace=NAMESPACE,
             registry=self.registry,
         )
         self.orders = Counter(
-            "orders", "Orders by type and resulting status.", ("order_type", "status"), registry=self.registry
+            "orders",
+            "Orders by type and resulting status.",
+            ("order_type", "status"),
+            namespace=NAMESPACE,
+            registry=self.registry,
         )
         self.trades_value_usd = Counter(
-            "trades_value_usd", "Total value of executed trades in US dollars.", registry=self.registry
+            "trades_value_usd",
+            "Total value of executed trades in US dollars.",
+            namespace=NAMESPACE,
+            registry=self.registry,
         )
         self.ledger_entries = Counter(
-            "ledger_entries", "Ledger entries written, by type.", ("type",), registry=self.registry
+            "ledger_entries", "Ledger entries written, by type.", ("type",), namespace=NAMESPACE, registry=self.registry
         )
         self.login_attempts = Counter(
             "login_attempts",
             "Login attempts by result (success, failure, blocked).",
             ("result",),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        # The gateway's upstreams (the cloud shape).
+        self.upstream_requests = Counter(
+            "upstream_requests",
+            "Requests the gateway sent to (or refused for) an upstream, by outcome: ok, error (5xx), "
+            "timeout, connect_error, rejected (breaker open), abandoned (client gone).",
+            ("upstream", "outcome"),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.upstream_duration = Histogram(
+            "upstream_request_duration_seconds",
+            "Time from sending a request upstream to the head of its answer.",
+            ("upstream",),
+            buckets=_DURATION_BUCKETS,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "upstream_retries",
+            "Retries of idempotent requests, by upstream.",
+            ("upstream",),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "circuit_breaker_transitions",
+            "Circuit breaker state changes, by upstream and the state entered.",
+            ("upstream", "state"),
+            namespace=NAMESPACE,
             registry=self.registry,
         )
         # Resolved label children, so the hot path is one dict lookup instead of `.labels()`.
@@ -85,6 +154,13 @@ class Metrics:
 
     def record_login(self, result: str) -> None:
         self.login_attempts.labels(result).inc()
+
+    def record_breaker_transition(self, upstream: str, old: str, new: str) -> None:
+        self.breaker_transitions.labels(upstream, str(new)).inc()
+
+    def watch_breakers(self, states: BreakerStates) -> None:
+        """Export `cnop_circuit_breaker_state`, read from `states` at every scrape."""
+        self.registry.register(_BreakerCollector(states))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric in this registry."""

@@ -28,6 +28,7 @@ from cnop.services.insights.api import router as insights_router
 from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
 from cnop.services.user.api import router as user_router
+from cnop.services.user.jwks_api import router as jwks_router
 
 log = structlog.get_logger("cnop.gateway")
 
@@ -113,7 +114,15 @@ def create_app(
     # Routes go straight onto the app, hottest first: FastAPI matches candidates one by one, and
     # each included router adds a level of bookkeeping per request (measured: routing was over
     # half of a request's framework cost with nested routers).
-    for router in (order_router, user_router, inventory_router, insights_router, events_router, admin_router):
+    for router in (
+        order_router,
+        user_router,
+        inventory_router,
+        insights_router,
+        events_router,
+        admin_router,
+        jwks_router,
+    ):
         app.router.routes.extend(router.routes)
     install_middleware(app, settings, container.metrics, _identify_user(container))
     return app

@@ -1,8 +1,22 @@
 """Access tokens: JWTs signed and verified with PyJWT, with time taken from the injected clock.
 
-HS256 with one shared secret suits the local shape. In the cloud shape only the user service
-holds the private key (EdDSA, RS256, ES256, ...) and every other service verifies with the
-public key alone.
+HS256 with one shared secret suits the local shape, and only it: in the cloud shape
+(`CNOP_SHAPE=cloud`) an HMAC algorithm is refused at start-up. There only the user service holds
+a private key (EdDSA; RS256 and ES256 work the same way), mounted as a file, and every process
+verifies every token itself with the public keys alone.
+
+Keys are named by `kid`, the RFC 7638 thumbprint of the public key, so signer and verifiers
+agree on names without configuring them. A token names its key in its header, and is verified
+with that key only; a token without a `kid`, or naming a key this process does not hold, is
+refused. Several public keys can be trusted at once (`CNOP_JWT_PUBLIC_KEYS_DIR`, every `*.pem` in
+it), which is how a key is rotated without logging anyone out:
+
+1. add the new public key to the directory every service mounts; roll the services;
+2. give the user service the new private key; it signs with it from then on, and tokens signed
+   with the old one still verify;
+3. once the old tokens have expired (the token TTL), remove the old public key.
+
+`jwks()` publishes the trusted public keys as a JWK set (`/.well-known/jwks.json`).
 
 Revocation is not checked here: after `verify_access_token` the caller looks the token's `jti`
 and `generation` up in the store, because only the store knows what has been revoked.
@@ -10,6 +24,9 @@ and `generation` up in the store, because only the store knows what has been rev
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import secrets
 import uuid
@@ -23,8 +40,22 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey, Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
-from jwt.algorithms import AllowedPrivateKeys, AllowedPublicKeys, get_default_algorithms
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+from jwt.algorithms import (
+    AllowedPrivateKeys,
+    AllowedPublicKeys,
+    ECAlgorithm,
+    OKPAlgorithm,
+    RSAAlgorithm,
+    get_default_algorithms,
+)
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings, get_settings
@@ -93,12 +124,21 @@ class TokenManager:
         self._jwt = jwt.PyJWT(options={"enforce_minimum_key_length": True})
         self._signing_key: AllowedPrivateKeys | bytes | None
         self._verifying_key: AllowedPublicKeys | bytes
+        # Asymmetric algorithms: the trusted public keys by kid, and the kid this process signs with.
+        self._public_keys: dict[str, AllowedPublicKeys] = {}
+        self._signing_kid: str | None = None
         self._verified: dict[str, TokenClaims] = {}
         #: True when no `jwt_secret` was configured and a random one was made: tokens die with the process.
         self.generated_secret = False
         #: The local shape's secret file, when the secret came from one (see `secret_file`).
         self.secret_file: Path | None = None
 
+        if self._algorithm in HMAC_ALGORITHMS and settings.shape == "cloud":
+            raise ValueError(
+                f"jwt_algorithm {self._algorithm} is for the local shape only; the cloud shape signs with "
+                "EdDSA (set CNOP_JWT_ALGORITHM=EdDSA, CNOP_JWT_PUBLIC_KEYS_DIR and, in the user service, "
+                "CNOP_JWT_PRIVATE_KEY_FILE)"
+            )
         if self._algorithm in HMAC_ALGORITHMS:
             if settings.jwt_secret is not None:
                 secret = settings.jwt_secret.get_secret_value().encode("utf-8")
@@ -117,13 +157,29 @@ class TokenManager:
             self._verifying_key = secret
         elif self._algorithm in ASYMMETRIC_ALGORITHMS:
             private_file, public_file = settings.jwt_private_key_file, settings.jwt_public_key_file
-            self._signing_key = _load_private_key(private_file) if private_file else None
+            private_key = _load_private_key(private_file) if private_file else None
+            self._signing_key = private_key
+            trusted = _load_public_keys_dir(settings.jwt_public_keys_dir) if settings.jwt_public_keys_dir else []
             if public_file:
-                self._verifying_key = _load_public_key(public_file)
-            elif self._signing_key is not None:
-                self._verifying_key = self._signing_key.public_key()
-            else:
-                raise ValueError(f"jwt_algorithm {self._algorithm} needs jwt_public_key_file to verify tokens")
+                single = _load_public_key(public_file)
+                if private_key is not None and key_id(single) != key_id(private_key.public_key()):
+                    raise ValueError("jwt_private_key_file and jwt_public_key_file are not one key pair")
+                trusted.append(single)
+            if private_key is not None:
+                own = private_key.public_key()
+                if settings.jwt_public_keys_dir and key_id(own) not in {key_id(k) for k in trusted}:
+                    raise ValueError(
+                        "the public key of jwt_private_key_file is not in jwt_public_keys_dir: publish it to "
+                        "every service before signing with it"
+                    )
+                trusted.append(own)
+                self._signing_kid = key_id(own)
+            if not trusted:
+                raise ValueError(
+                    f"jwt_algorithm {self._algorithm} needs jwt_public_key_file or jwt_public_keys_dir to verify tokens"
+                )
+            self._public_keys = {key_id(key): key for key in trusted}
+            self._verifying_key = trusted[0]
         else:
             allowed = ", ".join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
             raise ValueError(f"jwt_algorithm {self._algorithm!r} is not supported; use one of {allowed}")
@@ -133,6 +189,30 @@ class TokenManager:
     def can_sign(self) -> bool:
         """Whether this service holds a signing key (verify-only services do not)."""
         return self._signing_key is not None
+
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
+    @property
+    def signing_kid(self) -> str | None:
+        """The `kid` this process puts in the tokens it signs (None for HMAC or verify-only)."""
+        return self._signing_kid
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The kids of every public key this process accepts (empty for HMAC)."""
+        return sorted(self._public_keys)
+
+    def jwks(self) -> dict[str, list[dict[str, Any]]]:
+        """The trusted public keys as a JWK set (RFC 7517); empty for HMAC, whose secret is never published."""
+        algorithm = get_default_algorithms()[self._algorithm]
+        keys = []
+        for kid in sorted(self._public_keys):
+            jwk = dict(algorithm.to_jwk(self._public_keys[kid], as_dict=True))
+            jwk.update(kid=kid, alg=self._algorithm, use="sig")
+            keys.append(jwk)
+        return {"keys": keys}
 
     def create_access_token(
         self,
@@ -165,7 +245,8 @@ class TokenManager:
             "iss": self._issuer,
             "aud": self._audience,
         }
-        token = self._jwt.encode(payload, self._signing_key, algorithm=self._algorithm)
+        headers = {"kid": self._signing_kid} if self._signing_kid is not None else None
+        token = self._jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=headers)
         return AccessToken(
             access_token=token,
             expires_in=expires_in,
@@ -217,7 +298,7 @@ class TokenManager:
         try:
             payload: dict[str, Any] = self._jwt.decode(
                 token,
-                self._verifying_key,
+                self._key_for(token),
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
@@ -240,6 +321,16 @@ class TokenManager:
             raise InvalidToken("Invalid token")
         return payload
 
+    def _key_for(self, token: str) -> AllowedPublicKeys | bytes:
+        """The key to verify `token` with: the one its `kid` names (asymmetric), or the secret."""
+        if not self._public_keys:
+            return self._verifying_key
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = self._public_keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken("Invalid token")
+        return key
+
     def _has_expired(self, exp: float) -> bool:
         return exp <= self._clock.timestamp() - self._leeway
 
@@ -256,12 +347,63 @@ class TokenManager:
             problem = algorithm.check_key_length(prepared)
             if problem:
                 raise ValueError(problem)
+        for key in self._public_keys.values():
+            try:
+                problem = algorithm.check_key_length(algorithm.prepare_key(key))
+            except (jwt.PyJWTError, TypeError, ValueError) as exc:
+                raise ValueError(f"a trusted public key does not fit jwt_algorithm {self._algorithm}") from exc
+            if problem:
+                raise ValueError(problem)
         if self._signing_key is not None:
             probe = self._jwt.encode({"probe": True}, self._signing_key, algorithm=self._algorithm)
             try:
                 self._jwt.decode(probe, self._verifying_key, algorithms=[self._algorithm])
             except jwt.InvalidSignatureError as exc:
                 raise ValueError("jwt_private_key_file and jwt_public_key_file are not one key pair") from exc
+
+
+def key_id(key: AllowedPublicKeys) -> str:
+    """The key's RFC 7638 JWK thumbprint (SHA-256, base64url): its `kid`, the same in every process."""
+    jwk = json.loads(_jwk_of(key))
+    required = _THUMBPRINT_MEMBERS[jwk["kty"]]
+    canonical = json.dumps({name: jwk[name] for name in required}, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+_THUMBPRINT_MEMBERS = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n")}
+
+
+def _jwk_of(key: AllowedPublicKeys) -> str:
+    if isinstance(key, RSAPublicKey):
+        return RSAAlgorithm.to_jwk(key)
+    if isinstance(key, EllipticCurvePublicKey):
+        return ECAlgorithm.to_jwk(key)
+    return OKPAlgorithm.to_jwk(key)
+
+
+def write_ed25519_key_pair(private_path: Path, public_path: Path) -> str:
+    """Make a new Ed25519 key pair as PEM files (the private one readable by its owner only); its kid."""
+    private_key = Ed25519PrivateKey.generate()
+    private_pem = private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    public_pem = private_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.touch(mode=0o600, exist_ok=False)
+    private_path.write_bytes(private_pem)
+    public_path.write_bytes(public_pem)
+    return key_id(private_key.public_key())
+
+
+def _load_public_keys_dir(path: str) -> list[AllowedPublicKeys]:
+    """Every `*.pem` public key in the directory (as a mounted Secret or ConfigMap lays them out)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"jwt_public_keys_dir {path} is not a directory")
+    files = sorted(p for p in directory.iterdir() if p.suffix == ".pem" and p.is_file())
+    if not files:
+        raise ValueError(f"jwt_public_keys_dir {path} holds no .pem public key")
+    return [_load_public_key(str(p)) for p in files]
 
 
 def _load_private_key(path: str) -> AllowedPrivateKeys:
