@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import ROUND_DOWN, ROUND_UP, Context, Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -47,9 +48,15 @@ def parse_decimal(value: Any) -> Decimal:
 
 def places(value: Decimal) -> int:
     """Digits after the decimal point that `value` needs (trailing zeros don't count)."""
-    exponent = value.normalize(MONEY_CONTEXT).as_tuple().exponent
-    assert isinstance(exponent, int)
-    return max(0, -exponent)
+    # Read from the digits, not from `normalize()`: a context would round or flush an extreme
+    # value (1e-2000000 normalizes to 0 and would seem to have no places at all).
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        raise ValueError("must be a finite number")
+    if not any(digits):
+        return 0
+    trailing_zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -(exponent + trailing_zeros))
 
 
 def quantize(value: Decimal, scale: int) -> Decimal:
@@ -67,6 +74,26 @@ def round_down(value: Decimal, scale: int) -> Decimal:
 def round_up(value: Decimal, scale: int) -> Decimal:
     """Away from zero: what a user pays never falls short of what the arithmetic gives."""
     return value.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_UP, context=MONEY_CONTEXT)
+
+
+def or_none(compute: Callable[[], Decimal]) -> Decimal | None:
+    """`compute()`, or None when decimal arithmetic cannot give a finite answer.
+
+    Valuation multiplies what is stored (a quantity) by what a feed said (a price); whatever those
+    are, a read must answer, not fail: an amount too large for the precision (quantize's
+    InvalidOperation), an exponent out of range (Overflow) or a division by zero is "unknown".
+    """
+    try:
+        result = compute()
+    except ArithmeticError:  # InvalidOperation, Overflow, DivisionByZero, ...
+        return None
+    return result if result.is_finite() else None
+
+
+def describe_amount(value: Decimal, places: int = 2) -> str:
+    """`value` rounded to `places` for a message, or in scientific notation if it is too large for that."""
+    rounded = or_none(lambda: value.quantize(Decimal(1).scaleb(-places), context=MONEY_CONTEXT))
+    return f"{rounded}" if rounded is not None else f"{value:.6E}"
 
 
 def usd(value: Decimal) -> Decimal:

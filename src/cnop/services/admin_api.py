@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from cnop.common.dao.balance_dao import entry_from_item
-from cnop.common.entities.order import ASSET_ID_PATTERN
+from cnop.common.entities.order import ASSET_ID_PATTERN, LimitPrice
 from cnop.common.exceptions import AssetNotFound, Conflict
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.money import Money
@@ -23,15 +23,9 @@ router = APIRouter(prefix="/api/v1/admin", route_class=ExactJSONRoute, tags=["ad
 AssetId = Annotated[str, Path(pattern=ASSET_ID_PATTERN)]
 
 
-def _positive(value: Money) -> Money:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
 class PriceSet(BaseModel):
     asset_id: Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
-    price: Annotated[Money, AfterValidator(_positive)]
+    price: LimitPrice
 
 
 class PriceSetResponse(BaseModel):

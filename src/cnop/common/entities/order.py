@@ -166,6 +166,8 @@ def _upper(value: str) -> str:
 
 PositiveQuantity = Annotated[Money, AfterValidator(_positive)]
 Price = Annotated[Money | None, AfterValidator(_price)]
+# A price that must be given, with the bounds of a limit price (the admin's manual prices).
+LimitPrice = Annotated[Money, AfterValidator(_price)]
 
 
 class OrderCreate(BaseModel):

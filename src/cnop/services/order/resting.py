@@ -42,7 +42,7 @@ from cnop.common.exceptions import (
 )
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
-from cnop.common.money import USD_SCALE, round_down, round_up
+from cnop.common.money import USD_SCALE, describe_amount, round_down, round_up
 
 log = structlog.get_logger("cnop.orders.resting")
 
@@ -186,7 +186,7 @@ class RestingOrders:
         value = request.quantity * per_unit
         if value > self.settings.order_value_limit:
             raise OrderValueExceedsLimit(
-                f"Order value {value.quantize(CENT)} USD exceeds the limit of {self.settings.order_value_limit} USD"
+                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
             )
         return round_up(value, USD_SCALE), anchor
 

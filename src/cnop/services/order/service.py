@@ -32,7 +32,7 @@ from cnop.common.exceptions import (
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.metrics import Metrics
-from cnop.common.money import USD_SCALE, places, round_down, round_up
+from cnop.common.money import USD_SCALE, describe_amount, places, round_down, round_up
 from cnop.market.prices import PriceBook
 from cnop.services.order.resting import RestingOrders
 
@@ -98,7 +98,7 @@ class OrderService:
         value = quantity * price
         if value > self.settings.order_value_limit:
             raise OrderValueExceedsLimit(
-                f"Order value {value.quantize(CENT)} USD exceeds the limit of {self.settings.order_value_limit} USD"
+                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
             )
         return Quote(price, value)
 
