@@ -4,12 +4,18 @@ Both serve the baseline app (`benchmarks/baseline_app.py`) in one uvicorn proces
 (uvloop), driven by wrk on core 1; the rounds alternate plain / edge so that a noisy neighbour
 hits both alike. Reported per protocol: the median over rounds of req/s and p99.
 
-    make bench-edge            # or: python -m benchmarks.edge_bench [--rounds 3] [--seconds 10]
+    python -m benchmarks.edge_bench [--rounds 3] [--seconds 10]
+    python -m benchmarks.edge_bench --micro [--requests 200000]
+
+`--micro` takes the network and the app out: one process feeds keep-alive requests straight into
+each protocol (a fake transport, an ASGI app that answers at once) and reports the time per
+request, best of five runs. On a shared machine it is the steadier of the two measurements.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import re
@@ -21,6 +27,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 BODY = '{"order_type":"market_buy","asset_id":"BTC","quantity":"0.001"}'
@@ -46,6 +53,89 @@ def serve(kind: str, port: int) -> None:
     else:
         config = uvicorn.Config(app, http="httptools", **common)
     uvicorn.Server(config).run()
+
+
+REQUEST = (
+    b"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer " + b"x" * 300 + b"\r\nContent-Length: " + str(len(BODY)).encode() + b"\r\n\r\n"
+    + BODY.encode()
+)
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.responses = 0
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if bytes(data[:9]) == b"HTTP/1.1 ":
+            self.responses += 1
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _answer(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _micro_run(kind: str, requests: int) -> float:
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from cnop.common.config import Settings
+    from cnop.gateway.server import EdgeHttpProtocol, server_config
+
+    if kind == "edge":
+        config: uvicorn.Config = server_config(_answer, Settings(), host=HOST, port=0, log_level="warning")
+        protocol_class: type[HttpToolsProtocol] = EdgeHttpProtocol
+    else:
+        config = uvicorn.Config(_answer, http="httptools", log_level="warning")
+        protocol_class = HttpToolsProtocol
+    config.load()
+    loop = asyncio.get_running_loop()
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    transport = _Transport()
+    protocol.connection_made(transport)
+    started = time.perf_counter()
+    for i in range(requests):
+        protocol.data_received(REQUEST)
+        while transport.responses <= i:
+            await asyncio.sleep(0)
+    elapsed = time.perf_counter() - started
+    protocol.connection_lost(None)
+    return elapsed / requests * 1e6
+
+
+def micro(requests: int) -> None:
+    import uvloop
+
+    best: dict[str, float] = {}
+    for _ in range(5):
+        for kind in ("plain", "edge"):
+            us = uvloop.run(_micro_run(kind, requests))
+            best[kind] = min(best.get(kind, us), us)
+            print(f"{kind:5} {us:6.2f} us/request", flush=True)
+    print(f"\nkeep-alive requests fed to the protocol, {requests} per run, best of 5")
+    print("| protocol | us per request |\n|---|---:|")
+    print(f"| uvicorn httptools | {best['plain']:.2f} |\n| EdgeHttpProtocol | {best['edge']:.2f} |")
+    print(f"edge - plain: {best['edge'] - best['plain']:+.2f} us per request")
 
 
 def free_port() -> int:
@@ -98,7 +188,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--micro", action="store_true")
+    parser.add_argument("--requests", type=int, default=200_000)
     args = parser.parse_args()
+    if args.micro:
+        micro(args.requests)
+        return
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
