@@ -8,6 +8,7 @@ from typing import Any
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.dao.api_key_dao import ApiKeyDAO
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
@@ -19,6 +20,7 @@ from cnop.common.events import EventBus
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
+from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.gateway.counters import counter_store
 from cnop.gateway.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
@@ -30,6 +32,7 @@ from cnop.services.inventory.service import InventoryService
 from cnop.services.order.resting import RestingOrders
 from cnop.services.order.service import OrderService
 from cnop.services.stream_slots import StreamSlots
+from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.portfolio import PortfolioService
 from cnop.services.user.service import AccountService, MoneyService
 
@@ -55,6 +58,8 @@ class Container:
     asset_dao: AssetDAO
     holding_dao: HoldingDAO
     order_dao: OrderDAO
+    api_key_dao: ApiKeyDAO
+    api_keys: ApiKeyService
     accounts: AccountService
     money: MoneyService
     inventory: InventoryService
@@ -99,6 +104,10 @@ def build_container(
     events = EventBus(clock)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
+    api_key_dao = ApiKeyDAO(store, clock)
+    api_keys = ApiKeyService(
+        api_key_dao, user_dao, ApiKeyHasher(settings), audit, counter_store(settings, clock), settings, clock
+    )
     container = Container(
         settings=settings,
         clock=clock,
@@ -119,7 +128,9 @@ def build_container(
         asset_dao=asset_dao,
         holding_dao=holding_dao,
         order_dao=order_dao,
-        accounts=AccountService(store, user_dao, balance_dao, passwords, tokens, audit, clock),
+        api_key_dao=api_key_dao,
+        api_keys=api_keys,
+        accounts=AccountService(store, user_dao, balance_dao, passwords, tokens, audit, clock, api_keys=api_keys),
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,
         trading=OrderService(

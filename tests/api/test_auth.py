@@ -215,6 +215,24 @@ async def test_profile_get_and_update(api: Api) -> None:
     assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["first_name"] == "Caroline"
 
 
+@pytest.mark.parametrize("empty", ["", "   "])
+async def test_an_empty_phone_means_no_phone_on_register_and_profile_update(api: Api, empty: str) -> None:
+    r = await api.client.post("/api/v1/auth/register", json=reg_body(username="frank_01", phone=empty))
+    assert r.status_code == 201, r.text
+    assert r.json()["user"]["phone"] is None
+    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
+    assert stored is not None and stored.get("phone") is None
+    headers = await api.login("frank_01")
+    r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": "5551234567"})
+    assert r.status_code == 200 and r.json()["user"]["phone"] == "5551234567"
+    r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": empty, "first_name": "Franz"})
+    assert r.status_code == 200, r.text
+    assert r.json()["user"]["phone"] is None and r.json()["user"]["first_name"] == "Franz"
+    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
+    assert stored is not None and stored.get("phone") is None and stored["first_name"] == "Franz"
+    assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["phone"] is None
+
+
 async def test_profile_email_change_moves_the_claim_and_409_when_taken(api: Api) -> None:
     await api.register("dave_001")
     _, headers = await api.register("erin_001")

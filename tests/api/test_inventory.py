@@ -9,6 +9,7 @@ import pytest
 from tests.api.conftest import Api
 from tests.api.test_auth import assert_problem
 from tests.api.test_trading import funded_user
+from tests.support.wire import exact, read
 
 ASSET_DATA_KEYS = {
     "asset_id", "name", "description", "category", "price_usd", "is_active", "symbol", "image",
@@ -24,7 +25,7 @@ DETAIL_KEYS = ASSET_DATA_KEYS | {
 async def test_asset_list_has_every_key_in_a_stable_order(api: Api) -> None:
     r = await api.client.get("/api/v1/inventory/assets", params={"limit": 250})
     assert r.status_code == 200
-    body = r.json()
+    body = read(r)
     assert 20 <= body["total_count"] <= 50 and body["active_count"] == body["total_count"]
     assert body["has_more"] is False and body["next_cursor"] is None
     assets = body["data"]
@@ -34,7 +35,16 @@ async def test_asset_list_has_every_key_in_a_stable_order(api: Api) -> None:
     ranks = [(a["market_cap_rank"], a["asset_id"]) for a in assets]
     assert ranks == sorted(ranks)
     btc = next(a for a in assets if a["asset_id"] == "BTC")
-    assert 40000 <= btc["price_usd"] <= 90000 and btc["name"] == "Bitcoin"
+    # The catalogue snapshot's figures, exact strings without padding; the rank stays an integer.
+    assert btc["price_usd"] == "67250" and btc["name"] == "Bitcoin" and btc["market_cap_rank"] == 1
+    assert btc["market_cap"] == "1325161250000" and btc["total_volume_24h"] == "39800000000"
+    assert btc["price_change_percentage_24h"] == "0"
+    for asset in assets:
+        for field in ("price_usd", "market_cap", "total_volume_24h", "price_change_percentage_24h"):
+            if asset[field] is not None:
+                exact(asset[field])  # a plain decimal string, never a JSON number
+        assert asset["market_cap_rank"] is None or type(asset["market_cap_rank"]) is int
+    assert type(body["total_count"]) is int and type(body["active_count"]) is int
     again = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250})).json()
     assert [a["asset_id"] for a in again["data"]] == [a["asset_id"] for a in assets]
 
@@ -63,10 +73,17 @@ async def test_asset_list_pages_with_cursor_and_filters_by_category(api: Api) ->
 async def test_asset_detail_has_every_key(api: Api) -> None:
     r = await api.client.get("/api/v1/inventory/assets/btc")
     assert r.status_code == 200
-    data = r.json()["data"]
+    data = read(r)["data"]
     assert set(data) >= DETAIL_KEYS
     assert data["asset_id"] == "BTC" and data["availability_status"] == "available"
-    assert data["high_24h"] >= data["low_24h"]
+    assert data["price_usd"] == "67250" and data["high_24h"] == "67250" and data["low_24h"] == "67250"
+    assert data["price_change_24h"] == "0" and data["price_change_percentage_24h"] == "0"
+    assert data["price_change_percentage_7d"] is None and data["price_change_percentage_30d"] is None
+    assert data["circulating_supply"] == "19705000" and data["total_supply"] == "19705000"
+    assert data["max_supply"] == "21000000" and data["ath"] == "73738" and data["atl"] == "67.81"
+    # (67250 - 73738) / 73738 x 100 = -8.79872... and (67250 - 67.81) / 67.81 x 100 = 99074.16310..., to 4 places
+    assert data["ath_change_percentage"] == "-8.7987" and data["atl_change_percentage"] == "99074.1631"
+    assert data["min_quantity"] == "0.00001" and data["scale"] == 8 and data["market_cap_rank"] == 1
 
 
 @pytest.mark.parametrize("asset_id", ["BTC!", "UNKNOWN_ASSET", "%20BTC", "B%20TC", "A" * 100, "btc-usd"])
@@ -87,10 +104,14 @@ async def test_price_history_follows_the_ticks(api: Api) -> None:
         assert r.status_code == 200, r.text
     r = await api.client.get("/api/v1/inventory/assets/BTC/prices", params={"interval": "raw"})
     assert r.status_code == 200
-    prices = [p["price"] for p in r.json()["data"]["prices"]]
-    assert prices[-3:] == [50000, 50500.5, 49000]
-    detail = (await api.client.get("/api/v1/inventory/assets/BTC")).json()["data"]
-    assert detail["price_usd"] == 49000 and detail["high_24h"] >= 50500.5
+    assert read(r)["data"]["asset_id"] == "BTC"
+    prices = [p["price"] for p in read(r)["data"]["prices"]]
+    assert prices[-3:] == ["50000", "50500.5", "49000"]
+    detail = read(await api.client.get("/api/v1/inventory/assets/BTC"))["data"]
+    assert detail["price_usd"] == "49000" and detail["high_24h"] == "67250" and detail["low_24h"] == "49000"
+    # 24 h ago the price was the catalogue's 67250: 49000 - 67250 = -18250, -27.1375...%
+    assert detail["price_change_24h"] == "-18250"
+    assert detail["price_change_percentage_24h"] == "-27.1375"
     assert_problem(await api.client.get("/api/v1/inventory/assets/BTC/prices", params={"interval": "2m"}), 422,
                    "validation_error")
 
@@ -112,7 +133,8 @@ async def test_admin_reads_any_ledger(api: Api) -> None:
     admin = await api.admin()
     r = await api.client.get(f"/api/v1/admin/users/{username}/transactions", headers=admin)
     assert r.status_code == 200
-    assert [e["amount"] for e in r.json()["transactions"]] == [123.45]
+    entries = read(r)["transactions"]
+    assert [(e["amount"], e["available_change"], e["held_change"]) for e in entries] == [("123.45", "123.45", "0.00")]
     assert_problem(await api.client.get(f"/api/v1/admin/users/{username}/transactions", headers=headers), 403,
                    "forbidden")
     assert_problem(await api.client.get("/api/v1/admin/users/nobody_here/transactions", headers=admin), 404,

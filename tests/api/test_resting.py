@@ -22,6 +22,7 @@ from tests.api.conftest import Api
 from tests.api.test_auth import assert_problem
 from tests.api.test_trading import funded_user, snapshot
 from tests.conftest import StoreFactory
+from tests.support.wire import read
 
 D = Decimal
 
@@ -35,7 +36,7 @@ async def tick(api: Api, price: str, asset_id: str = "BTC") -> None:
 async def order_status(api: Api, headers: dict[str, str], order_id: str) -> dict[str, Any]:
     r = await api.client.get(f"/api/v1/orders/{order_id}", headers=headers)
     assert r.status_code == 200
-    return dict(r.json()["data"])
+    return dict(read(r)["data"])
 
 
 def ledger_types(s: dict[str, Any]) -> list[str]:
@@ -45,7 +46,7 @@ def ledger_types(s: dict[str, Any]) -> list[str]:
 async def place(api: Api, headers: dict[str, str], **body: Any) -> dict[str, Any]:
     r = await api.order(headers, asset_id=body.pop("asset_id", "BTC"), **body)
     assert r.status_code == 201, r.text
-    return dict(r.json()["data"])
+    return dict(read(r)["data"])
 
 
 async def audit_ok(api: Api) -> None:
@@ -68,7 +69,13 @@ async def test_resting_buys_hold_then_fill_once_with_refund(
     username, headers = await funded_user(api, "10000")
     api.set_price("BTC", "50000")
     order = await place(api, headers, quantity="0.1", **body)
-    assert order["status"] == "queued" and order["held_amount"] == float(D(hold))
+    assert order["status"] == "queued" and order["held_amount"] == hold  # USD: two places
+    assert order["quantity"] == "0.1" and order["executed_price"] is None and order["total_amount"] is None
+    assert order["price_bound"] is None and order["price"] == body.get("price")
+    assert order["trail_percent"] == body.get("trail_percent") and order["trail_amount"] is None
+    stops = {"limit_buy": None, "take_profit_buy": "45000", "stop_loss_buy": "55000", "trailing_stop_buy": "51000"}
+    assert order["stop_price"] == stops[body["order_type"]]
+    assert order["trail_anchor"] == ("50000" if body["order_type"] == "trailing_stop_buy" else None)
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000") - D(hold) and s["balance"]["held"] == D(hold)
     assert ledger_types(s) == ["deposit", "order_hold"]
@@ -77,8 +84,8 @@ async def test_resting_buys_hold_then_fill_once_with_refund(
     assert (await snapshot(api, username))["balance"] == s["balance"]
     await tick(api, crossing)
     done = await order_status(api, headers, order["order_id"])
-    assert done["status"] == "completed" and done["executed_price"] == float(D(fill_price))
-    assert done["total_amount"] == float(D(cost))
+    assert done["status"] == "completed" and done["executed_price"] == fill_price
+    assert done["total_amount"] == cost and done["price"] == body.get("price")  # a resting order keeps its limit
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000") - D(cost) and s["balance"]["held"] == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_payment", "order_refund"]
@@ -107,7 +114,7 @@ async def test_resting_sells_hold_units_then_fill_once(
     api.set_price("BTC", "50000")
     await place(api, headers, order_type="market_buy", quantity="0.1")
     order = await place(api, headers, quantity="0.1", **body)
-    assert order["status"] == "queued" and order["held_amount"] == 0.1
+    assert order["status"] == "queued" and order["held_amount"] == "0.1"  # units: no padding
     s = await snapshot(api, username)
     assert s["holding"]["available"] == 0 and s["holding"]["held"] == D("0.1")
     assert sorted(t["transaction_type"] for t in s["asset_txns"]) == ["buy", "hold"]
@@ -116,9 +123,9 @@ async def test_resting_sells_hold_units_then_fill_once(
     assert (await order_status(api, headers, order["order_id"]))["status"] == "queued"
     await tick(api, crossing)
     done = await order_status(api, headers, order["order_id"])
-    assert done["status"] == "completed" and done["executed_price"] == float(D(fill_price))
-    assert done["total_amount"] == float(D(proceeds))
-    assert done["realized_pnl"] == float(D(proceeds) - D("5000"))
+    assert done["status"] == "completed" and done["executed_price"] == fill_price
+    assert done["total_amount"] == proceeds
+    assert done["realized_pnl"] == f"{D(proceeds) - D('5000'):.2f}"
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("5000.00") + D(proceeds)
     assert s["holding"]["available"] == 0 and s["holding"]["held"] == 0 and s["holding"]["cost_basis"] == 0
@@ -131,15 +138,16 @@ async def test_trailing_sell_moves_its_stop_with_the_high(api: Api) -> None:
     api.set_price("BTC", "50000")
     await place(api, headers, order_type="market_buy", quantity="0.1")
     order = await place(api, headers, order_type="trailing_stop_sell", quantity="0.1", trail_amount="1000")
-    assert order["stop_price"] == 49000 and order["trail_anchor"] == 50000
+    assert order["stop_price"] == "49000" and order["trail_anchor"] == "50000" and order["trail_amount"] == "1000"
+    assert order["trail_percent"] is None
     await tick(api, "52000")
     moved = await order_status(api, headers, order["order_id"])
-    assert moved["status"] == "queued" and moved["stop_price"] == 51000 and moved["trail_anchor"] == 52000
+    assert moved["status"] == "queued" and moved["stop_price"] == "51000" and moved["trail_anchor"] == "52000"
     await tick(api, "51500")
-    assert (await order_status(api, headers, order["order_id"]))["stop_price"] == 51000
+    assert (await order_status(api, headers, order["order_id"]))["stop_price"] == "51000"
     await tick(api, "50900")
     done = await order_status(api, headers, order["order_id"])
-    assert done["status"] == "completed" and done["executed_price"] == 50900
+    assert done["status"] == "completed" and done["executed_price"] == "50900" and done["total_amount"] == "5090.00"
     await audit_ok(api)
 
 
@@ -147,7 +155,7 @@ async def test_stop_limit_becomes_a_limit_when_its_stop_is_crossed(api: Api) -> 
     username, headers = await funded_user(api)
     api.set_price("BTC", "50000")
     order = await place(api, headers, order_type="stop_limit_buy", quantity="0.1", stop_price="55000", price="54000")
-    assert order["held_amount"] == 5400
+    assert order["held_amount"] == "5400.00" and order["price"] == "54000" and order["stop_price"] == "55000"
     await tick(api, "56000")  # stop crossed: now a limit buy at 54000, not yet reachable
     converted = await order_status(api, headers, order["order_id"])
     assert converted["status"] == "queued"
@@ -155,7 +163,8 @@ async def test_stop_limit_becomes_a_limit_when_its_stop_is_crossed(api: Api) -> 
     assert (await order_status(api, headers, order["order_id"]))["status"] == "queued"
     await tick(api, "54000")
     done = await order_status(api, headers, order["order_id"])
-    assert done["status"] == "completed" and done["executed_price"] == 54000 and done["total_amount"] == 5400
+    assert done["status"] == "completed" and done["executed_price"] == "54000" and done["total_amount"] == "5400.00"
+    assert done["held_amount"] == "5400.00"  # what was reserved; the ledger released it
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("4600.00") and s["balance"]["held"] == 0
     await audit_ok(api)
@@ -168,7 +177,8 @@ async def test_stop_limit_sell_fills_at_once_when_the_tick_also_meets_the_limit(
     order = await place(api, headers, order_type="stop_limit_sell", quantity="0.1", stop_price="45000", price="44000")
     await tick(api, "44500")
     done = await order_status(api, headers, order["order_id"])
-    assert done["status"] == "completed" and done["executed_price"] == 44500
+    assert done["status"] == "completed" and done["executed_price"] == "44500" and done["price"] == "44000"
+    assert done["total_amount"] == "4450.00" and done["realized_pnl"] == "-550.00"
     await audit_ok(api)
 
 
@@ -178,8 +188,10 @@ async def test_cancel_releases_the_hold_and_twice_is_409(api: Api) -> None:
     order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000")
     r = await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=headers)
     assert r.status_code == 200, r.text
-    cancelled = r.json()["data"]
+    cancelled = read(r)["data"]
     assert cancelled["status"] == "cancelled" and cancelled["cancelled_at"]
+    assert cancelled["price"] == "40000" and cancelled["quantity"] == "0.1" and cancelled["held_amount"] == "4000.00"
+    assert cancelled["executed_price"] is None and cancelled["total_amount"] is None
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]
@@ -259,8 +271,8 @@ async def test_marketable_limit_fills_at_once_at_the_market_price(api: Api) -> N
     username, headers = await funded_user(api)
     api.set_price("BTC", "50000")
     order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="52000")
-    assert order["status"] == "completed" and order["executed_price"] == 50000 and order["total_amount"] == 5000
-    assert order["price"] == 52000
+    assert order["status"] == "completed" and order["executed_price"] == "50000" and order["total_amount"] == "5000.00"
+    assert order["price"] == "52000" and order["price_bound"] is None  # a limit order keeps its limit as price
     await audit_ok(api)
 
 
@@ -272,7 +284,7 @@ async def test_ioc_limit_fills_now_or_is_cancelled_without_moving_money(api: Api
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("10000.00") and ledger_types(s) == ["deposit"]
     filled = await place(api, headers, order_type="limit_buy", quantity="0.1", price="51000", time_in_force="fok")
-    assert filled["status"] == "completed" and filled["executed_price"] == 50000
+    assert filled["status"] == "completed" and filled["executed_price"] == "50000" and filled["price"] == "51000"
     await audit_ok(api)
 
 
@@ -366,12 +378,13 @@ async def test_the_apps_own_engine_fills_on_a_price_set_by_an_admin(store_factor
         order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000")
         r = await api.client.post("/api/v1/admin/prices", headers=admin, json={"asset_id": "BTC", "price": "39500"})
         assert r.status_code == 200
+        assert read(r) == {"asset_id": "BTC", "price": "39500", "source": "manual"}
         for _ in range(200):  # the background engine consumes the tick on its own
             if (await order_status(api, headers, order["order_id"]))["status"] == "completed":
                 break
             await asyncio.sleep(0.05)
         done = await order_status(api, headers, order["order_id"])
-        assert done["status"] == "completed" and done["executed_price"] == 39500
+        assert done["status"] == "completed" and done["executed_price"] == "39500" and done["total_amount"] == "3950.00"
         s = await snapshot(api, username)
         assert s["balance"]["available"] == D("6050.00") and s["balance"]["held"] == 0
         await audit_ok(api)

@@ -15,6 +15,7 @@ from cnop.common.database import keys
 from cnop.common.database.store import SortKey
 from tests.api.conftest import Api
 from tests.api.test_auth import assert_problem
+from tests.support.wire import read
 
 D = Decimal
 
@@ -47,11 +48,15 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="btc", quantity="0.12345678")
     assert r.status_code == 201, r.text
-    buy = r.json()["data"]
+    buy = read(r)["data"]
     # 0.12345678 x 50000 = 6172.839 -> the buyer pays 6172.84 (rounded up to the cent)
     assert buy["status"] == "completed" and buy["side"] == "buy" and buy["asset_id"] == "BTC"
-    assert buy["executed_price"] == 50000 and buy["total_amount"] == 6172.84
-    assert '"quantity":0.12345678' in r.text and '"total_amount":6172.84' in r.text
+    assert buy["quantity"] == "0.12345678" and buy["price"] == "50000" and buy["price_bound"] is None
+    assert buy["executed_price"] == "50000" and buy["total_amount"] == "6172.84"
+    assert buy["held_amount"] == "0.00" and buy["realized_pnl"] is None
+    assert buy["stop_price"] is None and buy["trail_amount"] is None and buy["trail_percent"] is None
+    assert buy["trail_anchor"] is None
+    assert '"quantity":"0.12345678"' in r.text and '"total_amount":"6172.84"' in r.text
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("3827.16") and s["balance"]["held"] == 0
     assert s["holding"]["available"] == D("0.12345678") and s["holding"]["cost_basis"] == D("6172.84")
@@ -64,10 +69,10 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     api.set_price("BTC", "51000.5")
     r = await api.order(headers, order_type="market_sell", asset_id="BTC", quantity="0.1")
     assert r.status_code == 201, r.text
-    sell = r.json()["data"]
+    sell = read(r)["data"]
     # 0.1 x 51000.5 = 5100.05; cost basis out = 6172.84 x 0.1 / 0.12345678 = 5000.00 (to the cent)
-    assert sell["total_amount"] == 5100.05 and sell["executed_price"] == 51000.5
-    assert sell["realized_pnl"] == 100.05
+    assert sell["total_amount"] == "5100.05" and sell["executed_price"] == "51000.5" and sell["price"] == "51000.5"
+    assert sell["quantity"] == "0.1" and sell["held_amount"] == "0" and sell["realized_pnl"] == "100.05"
     s = await snapshot(api, username)
     assert s["balance"]["available"] == D("8927.21")
     assert s["holding"]["available"] == D("0.02345678") and s["holding"]["cost_basis"] == D("1172.84")
@@ -77,14 +82,16 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     assert len(s["orders"]) == 2
 
     r = await api.client.get("/api/v1/orders", headers=headers)
-    assert [o["order_id"] for o in r.json()["data"]] == [sell["order_id"], buy["order_id"]]
+    assert read(r)["data"] == [sell, buy]
     r = await api.client.get(f"/api/v1/orders/{buy['order_id']}", headers=headers)
-    assert r.status_code == 200 and r.json()["data"] == buy
+    assert r.status_code == 200 and read(r)["data"] == buy
     r = await api.client.get("/api/v1/assets/BTC/transactions", headers=headers)
-    txns = r.json()["data"]
+    txns = read(r)["data"]
     assert [t["transaction_type"] for t in txns] == ["sell", "buy"]
-    assert txns[0]["quantity"] == 0.1 and txns[0]["price"] == 51000.5 and txns[0]["total"] == 5100.05
+    assert txns[0]["quantity"] == "0.1" and txns[0]["price"] == "51000.5" and txns[0]["total"] == "5100.05"
+    assert txns[1]["quantity"] == "0.12345678" and txns[1]["price"] == "50000" and txns[1]["total"] == "6172.84"
     assert txns[1]["order_id"] == buy["order_id"]
+    assert all(t["timestamp"] == t["created_at"] for t in txns)
     report = await run_audit(api.container.store)
     assert report.ok, report.violations
 
@@ -93,7 +100,8 @@ async def test_portfolio_and_asset_balance(api: Api) -> None:
     username, headers = await funded_user(api, "10000")
     r = await api.client.get("/api/v1/portfolio", headers=headers)
     assert r.status_code == 200
-    assert r.json()["assets"] == [] and r.json()["total_value"] == 10000
+    assert read(r)["assets"] == [] and read(r)["total_value"] == "10000.00"
+    assert read(r)["cash"] == {"available": "10000.00", "held": "0.00", "total": "10000.00"}
     r = await api.client.get("/api/v1/balance/asset/BTC", headers=headers)
     assert_problem(r, 404, "holding_not_found")
     api.set_price("BTC", "40000")
@@ -102,18 +110,33 @@ async def test_portfolio_and_asset_balance(api: Api) -> None:
     assert (await api.order(headers, order_type="market_buy", asset_id="ETH", quantity="1")).status_code == 201
     api.set_price("BTC", "44000")
     r = await api.client.get("/api/v1/portfolio", headers=headers)
-    body = r.json()
-    assert body["cash"] == {"available": 4000, "held": 0, "total": 4000}
+    body = read(r)
+    assert body["cash"] == {"available": "4000.00", "held": "0.00", "total": "4000.00"}
     btc = next(a for a in body["assets"] if a["asset_id"] == "BTC")
-    assert btc["asset_name"] == "Bitcoin" and btc["quantity"] == 0.1 and btc["current_price"] == 44000
-    assert btc["market_value"] == 4400 and btc["cost_basis"] == 4000 and btc["average_price"] == 40000
-    assert btc["unrealized_pnl"] == 400
-    assert body["total_value"] == 10400
-    assert btc["percentage"] == float(D("42.31"))
+    assert btc == {
+        "asset_id": "BTC",
+        "asset_name": "Bitcoin",
+        "quantity": "0.1",
+        "available": "0.1",
+        "held": "0",
+        "current_price": "44000",
+        "market_value": "4400.00",
+        "cost_basis": "4000.00",
+        "average_price": "40000",
+        "unrealized_pnl": "400.00",
+        "percentage": "42.31",
+    }
+    eth = next(a for a in body["assets"] if a["asset_id"] == "ETH")
+    assert eth["quantity"] == "1" and eth["market_value"] == "2000.00" and eth["percentage"] == "19.23"
+    assert eth["unrealized_pnl"] == "0.00" and eth["average_price"] == "2000"
+    assert body["total_value"] == "10400.00"
     assert [a["asset_id"] for a in body["assets"]] == ["BTC", "ETH"]
     r = await api.client.get("/api/v1/balance/asset/btc", headers=headers)
     assert r.status_code == 200
-    assert r.json()["quantity"] == 0.1 and r.json()["total_value"] == 4400 and r.json()["asset_name"] == "Bitcoin"
+    one = read(r)
+    assert one["quantity"] == "0.1" and one["available"] == "0.1" and one["held"] == "0"
+    assert one["total_value"] == "4400.00" and one["cost_basis"] == "4000.00" and one["asset_name"] == "Bitcoin"
+    assert one["current_price"] == "44000" and one["average_price"] == "40000"
     assert_problem(await api.client.get("/api/v1/balance/asset/NOPE", headers=headers), 404, "asset_not_found")
     assert_problem(await api.client.get("/api/v1/balance/asset/BTC!", headers=headers), 422, "validation_error")
 
@@ -160,7 +183,9 @@ async def test_inactive_asset_is_not_tradeable_and_changes_nothing(api: Api) -> 
     username, headers = await funded_user(api)
     admin = await api.admin()
     r = await api.client.post("/api/v1/admin/assets/SOL/deactivate", headers=admin)
-    assert r.status_code == 200 and r.json()["data"]["is_active"] is False
+    assert r.status_code == 200 and read(r)["data"]["is_active"] is False
+    assert read(r)["data"]["availability_status"] == "unavailable" and read(r)["data"]["min_quantity"] == "0.001"
+    assert read(r)["data"]["price_usd"] == "166" and read(r)["data"]["scale"] == 6
     before = await snapshot(api, username, "SOL")
     assert_problem(await api.order(headers, order_type="market_buy", asset_id="SOL", quantity="1"), 422, "asset_not_tradeable")
     assert await snapshot(api, username, "SOL") == before
@@ -185,7 +210,8 @@ async def test_stale_price_is_503_and_changes_nothing(fake_clock_api: tuple[Api,
     assert await snapshot(api, username) == before
     api.set_price("BTC", "60000")
     r = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.01")
-    assert r.status_code == 201 and r.json()["data"]["executed_price"] == 60000
+    assert r.status_code == 201 and read(r)["data"]["executed_price"] == "60000"
+    assert read(r)["data"]["price"] == "60000" and read(r)["data"]["total_amount"] == "600.00"
 
 
 async def test_client_price_is_a_bound_never_the_execution_price(api: Api) -> None:
@@ -193,8 +219,12 @@ async def test_client_price_is_a_bound_never_the_execution_price(api: Api) -> No
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.01", price="60000")
     assert r.status_code == 201
-    assert r.json()["data"]["executed_price"] == 50000 and r.json()["data"]["total_amount"] == 500
-    assert r.json()["data"]["price"] == 60000
+    order = read(r)["data"]
+    assert order["executed_price"] == "50000" and order["total_amount"] == "500.00"
+    # `price` is what it executed at (the original's clients print it); the bound is echoed apart.
+    assert order["price"] == "50000" and order["price_bound"] == "60000"
+    r = await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=headers)
+    assert read(r)["data"] == order
 
 
 async def test_client_order_id_replays_and_refuses_reuse(api: Api) -> None:

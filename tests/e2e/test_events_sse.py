@@ -71,18 +71,24 @@ async def test_order_events_and_price_ticks_stream_and_resume(served: tuple[Api,
             assert placed.status_code == 201
             (queued,) = await asyncio.wait_for(read_events(lines, 1), 5)
             assert queued["event"] == "order.queued"
-            assert queued["data"]["order_id"] == placed.json()["data"]["order_id"]
+            # The event carries the API's order object, Decimal fields as the same exact strings.
+            assert queued["data"] == loads(placed.content)["data"]
+            assert queued["data"]["quantity"] == "0.01" and queued["data"]["price"] == "40000"
+            assert queued["data"]["held_amount"] == "400.00" and queued["data"]["price_bound"] is None
+            assert queued["data"]["executed_price"] is None and queued["data"]["total_amount"] is None
             api.set_price("BTC", "49000.5")
             api.set_price("DOGE", "0.2")  # not held nor traded: not streamed
             (price,) = await asyncio.wait_for(read_events(lines, 1), 5)
             assert price["event"] == "price.tick" and price["data"]["asset_id"] == "BTC"
-            assert price["data"]["price"] == 49000.5
+            assert price["data"]["price"] == "49000.5"
         order_id = placed.json()["data"]["order_id"]
         r = await api.client.delete(f"/api/v1/orders/{order_id}", headers=headers)
         assert r.status_code == 200
         async with http.stream("GET", "/api/v1/events", headers={**headers, "Last-Event-ID": queued["id"]}) as stream:
             (missed,) = await asyncio.wait_for(read_events(stream.aiter_lines(), 1), 5)
             assert missed["event"] == "order.cancelled" and missed["data"]["order_id"] == order_id
+            assert missed["data"] == loads(r.content)["data"]
+            assert missed["data"]["status"] == "cancelled" and missed["data"]["held_amount"] == "400.00"
             assert int(missed["id"]) > int(queued["id"])
         r = await http.get("/api/v1/events")
         assert r.status_code == 401

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     jwt_audience: str = "cnop-api"
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
 
+    # API keys (bots): the secret is stored as HMAC-SHA-256 under this server-side key. Unset, it is
+    # derived from CNOP_JWT_SECRET; with neither set, keys die with the process (like tokens).
+    api_key_secret: SecretStr | None = None
+    api_keys_per_user: int = Field(default=10, ge=1, le=100)
+    api_key_max_lifetime_days: int = Field(default=366, ge=1, le=3660)
+    rate_limit_per_api_key: str = "200/minute"
+
     # Passwords
     password_hash_workers: int = Field(default=2, ge=1, le=32)
 

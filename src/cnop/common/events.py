@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from cnop.common.clock import Clock
+from cnop.common.entities.order import Order, OrderResponse
 
 RETAINED_PER_USER = 500
 RETENTION_SECONDS = 300.0
@@ -38,6 +39,9 @@ class EventBus:
         self._listeners: dict[str, set[asyncio.Queue[Event]]] = {}
 
     def publish(self, username: str, event_type: str, data: Any) -> Event:
+        """Publish `data` in its wire form: an `Order` as the API's order object (decision 0008)."""
+        if isinstance(data, Order):
+            data = OrderResponse.of(data)
         payload = data.model_dump(mode="python") if isinstance(data, BaseModel) else data
         if isinstance(payload, dict):
             payload.pop("username", None)

@@ -121,6 +121,16 @@ class LoginBlocked(Forbidden):
     title = "Too many failed logins from this address; try again later"
 
 
+class InvalidApiKey(AuthenticationRequired):
+    code = "invalid_api_key"
+    title = "Invalid, expired or revoked API key"
+
+
+class InsufficientScope(Forbidden):
+    code = "insufficient_scope"
+    title = "The API key lacks the scope this request needs"
+
+
 class RateLimited(CnopError):
     code = "rate_limited"
     status = 429
@@ -158,6 +168,16 @@ class UserNotFound(NotFound):
 class WeakPassword(BusinessRuleViolation):
     code = "weak_password"
     title = "Password does not meet the strength rules"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+    title = "API key not found"
+
+
+class ApiKeyLimitReached(BusinessRuleViolation):
+    code = "api_key_limit_reached"
+    title = "Too many live API keys"
 
 
 # --- money ------------------------------------------------------------------------------------

@@ -1,35 +1,58 @@
-"""Routes whose JSON bodies are parsed exactly: every non-integer number becomes a Decimal."""
+"""Routes whose JSON bodies are read exactly (`cnop.common.jsonio.loads_request`).
+
+Every JSON number is read from its text (never through float); `NaN`, `Infinity` and number
+texts over 40 characters reach the field they were sent for as a refusal that names it; a key
+repeated in one object is a 422 naming that key (checked before the body is validated, so
+nothing runs on such a body).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
-from decimal import Decimal
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-
-def _refuse_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; the stdlib accepts them unless told otherwise.
-    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
+from cnop.common.jsonio import DuplicateKey, loads_request
 
 
 class ExactJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            body = await self.body()
-            self._json = json.loads(body, parse_float=Decimal, parse_constant=_refuse_constant)
+            self._json = loads_request(await self.body())
         return self._json
+
+
+def _duplicate_key_error(exc: DuplicateKey) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "duplicate_key",
+                "loc": ("body", exc.key),
+                "msg": "is given more than once in one object",
+                "input": None,
+            }
+        ]
+    )
 
 
 class ExactJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        reads_body = self.body_field is not None
 
         async def exact_handler(request: Request) -> Response:
-            return await handler(ExactJSONRequest(request.scope, request.receive))
+            exact = ExactJSONRequest(request.scope, request.receive)
+            if reads_body:
+                try:
+                    await exact.json()
+                except DuplicateKey as exc:
+                    raise _duplicate_key_error(exc) from None
+                except Exception:  # noqa: S110 - not JSON, empty, too deep: FastAPI's handling answers it below
+                    pass
+            return await handler(exact)
 
         return exact_handler

@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from cnop.common.dao.balance_dao import entry_from_item
-from cnop.common.entities.order import ASSET_ID_PATTERN, LimitPrice
+from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, Conflict
 from cnop.common.jsonio import ExactJSONResponse
-from cnop.common.money import Money
+from cnop.common.money import Price, PriceInput
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.market.prices import Tick
 from cnop.services.dependencies import AdminUser, ContainerDep, PagingDep, fetch_page
@@ -25,12 +25,12 @@ AssetId = Annotated[str, Path(pattern=ASSET_ID_PATTERN)]
 
 class PriceSet(BaseModel):
     asset_id: Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
-    price: LimitPrice
+    price: PriceInput
 
 
 class PriceSetResponse(BaseModel):
     asset_id: str
-    price: Money
+    price: Price
     source: str
 
 

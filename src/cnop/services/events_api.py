@@ -19,7 +19,9 @@ from starlette.responses import StreamingResponse
 from cnop.common.clock import isoformat
 from cnop.common.events import Event
 from cnop.common.jsonio import dumps
+from cnop.common.money import plain_text
 from cnop.container import Container
+from cnop.market.prices import Tick
 from cnop.services.dependencies import ContainerDep, CurrentUser, client_ip
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -30,6 +32,11 @@ DISCONNECT_CHECK_SECONDS = 0.5
 def sse(data: Any, event: str, event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + dumps(data) + b"\n\n"
+
+
+def price_tick(tick: Tick) -> dict[str, str]:
+    """A `price.tick` event's data: the price as an exact plain string (decision 0008)."""
+    return {"asset_id": tick.asset_id, "price": plain_text(tick.price), "time": isoformat(tick.at)}
 
 
 async def _assets_of_interest(container: Container, username: str) -> set[str]:
@@ -72,10 +79,7 @@ async def event_stream(
                 if price_wait in done:
                     for tick in price_wait.result():
                         if tick.asset_id in watched:
-                            yield sse(
-                                {"asset_id": tick.asset_id, "price": tick.price, "time": isoformat(tick.at)},
-                                "price.tick",
-                            )
+                            yield sse(price_tick(tick), "price.tick")
                     price_wait = asyncio.create_task(prices.get())
         finally:
             for task in (order_wait, price_wait):

@@ -82,6 +82,21 @@ def idempotency_key(username: str, scope: str, client_key: str) -> dict[str, str
     return key(user_pk(username), f"IDEM#{scope}#{client_key}")
 
 
+def api_key_key(key_id: str) -> dict[str, str]:
+    """An API key, found by its id alone (the id arrives with every bot request)."""
+    return key(f"APIKEY#{key_id}", "KEY")
+
+
+def api_keys_index_pk(username: str) -> str:
+    """GSI1 partition on the users table listing one user's API keys (sort key: the key id)."""
+    return f"APIKEYS#{username}"
+
+
+def api_key_count_key(username: str) -> dict[str, str]:
+    """The count of a user's live API keys, guarded by the per-user cap."""
+    return key(user_pk(username), "APIKEYS")
+
+
 # Users index (GSI1 on the users table): every profile, for the audit and admin listings.
 USERS_INDEX_PK = "USERS"
 

@@ -7,9 +7,30 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_serializer,
+    model_validator,
+)
 
-from cnop.common.money import Money, places
+from cnop.common.money import (
+    DECIMAL_TEXT_SCHEMA,
+    MAX_PRICE,
+    Percent,
+    PercentInput,
+    Price,
+    PriceInput,
+    Quantity,
+    QuantityInput,
+    UsdAmount,
+    plain_text,
+    usd_text,
+)
 
 
 class OrderType(StrEnum):
@@ -142,32 +163,11 @@ class OrderUpdate(BaseModel):
 ASSET_ID_PATTERN = r"^[A-Za-z0-9]{1,10}$"
 CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9_\-.:]{1,64}$"
 ORDER_ID_PATTERN = r"^[A-Za-z0-9_-]{10,64}$"
-MAX_LIMIT_PRICE = Decimal(1_000_000)
-
-
-def _positive(value: Decimal | None) -> Decimal | None:
-    if value is not None and value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _price(value: Decimal | None) -> Decimal | None:
-    _positive(value)
-    if value is not None and value > MAX_LIMIT_PRICE:
-        raise ValueError(f"must be at most {MAX_LIMIT_PRICE}")
-    if value is not None and places(value) > 8:
-        raise ValueError("must have at most 8 decimal places")
-    return value
+MAX_LIMIT_PRICE = MAX_PRICE
 
 
 def _upper(value: str) -> str:
     return value.upper()
-
-
-PositiveQuantity = Annotated[Money, AfterValidator(_positive)]
-Price = Annotated[Money | None, AfterValidator(_price)]
-# A price that must be given, with the bounds of a limit price (the admin's manual prices).
-LimitPrice = Annotated[Money, AfterValidator(_price)]
 
 
 class OrderCreate(BaseModel):
@@ -177,11 +177,11 @@ class OrderCreate(BaseModel):
 
     order_type: OrderType
     asset_id: Annotated[str, Field(pattern=ASSET_ID_PATTERN), AfterValidator(_upper)]
-    quantity: PositiveQuantity
-    price: Price = None
-    stop_price: Price = None
-    trail_amount: Price = None
-    trail_percent: Annotated[Money | None, AfterValidator(_positive)] = None
+    quantity: QuantityInput
+    price: PriceInput | None = None
+    stop_price: PriceInput | None = None
+    trail_amount: PriceInput | None = None
+    trail_percent: PercentInput | None = None
     time_in_force: TimeInForce = TimeInForce.GTC
     expires_at: AwareDatetime | None = None
     client_order_id: Annotated[str | None, Field(pattern=CLIENT_ORDER_ID_PATTERN)] = None
@@ -203,8 +203,6 @@ class OrderCreate(BaseModel):
         if trailing:
             if (self.trail_amount is None) == (self.trail_percent is None):
                 raise ValueError("trailing orders need exactly one of trail_amount and trail_percent")
-            if self.trail_percent is not None and self.trail_percent >= 100:
-                raise ValueError("trail_percent must be below 100")
         elif self.trail_amount is not None or self.trail_percent is not None:
             raise ValueError("trail_amount and trail_percent are only for trailing orders")
         if self.time_in_force is TimeInForce.GTD and self.expires_at is None:
@@ -221,32 +219,74 @@ class OrderCreate(BaseModel):
 
 
 class OrderResponse(BaseModel):
-    """An order as clients see it."""
+    """An order as clients see it.
+
+    `price` is the price a market order executed at (a client's protection bound is echoed as
+    `price_bound`); a resting order's `price` is its limit. `held_amount` is what a resting order
+    reserves: USD for buys (two places), units for sells.
+    """
 
     order_id: str
     client_order_id: str | None
     order_type: OrderType
     side: OrderSide
     asset_id: str
-    quantity: Money
-    price: Money | None
-    stop_price: Money | None
-    trail_amount: Money | None
-    trail_percent: Money | None
+    quantity: Quantity
+    price: Price | None
+    price_bound: Price | None
+    stop_price: Price | None
+    trail_amount: Price | None
+    trail_percent: Percent | None
     time_in_force: TimeInForce
     expires_at: datetime | None
     status: OrderStatus
-    executed_price: Money | None
-    total_amount: Money | None
-    held_amount: Money
-    realized_pnl: Money | None
-    trail_anchor: Money | None
+    executed_price: Price | None
+    total_amount: UsdAmount | None
+    held_amount: Annotated[
+        Decimal,
+        WithJsonSchema({**DECIMAL_TEXT_SCHEMA, "description": "Reserved: USD for buys, units for sells"}),
+    ]
+    realized_pnl: UsdAmount | None
+    trail_anchor: Price | None
     created_at: datetime
     updated_at: datetime
     executed_at: datetime | None
     cancelled_at: datetime | None
     reason: str | None
 
+    @field_serializer("held_amount")
+    def _held_amount(self, value: Decimal) -> str:
+        return usd_text(value) if self.side is OrderSide.BUY else plain_text(value)
+
     @classmethod
     def of(cls, order: Order) -> OrderResponse:
-        return cls(side=order.side, **order.model_dump(exclude={"username"}))
+        if order.order_type.is_market:
+            price, bound = order.executed_price, order.price
+        else:
+            price, bound = order.price, None
+        return cls(
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            order_type=order.order_type,
+            side=order.side,
+            asset_id=order.asset_id,
+            quantity=order.quantity,
+            price=price,
+            price_bound=bound,
+            stop_price=order.stop_price,
+            trail_amount=order.trail_amount,
+            trail_percent=order.trail_percent,
+            time_in_force=order.time_in_force,
+            expires_at=order.expires_at,
+            status=order.status,
+            executed_price=order.executed_price,
+            total_amount=order.total_amount,
+            held_amount=order.held_amount,
+            realized_pnl=order.realized_pnl,
+            trail_anchor=order.trail_anchor,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            executed_at=order.executed_at,
+            cancelled_at=order.cancelled_at,
+            reason=order.reason,
+        )

@@ -53,6 +53,18 @@ class AuditLogger:
         """A token was revoked; `jti` is the token's id, never the token itself."""
         self._info("audit.token_revoked", username=username, jti=jti, reason=reason)
 
+    def log_api_key_created(self, username: str, key_id: str, scopes: str, ip_address: str | None = None) -> None:
+        """A user made an API key; `key_id` names it, the secret is never logged."""
+        self._info("audit.api_key_created", username=username, key_id=key_id, scopes=scopes, ip_address=ip_address)
+
+    def log_api_key_new_ip(self, username: str, key_id: str, ip_address: str | None) -> None:
+        """An API key was used from an address it had not been used from before."""
+        self._warning("audit.api_key_new_ip", username=username, key_id=key_id, ip_address=ip_address)
+
+    def log_api_key_revoked(self, username: str, key_id: str, reason: str = "deleted") -> None:
+        """An API key stopped working: deleted by its owner, expired and purged, or a password change."""
+        self._info("audit.api_key_revoked", username=username, key_id=key_id, reason=reason)
+
     def _info(self, event: str, **fields: str | None) -> None:
         self._log.info(event, **_clean(fields))
 

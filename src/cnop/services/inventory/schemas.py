@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel
 
-from cnop.common.money import MONEY_CONTEXT, Money, or_none
+from cnop.common.money import MONEY_CONTEXT, Percent, Price, Quantity, or_none
 
 
 class AssetData(BaseModel):
@@ -15,35 +15,35 @@ class AssetData(BaseModel):
     name: str
     description: str | None
     category: str | None
-    price_usd: Money | None
+    price_usd: Price | None
     is_active: bool
     symbol: str
     image: str | None
     market_cap_rank: int | None
-    price_change_percentage_24h: Money | None
-    market_cap: Money | None
-    total_volume_24h: Money | None
+    price_change_percentage_24h: Percent | None
+    market_cap: Price | None
+    total_volume_24h: Price | None
 
 
 class AssetDetailData(AssetData):
     availability_status: str
-    price_change_24h: Money | None
-    price_change_percentage_7d: Money | None
-    price_change_percentage_30d: Money | None
-    high_24h: Money | None
-    low_24h: Money | None
-    circulating_supply: Money | None
-    total_supply: Money | None
-    max_supply: Money | None
-    ath: Money | None
-    ath_change_percentage: Money | None
+    price_change_24h: Price | None
+    price_change_percentage_7d: Percent | None
+    price_change_percentage_30d: Percent | None
+    high_24h: Price | None
+    low_24h: Price | None
+    circulating_supply: Quantity | None
+    total_supply: Quantity | None
+    max_supply: Quantity | None
+    ath: Price | None
+    ath_change_percentage: Percent | None
     ath_date: date | None
-    atl: Money | None
-    atl_change_percentage: Money | None
+    atl: Price | None
+    atl_change_percentage: Percent | None
     atl_date: date | None
     last_updated: datetime | None
     scale: int
-    min_quantity: Money
+    min_quantity: Quantity
 
 
 class AssetListResponse(BaseModel):
@@ -62,7 +62,7 @@ class AssetDetailResponse(BaseModel):
 
 class PricePoint(BaseModel):
     time: datetime
-    price: Money
+    price: Price
 
 
 class PriceHistory(BaseModel):

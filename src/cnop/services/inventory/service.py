@@ -75,7 +75,7 @@ class InventoryService:
     def asset_detail(self, asset: Asset) -> AssetDetailData:
         stats = self.prices.stats(asset.asset_id)
         price = stats.price if stats else None
-        base = self.asset_data(asset).model_dump()
+        base = dict(self.asset_data(asset))  # the field values, not their wire text
         return AssetDetailData(
             **base,
             availability_status="available" if asset.is_active and price is not None else "unavailable",

@@ -137,7 +137,8 @@ async def list_asset_transactions(
             total=item.get("total"),
             order_id=item.get("order_id"),
             status=item["status"],
-            created_at=parse_isoformat(item["created_at"]),
+            created_at=(created := parse_isoformat(item["created_at"])),
+            timestamp=created,
         )
         for item in page.items
     ]

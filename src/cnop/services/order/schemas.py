@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from cnop.common.entities.order import OrderResponse
-from cnop.common.money import Money
+from cnop.common.money import Price, Quantity, UsdAmount
 
 
 class OrderEnvelope(BaseModel):
@@ -24,12 +24,13 @@ class AssetTransaction(BaseModel):
     transaction_id: str
     asset_id: str
     transaction_type: str
-    quantity: Money
-    price: Money | None
-    total: Money | None
+    quantity: Quantity
+    price: Price | None
+    total: UsdAmount | None
     order_id: str | None
     status: str
     created_at: datetime
+    timestamp: datetime  # the same instant as created_at; the original's clients read this name
 
 
 class AssetTransactionList(BaseModel):

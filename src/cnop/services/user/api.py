@@ -17,6 +17,7 @@ from cnop.container import Container
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
 from cnop.services.idempotent import run_idempotent
+from cnop.services.user.api_key_schemas import ApiKeyCreated, ApiKeyCreateRequest, ApiKeyList
 from cnop.services.user.portfolio import AssetBalance, Portfolio
 from cnop.services.user.schemas import (
     AmountRequest,
@@ -103,6 +104,28 @@ async def change_password(
             expires_in=token.expires_in,
         )
     )
+
+
+@router.post("/auth/api-keys", status_code=201, response_model=ApiKeyCreated, tags=["auth"])
+async def create_api_key(
+    body: ApiKeyCreateRequest, request: Request, principal: CurrentUser, container: ContainerDep
+) -> Response:
+    created = await container.api_keys.create(principal.user, body, ip=client_ip(request))
+    return ExactJSONResponse(created, status_code=201)
+
+
+@router.get("/auth/api-keys", response_model=ApiKeyList, tags=["auth"])
+async def list_api_keys(principal: CurrentUser, container: ContainerDep) -> Response:
+    keys = await container.api_keys.list_keys(principal.user)
+    return ExactJSONResponse(ApiKeyList(data=keys, limit=container.settings.api_keys_per_user))
+
+
+@router.delete("/auth/api-keys/{key_id}", status_code=204, tags=["auth"])
+async def delete_api_key(
+    key_id: Annotated[str, Path(max_length=64)], principal: CurrentUser, container: ContainerDep
+) -> Response:
+    await container.api_keys.revoke(principal.user, key_id)
+    return Response(status_code=204)
 
 
 @router.get("/balance", response_model=BalanceResponse, tags=["balance"])

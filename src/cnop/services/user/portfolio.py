@@ -13,7 +13,7 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.holding import Holding
 from cnop.common.exceptions import AssetNotFound, HoldingNotFound
-from cnop.common.money import MONEY_CONTEXT, Money, or_none
+from cnop.common.money import MONEY_CONTEXT, Percent, Price, Quantity, UsdAmount, or_none
 from cnop.market.prices import PriceBook
 
 CENT = Decimal("0.01")
@@ -22,40 +22,40 @@ CENT = Decimal("0.01")
 class PortfolioAsset(BaseModel):
     asset_id: str
     asset_name: str
-    quantity: Money
-    available: Money
-    held: Money
-    current_price: Money | None
-    market_value: Money | None
-    cost_basis: Money
-    average_price: Money | None
-    unrealized_pnl: Money | None
-    percentage: Money | None
+    quantity: Quantity
+    available: Quantity
+    held: Quantity
+    current_price: Price | None
+    market_value: UsdAmount | None
+    cost_basis: UsdAmount
+    average_price: Price | None
+    unrealized_pnl: UsdAmount | None
+    percentage: Percent | None
 
 
 class CashSummary(BaseModel):
-    available: Money
-    held: Money
-    total: Money
+    available: UsdAmount
+    held: UsdAmount
+    total: UsdAmount
 
 
 class Portfolio(BaseModel):
     assets: list[PortfolioAsset]
     cash: CashSummary
-    total_value: Money
+    total_value: UsdAmount
     updated_at: datetime
 
 
 class AssetBalance(BaseModel):
     asset_id: str
     asset_name: str
-    quantity: Money
-    available: Money
-    held: Money
-    current_price: Money | None
-    total_value: Money | None
-    cost_basis: Money
-    average_price: Money | None
+    quantity: Quantity
+    available: Quantity
+    held: Quantity
+    current_price: Price | None
+    total_value: UsdAmount | None
+    cost_basis: UsdAmount
+    average_price: Price | None
     created_at: datetime
     updated_at: datetime
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -12,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from cnop.common.entities.balance import Balance, BalanceTransaction
 from cnop.common.entities.user import User
-from cnop.common.money import Money, places
+from cnop.common.money import UsdAmount, UsdAmountInput
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_]{6,30}$")
 _PHONE_ALLOWED = re.compile(r"^\+?[0-9 ().\-]+$")
@@ -47,6 +46,8 @@ def _phone(value: str | None) -> str | None:
     if value is None:
         return None
     text = value.strip()
+    if not text:
+        return None  # "" means no phone, like null (the original's clients send it)
     if not _PHONE_ALLOWED.fullmatch(text):
         raise ValueError("may contain only digits, spaces, +, -, ., ( and )")
     digits = re.sub(r"\D", "", text)
@@ -166,29 +167,16 @@ class PasswordChangedResponse(MessageResponse):
     expires_in: int
 
 
-def _positive_cents(value: Decimal) -> Decimal:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    if value > Decimal(1_000_000):
-        raise ValueError("must be at most 1000000")
-    if places(value) > 2:
-        raise ValueError("must have at most 2 decimal places")
-    return value.quantize(Decimal("0.01"))
-
-
-Amount = Annotated[Money, AfterValidator(_positive_cents)]
-
-
 class AmountRequest(StrictModel):
-    amount: Amount
+    amount: UsdAmountInput
 
 
 class BalanceResponse(BaseModel):
-    current_balance: Money
-    available_balance: Money
-    held_balance: Money
-    total_deposited: Money
-    total_withdrawn: Money
+    current_balance: UsdAmount
+    available_balance: UsdAmount
+    held_balance: UsdAmount
+    total_deposited: UsdAmount
+    total_withdrawn: UsdAmount
     currency: str
     updated_at: datetime
 
@@ -209,17 +197,17 @@ class MoneyMovementResponse(BaseModel):
     success: bool
     message: str
     transaction_id: str
-    amount: Money
-    balance: Money
+    amount: UsdAmount
+    balance: UsdAmount
     timestamp: datetime
 
 
 class LedgerEntry(BaseModel):
     transaction_id: str
     transaction_type: str
-    amount: Money
-    available_change: Money
-    held_change: Money
+    amount: UsdAmount
+    available_change: UsdAmount
+    held_change: UsdAmount
     status: str
     description: str
     order_id: str | None

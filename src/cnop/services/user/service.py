@@ -28,6 +28,7 @@ from cnop.common.exceptions import (
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
+from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.schemas import (
     MoneyMovementResponse,
     PasswordChangeRequest,
@@ -62,9 +63,11 @@ class AccountService:
         tokens: TokenManager,
         audit: AuditLogger,
         clock: Clock,
+        api_keys: ApiKeyService | None = None,
     ) -> None:
         self.store = store
         self.users = users
+        self.api_keys = api_keys
         self.balances = balances
         self.passwords = passwords
         self.tokens = tokens
@@ -162,6 +165,9 @@ class AccountService:
         new_hash = await self.passwords.hash_password_async(request.new_password)
         await self.users.change_password(principal.user, new_hash, principal.claims.jti)
         self.audit.log_password_change(principal.username, ip_address=ip)
+        if self.api_keys is not None:
+            # The generation moved on, so every key is dead already; this removes them from the store.
+            await self.api_keys.revoke_all(principal.username, reason="password_change")
         user = await self.users.get_user_by_username(principal.username)
         return self.issue_token(user)
 
