@@ -148,7 +148,10 @@ def plain_text(value: Decimal) -> str:
 def usd_text(value: Decimal) -> str:
     """A USD amount with exactly two places: `1000.00`, `-6172.84`."""
     if value.as_tuple().exponent != -USD_SCALE:
-        value = value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+        try:
+            value = value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+        except ArithmeticError:  # more digits than any real amount: written exactly, never a 500
+            return plain_text(value)
     text = format(value, "f")
     return "0.00" if text == "-0.00" else text
 
