@@ -7,9 +7,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint bench bench-store bench-ticks audit clean deps-dynamodb
+.PHONY: install run test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets
 
-install: $(STAMP)
+install: $(STAMP) web-assets
+
+# htmx, lightweight-charts and axe-core, pinned in package-lock.json (needs Node's npm).
+web-assets:
+	@scripts/install-web-assets.sh
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +31,11 @@ lint: install
 deps-dynamodb:
 	@scripts/install-dynamodb-local.sh
 
-test: install deps-dynamodb lint
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads browsers).
+deps-browser:
+	@scripts/install-chromium.sh
+
+test: install deps-dynamodb deps-browser lint
 	$(BIN)/python -m tests.support.suite $(PYTEST_ARGS)
 
 bench: install
@@ -39,6 +47,9 @@ bench-store: install deps-dynamodb
 
 bench-ticks: install
 	$(BIN)/python -m benchmarks.tick_bench
+
+bench-pages: install
+	$(BIN)/python -m benchmarks.pages_bench
 
 audit: install
 	$(BIN)/cnop audit

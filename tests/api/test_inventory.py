@@ -84,6 +84,7 @@ async def test_asset_detail_has_every_key(api: Api) -> None:
     # (67250 - 73738) / 73738 x 100 = -8.79872... and (67250 - 67.81) / 67.81 x 100 = 99074.16310..., to 4 places
     assert data["ath_change_percentage"] == "-8.7987" and data["atl_change_percentage"] == "99074.1631"
     assert data["min_quantity"] == "0.00001" and data["scale"] == 8 and data["market_cap_rank"] == 1
+    assert data["market_cap"] == "1325161250000" and data["total_volume_24h"] == "39800000000"
 
 
 @pytest.mark.parametrize("asset_id", ["BTC!", "UNKNOWN_ASSET", "%20BTC", "B%20TC", "A" * 100, "btc-usd"])

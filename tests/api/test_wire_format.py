@@ -179,8 +179,34 @@ async def test_deposit_amounts_round_trip_exactly(roomy: Api, case: tuple[Decima
     assert usd(body["amount"]) == value
     stored = await api.container.store.get(keys.USERS, keys.balance_key(username))
     assert stored is not None and stored["available"] == value
+    r = await post_raw(api, "/api/v1/balance/withdraw", f'{{"amount": {text}}}', headers)
+    assert r.status_code == 201, (text, r.text)
+    assert read(r)["amount"] == usd_text(value) and read(r)["balance"] == "0.00"
     entries = read(await api.client.get("/api/v1/balance/transactions", headers=headers))["transactions"]
-    assert [e["amount"] for e in entries] == [usd_text(value)]
+    assert [(e["transaction_type"], e["amount"], e["available_change"]) for e in entries] == [
+        ("withdraw", usd_text(value), usd_text(-value)),
+        ("deposit", usd_text(value), usd_text(value)),
+    ]
+
+
+@st.composite
+def admin_prices(draw: st.DrawFn) -> tuple[Decimal, str]:
+    value = draw(st.decimals(min_value=D("0.00000001"), max_value=D("1000000"), places=8))
+    return value, draw(_texts(value))
+
+
+@HYPOTHESIS
+@given(case=admin_prices())
+async def test_admin_prices_round_trip_exactly(roomy: Api, case: tuple[Decimal, str]) -> None:
+    api = roomy
+    value, text = case
+    admin = await api.admin()
+    r = await post_raw(api, "/api/v1/admin/prices", f'{{"asset_id": "ETH", "price": {text}}}', admin)
+    assert r.status_code == 200, (text, r.text)
+    assert read(r) == {"asset_id": "ETH", "price": plain_text(value), "source": "manual"}
+    detail = read(await api.client.get("/api/v1/inventory/assets/ETH"))["data"]
+    assert detail["price_usd"] == plain_text(value) and exact(detail["price_usd"]) == value
+    assert api.container.price_book.fresh_price("ETH", 60) == value
 
 
 @st.composite

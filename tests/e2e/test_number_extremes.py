@@ -17,7 +17,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.support.cnop_server import CNOP, CnopServer, base_env, cnop_server
+from tests.support.edge_server import CNOP, CnopServer, base_env, cnop_server
 
 pytestmark = pytest.mark.system
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.support.cnop_server import CnopServer, cnop_server, raw_exchange, read_until_closed
+from tests.support.edge_server import CnopServer, cnop_server, raw_exchange, read_until_closed
 
 pytestmark = pytest.mark.system
 

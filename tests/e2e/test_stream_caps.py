@@ -16,7 +16,7 @@ import uvicorn
 
 from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
-from tests.support.cnop_server import free_port
+from tests.support.edge_server import free_port
 
 
 @pytest.fixture

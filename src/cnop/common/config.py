@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("max_price_age_seconds", "CNOP_MAX_PRICE_AGE_SECONDS", "CNOP_MAX_PRICE_AGE"),
     )
     price_history_size: int = 1440
+    # Price history kept in the store for charts (per asset: a point per minute for a day, per
+    # hour for 30 days), written every this many seconds; 0 keeps history in memory only.
+    price_history_flush_seconds: float = Field(default=10.0, ge=0)
+    # The public price stream (GET /api/v1/prices/stream): assets per connection, open
+    # connections per client IP, and how long one connection lasts before the client reconnects.
+    price_stream_max_assets: int = Field(default=50, ge=1, le=500)
+    price_stream_connections_per_ip: int = Field(default=8, ge=1)
+    price_stream_max_seconds: float = Field(default=900.0, gt=0)
 
     # Gateway
     rate_limit_enabled: bool = True
@@ -143,6 +151,10 @@ class Settings(BaseSettings):
     breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
     breaker_open_seconds: float = Field(default=10.0, gt=0)
     breaker_half_open_probes: int = Field(default=2, ge=1)
+
+    # Web app: where `make install` put the npm assets (default: ./node_modules of the checkout,
+    # then of the working directory).
+    web_assets_dir: str | None = None
 
     # Logging
     log_level: str = "INFO"

@@ -69,3 +69,24 @@ class EventBus:
             listeners.discard(queue)
             if not listeners:
                 del self._listeners[username]
+
+
+class StreamConnections:
+    """Open streaming connections per client IP, capped (one process; in memory)."""
+
+    def __init__(self, per_ip: int) -> None:
+        self.per_ip = per_ip
+        self._open: dict[str, int] = {}
+
+    def acquire(self, ip: str) -> bool:
+        if self._open.get(ip, 0) >= self.per_ip:
+            return False
+        self._open[ip] = self._open.get(ip, 0) + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        left = self._open.get(ip, 0) - 1
+        if left > 0:
+            self._open[ip] = left
+        else:
+            self._open.pop(ip, None)

@@ -108,6 +108,15 @@ class IdempotencyRecords:
             return Applied(key, str(existing["result_id"]))
         raise IdempotencyInProgress()
 
+    async def stored_response(self, username: str, scope: str, client_key: str) -> StoredResponse | None:
+        """The first response stored under a key, while it is kept; None if none is (yet)."""
+        if not _KEY_PATTERN.fullmatch(client_key):
+            return None
+        item = await self.store.get(keys.USERS, keys.idempotency_key(username, scope, client_key))
+        if item is None or item.get("status") != "completed":
+            return None
+        return StoredResponse(int(item["response_status"]), item["response_body"].encode())
+
     def apply_op(self, claim: Claim) -> MarkApplied:
         """What the work puts in its transaction: it applies only while this claim is the owner,
         and records the id of what the work created, so a replay can rebuild the answer."""

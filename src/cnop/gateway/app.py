@@ -19,6 +19,7 @@ from cnop.common.exceptions import CnopError
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.logging import configure_logging
 from cnop.container import Container, build_container
+from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.problems import install_exception_handlers
 from cnop.services.admin_api import router as admin_router
@@ -29,6 +30,7 @@ from cnop.services.inventory.api import router as inventory_router
 from cnop.services.order.api import router as order_router
 from cnop.services.user.api import router as user_router
 from cnop.services.user.jwks_api import router as jwks_router
+from cnop.services.web.app import install_web
 
 log = structlog.get_logger("cnop.gateway")
 
@@ -74,6 +76,11 @@ def create_app(
         log.warning("jwt_secret_generated", detail="CNOP_JWT_SECRET is not set; tokens end with this process")
     elif (secret_file := getattr(container.tokens, "secret_file", None)) is not None:
         log.info("jwt_secret_from_file", path=str(secret_file))
+    if container.api_keys.hasher.generated_key:
+        log.warning(
+            "api_key_secret_generated",
+            detail="neither CNOP_API_KEY_SECRET nor CNOP_JWT_SECRET is set; API keys end with this process",
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,7 +131,11 @@ def create_app(
         jwks_router,
     ):
         app.router.routes.extend(router.routes)
+    mount_alpaca(app, container)
+    install_web(app, container)
     install_middleware(app, settings, container.metrics, _identify_user(container))
+    # Outermost, so that it sees every answer under /alpaca, the middleware's own refusals included.
+    app.add_middleware(AlpacaErrorShape)
     return app
 
 

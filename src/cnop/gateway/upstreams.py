@@ -43,6 +43,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/prices", "inventory", timeout=None),
     Route("/api/v1/admin", "inventory"),
     Route("/api/v1/insights", "insights", timeout=30.0),
+    # The Alpaca-compatible adapter trades through the order service's use cases; wrap the
+    # gateway in `cnop.gateway.alpaca.AlpacaErrorShape` so its own refusals there are Alpaca's too.
+    Route("/alpaca", "order"),
 )
 
 

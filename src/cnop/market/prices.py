@@ -289,6 +289,27 @@ class PriceBook:
             self._publish(accepted)
         return accepted
 
+    def restore(self, asset_id: str, points: Iterable[Tick]) -> int:
+        """Put older points (kept in the store across a restart) before the asset's history.
+
+        Only points older than the asset's first tick in memory are taken; nothing is published
+        and the current price does not change. Returns how many points were taken.
+        """
+        current = self._assets.get(asset_id)
+        first = current.raw[0].at if current is not None else None
+        by_time = {
+            p.at: p for p in points if p.asset_id == asset_id and p.price > 0 and (first is None or p.at < first)
+        }
+        older = [by_time[moment] for moment in sorted(by_time)]  # one point per moment, oldest first
+        if not older:
+            return 0
+        history = _AssetHistory(self._history_size)
+        for tick in [*older, *(current.raw if current is not None else ())]:
+            history.add(tick, math.floor(tick.at.timestamp()))
+        self._assets[asset_id] = history
+        self._stats.pop(asset_id, None)
+        return len(older)
+
     def _publish(self, batch: list[Tick]) -> None:
         for queue in self._subscribers:
             if queue.full():

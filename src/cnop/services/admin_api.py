@@ -13,6 +13,7 @@ from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, Conflict
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.money import Price, PriceInput
+from cnop.container import Container
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.market.prices import Tick
 from cnop.services.dependencies import AdminUser, ContainerDep, PagingDep, fetch_page
@@ -37,13 +38,19 @@ class PriceSetResponse(BaseModel):
 @router.post("/prices", response_model=PriceSetResponse)
 async def set_price(body: PriceSet, admin: AdminUser, container: ContainerDep) -> Response:
     """Set a price by hand; only when the price source is `manual`."""
+    asset_id = await set_manual_price(container, body)
+    return ExactJSONResponse(PriceSetResponse(asset_id=asset_id, price=body.price, source="manual"))
+
+
+async def set_manual_price(container: Container, body: PriceSet) -> str:
+    """Apply an admin's price to the book (manual source only); returns the asset id."""
     if container.settings.price_source != "manual":
         raise Conflict("Prices can be set by hand only when CNOP_PRICE_SOURCE is manual")
     asset_id = body.asset_id.upper()
     if await container.asset_dao.find_asset(asset_id) is None:
         raise AssetNotFound(f"Asset {asset_id} not found")
     container.price_book.apply([Tick(asset_id, body.price, container.clock.now())])
-    return ExactJSONResponse(PriceSetResponse(asset_id=asset_id, price=body.price, source="manual"))
+    return asset_id
 
 
 @router.post("/assets/{asset_id}/activate", response_model=AssetDetailResponse)

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends, Header, Query
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from cnop.common.clock import isoformat
-from cnop.common.events import Event
+from cnop.common.entities.order import ASSET_ID_PATTERN
+from cnop.common.events import Event, StreamConnections
+from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
 from cnop.container import Container
+from cnop.gateway.middleware import bind_request_user
 from cnop.market.prices import Tick
-from cnop.services.dependencies import ContainerDep, CurrentUser, client_ip
+from cnop.services.dependencies import ContainerDep, client_ip, current_principal
+from cnop.services.user.service import Principal
+from cnop.services.web.session import session_principal
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 HEARTBEAT_SECONDS = 15.0
@@ -91,10 +97,24 @@ async def event_stream(
         container.price_book.unsubscribe(prices)
 
 
+async def stream_principal(request: Request, container: ContainerDep) -> Principal:
+    """The bearer token's user; without an Authorization header, the web session cookie's.
+
+    A browser's EventSource cannot send headers, so the web app's pages reach this stream with
+    their session cookie (HttpOnly, SameSite=Strict: a cross-site page cannot use it).
+    """
+    if request.headers.get("authorization") is None:
+        principal = await session_principal(request, container)
+        if principal is not None:
+            bind_request_user(request, principal.username)
+            return principal
+    return await current_principal(request, container)
+
+
 @router.get("/events", response_class=StreamingResponse)
 async def events(
     request: Request,
-    principal: CurrentUser,
+    principal: Annotated[Principal, Depends(stream_principal)],
     container: ContainerDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
@@ -103,5 +123,78 @@ async def events(
         event_stream(container, request, principal.username, resume),
         user=principal.username,
         ip=client_ip(request) or "unknown",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# --- the public price stream ------------------------------------------------------------------
+
+
+def _tick_event(tick: Tick) -> bytes:
+    return sse(price_tick(tick), "price.tick")
+
+
+async def price_stream(
+    container: Container, request: Request, assets: set[str], connections: StreamConnections, ip: str
+) -> AsyncIterator[bytes]:
+    queue = container.price_book.subscribe()
+    deadline = container.clock.timestamp() + container.settings.price_stream_max_seconds
+    try:
+        yield b"retry: 2000\n\n"
+        for asset_id in sorted(assets):
+            current = container.price_book.current(asset_id)
+            if current is not None:
+                yield _tick_event(current)
+        idle = 0.0
+        while not await request.is_disconnected() and container.clock.timestamp() < deadline:
+            try:
+                batch = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_CHECK_SECONDS)
+            except TimeoutError:
+                idle += DISCONNECT_CHECK_SECONDS
+                if idle >= HEARTBEAT_SECONDS:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+                continue
+            idle = 0.0
+            for tick in batch:
+                if tick.asset_id in assets:
+                    yield _tick_event(tick)
+    finally:
+        container.price_book.unsubscribe(queue)
+        connections.release(ip)
+
+
+@router.get("/prices/stream", response_class=StreamingResponse)
+async def prices_stream(
+    request: Request,
+    container: ContainerDep,
+    assets: Annotated[str, Query(min_length=1, max_length=2000, description="comma-separated asset ids")],
+) -> StreamingResponse:
+    """Public price ticks of the named assets (SSE): the current price of each at once, then every tick.
+
+    Bounded per connection: at most `price_stream_max_assets` assets, and the server ends the
+    stream after `price_stream_max_seconds` (EventSource reconnects by itself); at most
+    `price_stream_connections_per_ip` open streams per client IP (429 beyond).
+    """
+    wanted = {part.strip().upper() for part in assets.split(",") if part.strip()}
+    limit = container.settings.price_stream_max_assets
+    if not wanted:
+        raise ValidationFailed.field("assets", "must name at least one asset")
+    if len(wanted) > limit:
+        raise ValidationFailed.field("assets", f"may name at most {limit} assets")
+    bad = sorted(a for a in wanted if not re.fullmatch(ASSET_ID_PATTERN, a))
+    if bad:
+        raise ValidationFailed.field("assets", f"{bad[0][:20]} is not an asset id")
+    known = {a.asset_id for a in await container.asset_dao.all_assets()}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ValidationFailed.field("assets", f"unknown asset {unknown[0]}")
+    ip = client_ip(request) or "unknown"
+    connections = container.price_stream_connections
+    if not connections.acquire(ip):
+        raise RateLimited(f"At most {connections.per_ip} open price streams per client", retry_after=5)
+    return StreamingResponse(
+        price_stream(container, request, wanted, connections, ip),
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

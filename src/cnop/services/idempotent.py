@@ -35,15 +35,42 @@ async def run_idempotent(
     replay answers with `rebuild(result_id)`: the result rebuilt from the ledger entry or order
     the work created, whose id went into the work's own transaction.
     """
+    outcome = await idempotent_outcome(
+        request,
+        records,
+        username=username,
+        scope=scope,
+        client_key=client_key,
+        payload=payload,
+        work=work,
+        rebuild=rebuild,
+        status_code=status_code,
+    )
+    return _json(outcome.body, outcome.status_code)
+
+
+async def idempotent_outcome(
+    request: Request,
+    records: IdempotencyRecords,
+    *,
+    username: str,
+    scope: str,
+    client_key: str | None,
+    payload: Any,
+    work: Callable[[MarkApplied | None], Awaitable[BaseModel]],
+    rebuild: Callable[[str], Awaitable[BaseModel]],
+    status_code: int = 201,
+) -> StoredResponse:
+    """`run_idempotent`'s status and body, for a caller that answers in another shape (the compat API)."""
     if client_key is None:
-        return _json(dumps(await work(None)), status_code)
+        return StoredResponse(status_code, dumps(await work(None)))
     begun = await records.begin(username, scope, client_key, request_fingerprint(payload))
     if isinstance(begun, StoredResponse):
-        return _json(begun.body, begun.status_code)
+        return begun
     if isinstance(begun, Applied):
         body = dumps(await rebuild(begun.result_id))
         await records.complete_applied(begun, status_code, body)
-        return _json(body, status_code)
+        return StoredResponse(status_code, body)
     try:
         result = await work(records.apply_op(begun))
     except CnopError as exc:
@@ -51,7 +78,7 @@ async def run_idempotent(
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
             problem = problem_response(request, exc.status, exc.code, exc.title, exc.detail, errors)
             await records.finish(begun, exc.status, bytes(problem.body))
-            return problem
+            return StoredResponse(exc.status, bytes(problem.body))
         await records.abandon(begun)
         raise
     except BaseException:
@@ -59,7 +86,7 @@ async def run_idempotent(
         raise
     body = dumps(result)
     await records.finish(begun, status_code, body)
-    return _json(body, status_code)
+    return StoredResponse(status_code, body)
 
 
 def _json(body: bytes, status_code: int) -> Response:

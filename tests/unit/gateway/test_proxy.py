@@ -115,6 +115,8 @@ def test_routes_match_by_longest_prefix_and_whole_segments() -> None:
     assert table.match("/api/v1/admin/users/bob/transactions").upstream == "user"  # type: ignore[union-attr]
     assert table.match("/api/v1/admin/prices").upstream == "inventory"  # type: ignore[union-attr]
     assert table.match("/api/v1/ordersx") is None
+    assert table.match("/alpaca/v2/positions/BTC/USD").upstream == "order"  # type: ignore[union-attr]
+    assert table.match("/alpacax") is None
     assert table.match("/health") is None
     assert table.upstreams == {"user", "order", "inventory", "insights"}
 

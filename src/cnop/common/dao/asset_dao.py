@@ -168,6 +168,11 @@ class AssetDAO:
         self._all = (now, assets)
         return assets
 
+    async def house_quantity(self, asset_id: str) -> Decimal:
+        """The units of an asset the house holds now (0 for an unknown asset)."""
+        item = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id), consistent=False)
+        return Decimal(item["quantity"]) if item is not None else Decimal(0)
+
     @staticmethod
     def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:
         """The house's side of a trade: it may never hand out units it does not hold."""

@@ -164,14 +164,15 @@ class OrderDAO:
         limit: int = 50,
         cursor: str | None = None,
         matches: OrderFilter | None = None,
+        descending: bool = True,
     ) -> Page:
-        """The user's orders, newest first; a filter reads on until the page is full."""
+        """The user's orders, newest first (or oldest first); a filter reads on until the page is full."""
         pk = keys.user_pk(username)
         prefix = SortKey.prefix(keys.ORDER_PREFIX)
         if matches is None:
-            return await self.store.query(keys.ORDERS, pk, sk=prefix, limit=limit, cursor=cursor, descending=True)
+            return await self.store.query(keys.ORDERS, pk, sk=prefix, limit=limit, cursor=cursor, descending=descending)
         return await filtered_query(
-            self.store, keys.ORDERS, pk, matches, sk=prefix, limit=limit, cursor=cursor, descending=True
+            self.store, keys.ORDERS, pk, matches, sk=prefix, limit=limit, cursor=cursor, descending=descending
         )
 
     async def get_orders_by_user_and_asset(

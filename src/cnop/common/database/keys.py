@@ -146,3 +146,12 @@ def asset_key(asset_id: str) -> dict[str, str]:
 
 def house_inventory_key(asset_id: str) -> dict[str, str]:
     return key(f"ASSET#{asset_id}", "INVENTORY")
+
+
+# Price history for charts: one partition of ring-buffer slots per (asset, resolution), so the
+# kept history is bounded by construction (a slot is overwritten when its time comes round).
+PRICE_HISTORY_PK = "PRICES"
+
+
+def price_point_key(asset_id: str, resolution_seconds: int, slot: int) -> dict[str, str]:
+    return key(PRICE_HISTORY_PK, f"{asset_id}#{resolution_seconds}#{slot:05d}")

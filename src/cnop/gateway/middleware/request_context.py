@@ -114,6 +114,7 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["client_ip"] = client_ip
+        state["https"] = https  # the web app marks its cookies Secure on https requests
         tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
 
         path: str = scope["path"]

@@ -14,7 +14,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
-from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, TimeInForce
+from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
 from cnop.common.exceptions import (
     AssetNotFoundForOrder,
     AssetNotTradeable,
@@ -92,9 +92,10 @@ class OrderService:
         if quantity < asset.min_quantity:
             raise ValidationFailed.field("quantity", f"must be at least {asset.min_quantity} {asset.asset_id}")
 
-    def quote(self, asset: Asset, quantity: Decimal) -> Quote:
+    def quote(self, asset: Asset, quantity: Decimal, price: Decimal | None = None) -> Quote:
         """The server's fresh price (503 if stale) and the order's value, within the value cap."""
-        price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
+        if price is None:
+            price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
         value = quantity * price
         if value > self.settings.order_value_limit:
             raise OrderValueExceedsLimit(
@@ -116,6 +117,43 @@ class OrderService:
             )
             if worse:
                 raise PriceProtection(f"The market price {quote.price} is worse than your bound {request.price}")
+        return await self._fill_market(username, asset, request, quote, apply_op)
+
+    async def place_notional_order(
+        self,
+        username: str,
+        order_type: OrderType,
+        asset_id: str,
+        notional: Decimal,
+        *,
+        time_in_force: TimeInForce = TimeInForce.GTC,
+        client_order_id: str | None = None,
+        apply_op: MarkApplied | None = None,
+    ) -> Order:
+        """A market order for `notional` USD: the units the current price buys, rounded down, at that price."""
+        if not order_type.is_market:
+            raise ValidationFailed.field("notional", "applies to market orders only")
+        if notional <= 0 or places(notional) > USD_SCALE:
+            raise ValidationFailed.field("notional", "must be a positive USD amount with at most 2 decimal places")
+        asset = await self.tradeable_asset(asset_id)
+        price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
+        quantity = round_down(notional / price, asset.scale)
+        if quantity < asset.min_quantity or quantity <= 0:
+            raise ValidationFailed.field(
+                "notional", f"buys less than the minimum of {asset.min_quantity} {asset.asset_id} at {price} USD"
+            )
+        request = OrderCreate(
+            order_type=order_type,
+            asset_id=asset.asset_id,
+            quantity=quantity,
+            time_in_force=time_in_force,
+            client_order_id=client_order_id,
+        )
+        return await self._fill_market(username, asset, request, self.quote(asset, quantity, price), apply_op)
+
+    async def _fill_market(
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
+    ) -> Order:
         if request.order_type.side is OrderSide.BUY:
             order = await self._market_buy(username, asset, request, quote, apply_op)
         else:

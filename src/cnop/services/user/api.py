@@ -11,13 +11,13 @@ from starlette.responses import Response
 from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.exceptions import InvalidCredentials
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.container import Container
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
 from cnop.services.idempotent import run_idempotent
 from cnop.services.user.api_key_schemas import ApiKeyCreated, ApiKeyCreateRequest, ApiKeyList
+from cnop.services.user.login import guarded_login, guarded_password_change
 from cnop.services.user.portfolio import AssetBalance, Portfolio
 from cnop.services.user.schemas import (
     AmountRequest,
@@ -50,19 +50,7 @@ async def register(body: RegisterRequest, request: Request, container: Container
 
 @router.post("/auth/login", response_model=TokenResponse, tags=["auth"])
 async def login(body: LoginRequest, request: Request, container: ContainerDep) -> Response:
-    ip = client_ip(request) or "unknown"
-    await container.login_guard.check(ip)
-    await container.account_throttle.check(body.username)
-    try:
-        token = await container.accounts.login(body.username, body.password, ip=ip)
-    except InvalidCredentials:
-        await container.login_guard.record_failure(ip)
-        await container.account_throttle.record_failure(body.username)
-        container.metrics.record_login("failure")
-        raise
-    await container.login_guard.record_success(ip)
-    await container.account_throttle.record_success(body.username)
-    container.metrics.record_login("success")
+    token = await guarded_login(container, body.username, body.password, client_ip(request))
     return ExactJSONResponse(TokenResponse(access_token=token.access_token, expires_in=token.expires_in))
 
 
@@ -87,16 +75,7 @@ async def logout(request: Request, principal: CurrentUser, container: ContainerD
 async def change_password(
     body: PasswordChangeRequest, request: Request, principal: CurrentUser, container: ContainerDep
 ) -> Response:
-    # A wrong current password is a password guess like a failed login, and is counted as one.
-    ip = client_ip(request) or "unknown"
-    await container.login_guard.check(ip)
-    await container.account_throttle.check(principal.username)
-    try:
-        token = await container.accounts.change_password(principal, body, ip=ip)
-    except InvalidCredentials:
-        await container.login_guard.record_failure(ip)
-        await container.account_throttle.record_failure(principal.username)
-        raise
+    token = await guarded_password_change(container, principal, body, client_ip(request))
     return ExactJSONResponse(
         PasswordChangedResponse(
             message="Password changed successfully; other sessions were signed out",

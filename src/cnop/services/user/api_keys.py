@@ -171,7 +171,7 @@ class ApiKeyService:
         if new_ip or stale:
             await self.keys.record_use(key, now, ip)
 
-    async def check_rate(self, key: ApiKey) -> dict[str, str]:
+    async def check_rate(self, key: ApiKey) -> None:
         """Count a request against the key's own window; over it, RateLimited (429 with Retry-After)."""
         window = self._window
         name = window.key_for("api_key", key.key_id)
@@ -182,8 +182,3 @@ class ApiKeyService:
             raise RateLimited(
                 f"Rate limit of {window} per API key exceeded; retry in {retry_after} s", retry_after=retry_after
             )
-        return {
-            "X-RateLimit-Limit": str(window.amount),
-            "X-RateLimit-Remaining": str(max(0, window.amount - count)),
-            "X-RateLimit-Reset": str(int(reset) + (0 if reset == int(reset) else 1)),
-        }

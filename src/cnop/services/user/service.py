@@ -192,6 +192,18 @@ class MoneyService:
             condition=Or(AttrNotExists("total"), Le("total", limit - amount)),
         )
 
+    async def daily_usage(self, username: str) -> dict[str, tuple[Decimal, Decimal]]:
+        """Per kind (`deposit`, `withdraw`): what the user moved today (UTC) and the day's limit."""
+        day = self.clock.now().date().isoformat()
+        usage: dict[str, tuple[Decimal, Decimal]] = {}
+        for kind, limit in (
+            (TransactionType.DEPOSIT.value, self.settings.daily_deposit_limit),
+            (TransactionType.WITHDRAW.value, self.settings.daily_withdraw_limit),
+        ):
+            item = await self.store.get(keys.USERS, keys.daily_limit_key(username, kind, day))
+            usage[kind] = (Decimal(item["total"]) if item and "total" in item else Decimal("0.00"), limit)
+        return usage
+
     async def deposit(
         self, username: str, amount: Decimal, apply_op: MarkApplied | None = None
     ) -> MoneyMovementResponse:
