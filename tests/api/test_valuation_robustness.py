@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from cnop.common.clock import SystemClock
 from cnop.common.database import keys
 from cnop.common.database.store import Update
-from cnop.market.prices import MAX_MARKET_PRICE, MIN_MARKET_PRICE, Tick
+from cnop.market.catalogue import load_catalogue
+from cnop.market.prices import MAX_MARKET_PRICE, MIN_MARKET_PRICE, PriceBook, Tick
 from tests.api.conftest import Api
 
 D = Decimal
@@ -114,9 +116,10 @@ async def test_every_valuation_read_answers_whatever_the_stored_quantity(
     assert D(str(detail["quantity"])) == D(quantity)
 
 
-def test_the_price_book_admits_only_prices_within_its_bounds(api: Api) -> None:
-    book = api.container.price_book
-    now = api.container.clock.now()
+def test_the_price_book_admits_only_prices_within_its_bounds() -> None:
+    clock = SystemClock()
+    book = PriceBook.seed(list(load_catalogue()), clock)
+    now = clock.now()
     refused = ["1e400", "1e60", "1e-2000000", "0", "-1", "NaN", "Infinity", str(MAX_MARKET_PRICE + 1), "0.000000009"]
     accepted = book.apply([Tick("SOL", D(p), now) for p in refused])
     assert accepted == []
