@@ -205,6 +205,9 @@ def _describe_log_line(line: str) -> str:
     return f"{where}: {what or record.get('event', '?')}"[:300]
 
 
+SYSTEM_FACTORY = "cnop.gateway.app:create_default_app"
+
+
 class Server:
     """One uvicorn process (`--loop uvloop --http httptools --workers 1`) started under `taskset -c 0`."""
 
@@ -228,13 +231,21 @@ class Server:
 
     def start(self) -> None:
         self.port = free_port()
-        command = [
-            "taskset", "-c", SERVER_CORE,
-            sys.executable, "-m", "uvicorn", "--factory", self.factory,
-            "--host", HOST, "--port", str(self.port),
-            "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-            "--no-access-log", "--log-level", "warning",
-        ]  # fmt: skip
+        if self.factory == SYSTEM_FACTORY:
+            # The system runs as `cnop serve` runs it: uvloop, and the server layer's limits
+            # (gateway/server.py) on top of uvicorn's httptools protocol.
+            command = [
+                "taskset", "-c", SERVER_CORE,
+                str(Path(sys.executable).with_name("cnop")), "serve", "--host", HOST, "--port", str(self.port),
+            ]  # fmt: skip
+        else:
+            command = [
+                "taskset", "-c", SERVER_CORE,
+                sys.executable, "-m", "uvicorn", "--factory", self.factory,
+                "--host", HOST, "--port", str(self.port),
+                "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+                "--no-access-log", "--log-level", "warning",
+            ]  # fmt: skip
         with self.log_path.open("wb") as log:
             # cwd is the temporary folder, so no developer's .env leaks into the settings.
             self.process = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log, stderr=log)
@@ -881,7 +892,7 @@ def run(config: Config) -> int:
 
         system_scenarios = [name for name in config.scenarios if name != "baseline"]
         if system_scenarios:
-            system = Server("system", "cnop.gateway.app:create_default_app", system_env(store_path), workdir)
+            system = Server("system", SYSTEM_FACTORY, system_env(store_path), workdir)
             with running(system):
                 if not system.single_process():
                     raise BenchError("uvicorn started worker processes; the RSS would not be the server's")

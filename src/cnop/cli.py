@@ -68,7 +68,7 @@ def serve(
     settings = _settings(store)
     console.print(f"[bold]cnop[/] serving on http://{host}:{port} (store: {settings.store})")
     drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds
-    run_app(create_app(settings), host=host, port=port, drain_seconds=drain)
+    run_app(create_app(settings), host=host, port=port, drain_seconds=drain, settings=settings)
 
 
 def _serve_role(name: str, host: str, port: int, store: str | None, drain_seconds: float | None) -> None:
@@ -80,7 +80,7 @@ def _serve_role(name: str, host: str, port: int, store: str | None, drain_second
     app = create_gateway_app(settings) if name == GATEWAY else create_role_app(role_named(name), settings)
     console.print(f"[bold]cnop {name}[/] serving on http://{host}:{port} (store: {settings.store})")
     drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds
-    run_app(app, host=host, port=port, drain_seconds=drain)
+    run_app(app, host=host, port=port, drain_seconds=drain, settings=settings)
 
 
 def _add_role_command(name: str, summary: str) -> None:

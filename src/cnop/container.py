@@ -22,8 +22,8 @@ from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
-from cnop.gateway.login_guard import LoginGuard, login_guard_from_settings
-from cnop.gateway.middleware import counter_store
+from cnop.gateway.counters import counter_store
+from cnop.gateway.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feeds import PriceFeed, open_price_source
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
@@ -33,6 +33,7 @@ from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
 from cnop.services.order.resting import RestingOrders
 from cnop.services.order.service import OrderService
+from cnop.services.stream_slots import StreamSlots
 from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.portfolio import PortfolioService
 from cnop.services.user.service import AccountService, MoneyService
@@ -48,6 +49,8 @@ class Container:
     audit: AuditLogger
     metrics: Metrics
     login_guard: LoginGuard
+    account_throttle: AccountThrottle
+    streams: StreamSlots
     idempotency: IdempotencyRecords
     catalogue: list[CatalogueAsset]
     price_book: PriceBook
@@ -126,6 +129,8 @@ def build_container(
         audit=audit,
         metrics=metrics,
         login_guard=login_guard_from_settings(settings, clock),
+        account_throttle=AccountThrottle.from_settings(settings, counter_store(settings, clock), clock),
+        streams=StreamSlots(settings.max_streams_per_user, settings.max_streams_per_ip),
         idempotency=IdempotencyRecords(store, clock, settings),
         catalogue=catalogue,
         price_book=price_book,

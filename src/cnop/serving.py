@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from cnop.common.config import Settings
 from cnop.common.logging import get_logger
 
 _log = get_logger("cnop.serving")
@@ -57,15 +58,23 @@ def run_app(
     port: int,
     drain_seconds: float = 0.0,
     graceful_timeout_seconds: float = 30.0,
+    settings: Settings | None = None,
 ) -> None:
-    """Serve `app` until a signal; drain first when `drain_seconds` > 0 and the app has `state.draining`."""
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(graceful_timeout_seconds),
-    )
+    """Serve `app` until a signal; drain first when `drain_seconds` > 0 and the app has `state.draining`.
+
+    With `settings`, the server runs behind the edge limits of `gateway/server.py` (bounded request
+    heads, head timeout, connection caps, no proxy headers from uvicorn).
+    """
+    options: dict[str, Any] = {
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(graceful_timeout_seconds),
+    }
+    if settings is not None:
+        from cnop.gateway.server import server_config
+
+        config: uvicorn.Config = server_config(app, settings, host=host, port=port, **options)
+    else:
+        config = uvicorn.Config(app, host=host, port=port, **options)
     draining = getattr(getattr(app, "state", None), "draining", None)
     DrainingServer(config, draining if isinstance(draining, asyncio.Event) else None, drain_seconds).run()

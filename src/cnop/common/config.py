@@ -108,10 +108,29 @@ class Settings(BaseSettings):
     login_guard_failures: int = 5
     login_guard_window_seconds: int = 300
     login_guard_block_seconds: int = 300
+    # Per account (gateway/login_guard.py AccountThrottle): free failures, then doubling delays.
+    login_account_free_failures: int = Field(default=5, ge=1)
+    login_account_base_delay_seconds: float = Field(default=1.0, gt=0)
+    login_account_max_delay_seconds: float = Field(default=60.0, gt=0)
+    login_account_window_seconds: int = Field(default=3600, ge=1)
+    # Concurrent event streams (GET /api/v1/events), per user and per client IP; past them 429.
+    max_streams_per_user: int = Field(default=5, ge=1)
+    max_streams_per_ip: int = Field(default=20, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_enabled: bool = True
     redis_url: str | None = None
+
+    # HTTP server layer (`cnop serve`, gateway/server.py): refused before the app sees a request
+    server_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    server_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    server_keep_alive_seconds: float = Field(default=5.0, gt=0)
+    server_max_connections: int = Field(default=1000, ge=1)
+    # Peers in `trusted_proxies` are exempt (a load balancer carries many clients).
+    server_max_connections_per_ip: int = Field(default=100, ge=1)
+    # Request bodies (gateway/middleware/body_limit.py): larger ones are 413 before they are read
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_auth_body_bytes: int = Field(default=8 * 1024, ge=1024)
 
     # Gateway to services (the cloud shape): `CNOP_UPSTREAM_URLS=user=http://user:8080,order=...`
     # names each service's base URL; `CNOP_UPSTREAM_TIMEOUTS=/api/v1/insights=30` overrides the

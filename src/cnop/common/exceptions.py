@@ -64,6 +64,33 @@ class BusinessRuleViolation(CnopError):
     title = "Request refused"
 
 
+# --- the request's size and pace (the server layer and the body bound) ---------------------------
+
+
+class RequestTimeout(CnopError):
+    code = "request_timeout"
+    status = 408
+    title = "Request head not received in time"
+
+
+class BodyTooLarge(CnopError):
+    code = "body_too_large"
+    status = 413
+    title = "Request body too large"
+
+
+class UriTooLong(CnopError):
+    code = "uri_too_long"
+    status = 414
+    title = "Request target too long"
+
+
+class HeadersTooLarge(CnopError):
+    code = "headers_too_large"
+    status = 431
+    title = "Request headers too large"
+
+
 # --- authentication and authorisation ----------------------------------------------------------
 
 
@@ -108,6 +135,16 @@ class RateLimited(CnopError):
     code = "rate_limited"
     status = 429
     title = "Too many requests"
+
+
+class LoginThrottled(RateLimited):
+    code = "login_throttled"
+    title = "Too many failed logins for this account; try again later"
+
+
+class TooManyStreams(RateLimited):
+    code = "too_many_streams"
+    title = "Too many open event streams"
 
 
 # --- accounts ---------------------------------------------------------------------------------
@@ -231,6 +268,11 @@ class ServiceUnavailable(CnopError):
     code = "service_unavailable"
     status = 503
     title = "Service unavailable"
+
+
+class TooManyConnections(ServiceUnavailable):
+    code = "too_many_connections"
+    title = "Too many open connections"
 
 
 class PriceUnavailable(ServiceUnavailable):

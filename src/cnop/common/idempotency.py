@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -43,12 +44,24 @@ class Claim:
     owner: str
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A key whose work committed but whose response was never saved (the process died between)."""
+
+    key: dict[str, str]
+    result_id: str
+
+
+MarkApplied = Callable[[str], Op]
+"""Goes into a use case's transaction, given the id of what it creates (ledger entry or order)."""
+
+
 def request_fingerprint(payload: Any) -> str:
     return hashlib.sha256(dumps(payload)).hexdigest()
 
 
 def check_key(client_key: str) -> str:
-    if not _KEY_PATTERN.match(client_key):
+    if not _KEY_PATTERN.fullmatch(client_key):
         raise ValidationFailed.field("Idempotency-Key", "must be 1-255 printable ASCII characters")
     return client_key
 
@@ -60,8 +73,13 @@ class IdempotencyRecords:
         self.ttl = settings.idempotency_ttl_seconds
         self.lease = settings.idempotency_lease_seconds
 
-    async def begin(self, username: str, scope: str, client_key: str, fingerprint: str) -> Claim | StoredResponse:
-        """Claim the key, or return the stored first response; refuse reuse and in-flight repeats."""
+    async def begin(
+        self, username: str, scope: str, client_key: str, fingerprint: str
+    ) -> Claim | StoredResponse | Applied:
+        """Claim the key, or return the stored first response (or what the applied work created).
+
+        Reuse with another body and repeats while the first is running are refused.
+        """
         key = keys.idempotency_key(username, scope, check_key(client_key))
         now = Decimal(int(self.clock.timestamp()))
         owner = uuid.uuid4().hex
@@ -86,25 +104,46 @@ class IdempotencyRecords:
             raise IdempotencyKeyReused()
         if existing["status"] == "completed":
             return StoredResponse(int(existing["response_status"]), existing["response_body"].encode())
+        if existing["status"] == "applied" and existing.get("result_id"):
+            return Applied(key, str(existing["result_id"]))
         raise IdempotencyInProgress()
 
     async def stored_response(self, username: str, scope: str, client_key: str) -> StoredResponse | None:
         """The first response stored under a key, while it is kept; None if none is (yet)."""
-        if not _KEY_PATTERN.match(client_key):
+        if not _KEY_PATTERN.fullmatch(client_key):
             return None
         item = await self.store.get(keys.USERS, keys.idempotency_key(username, scope, client_key))
         if item is None or item.get("status") != "completed":
             return None
         return StoredResponse(int(item["response_status"]), item["response_body"].encode())
 
-    def apply_op(self, claim: Claim) -> Op:
-        """Goes into the work's transaction: it applies only while this claim is the owner."""
-        return Update(
-            keys.USERS,
-            claim.key,
-            set={"status": "applied"},
-            condition=And(Eq("owner", claim.owner), Eq("status", "in_progress")),
-        )
+    def apply_op(self, claim: Claim) -> MarkApplied:
+        """What the work puts in its transaction: it applies only while this claim is the owner,
+        and records the id of what the work created, so a replay can rebuild the answer."""
+
+        def mark(result_id: str) -> Op:
+            return Update(
+                keys.USERS,
+                claim.key,
+                set={"status": "applied", "result_id": result_id},
+                condition=And(Eq("owner", claim.owner), Eq("status", "in_progress")),
+            )
+
+        return mark
+
+    async def complete_applied(self, applied: Applied, status_code: int, body: bytes) -> None:
+        """Save the rebuilt response of an applied key (if another replay did not save one first)."""
+        with contextlib.suppress(ConditionFailed):
+            await self.store.transact(
+                [
+                    Update(
+                        keys.USERS,
+                        applied.key,
+                        set={"status": "completed", "response_status": status_code, "response_body": body.decode()},
+                        condition=Eq("status", "applied"),
+                    )
+                ]
+            )
 
     async def finish(self, claim: Claim, status_code: int, body: bytes) -> None:
         await self.store.transact(

@@ -148,7 +148,10 @@ def plain_text(value: Decimal) -> str:
 def usd_text(value: Decimal) -> str:
     """A USD amount with exactly two places: `1000.00`, `-6172.84`."""
     if value.as_tuple().exponent != -USD_SCALE:
-        value = value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+        try:
+            value = value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+        except ArithmeticError:  # more digits than any real amount: written exactly, never a 500
+            return plain_text(value)
     text = format(value, "f")
     return "0.00" if text == "-0.00" else text
 
@@ -270,9 +273,15 @@ def parse_decimal(value: Any) -> Decimal:
 
 def places(value: Decimal) -> int:
     """Digits after the decimal point that `value` needs (trailing zeros don't count)."""
-    exponent = value.normalize(MONEY_CONTEXT).as_tuple().exponent
-    assert isinstance(exponent, int)
-    return max(0, -exponent)
+    # Read from the digits, not from `normalize()`: a context would round or flush an extreme
+    # value (1e-2000000 normalizes to 0 and would seem to have no places at all).
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        raise ValueError("must be a finite number")
+    if not any(digits):
+        return 0
+    trailing_zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -(exponent + trailing_zeros))
 
 
 def quantize(value: Decimal, scale: int) -> Decimal:
@@ -290,6 +299,26 @@ def round_down(value: Decimal, scale: int) -> Decimal:
 def round_up(value: Decimal, scale: int) -> Decimal:
     """Away from zero: what a user pays never falls short of what the arithmetic gives."""
     return value.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_UP, context=MONEY_CONTEXT)
+
+
+def or_none(compute: Callable[[], Decimal]) -> Decimal | None:
+    """`compute()`, or None when decimal arithmetic cannot give a finite answer.
+
+    Valuation multiplies what is stored (a quantity) by what a feed said (a price); whatever those
+    are, a read must answer, not fail: an amount too large for the precision (quantize's
+    InvalidOperation), an exponent out of range (Overflow) or a division by zero is "unknown".
+    """
+    try:
+        result = compute()
+    except ArithmeticError:  # InvalidOperation, Overflow, DivisionByZero, ...
+        return None
+    return result if result.is_finite() else None
+
+
+def describe_amount(value: Decimal, places: int = 2) -> str:
+    """`value` rounded to `places` for a message, or in scientific notation if it is too large for that."""
+    rounded = or_none(lambda: value.quantize(Decimal(1).scaleb(-places), context=MONEY_CONTEXT))
+    return f"{rounded}" if rounded is not None else f"{value:.6E}"
 
 
 def usd(value: Decimal) -> Decimal:

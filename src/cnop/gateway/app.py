@@ -74,6 +74,8 @@ def create_app(
     container = container or build_container(settings)
     if getattr(container.tokens, "generated_secret", False):
         log.warning("jwt_secret_generated", detail="CNOP_JWT_SECRET is not set; tokens end with this process")
+    elif (secret_file := getattr(container.tokens, "secret_file", None)) is not None:
+        log.info("jwt_secret_from_file", path=str(secret_file))
     if container.api_keys.hasher.generated_key:
         log.warning(
             "api_key_secret_generated",

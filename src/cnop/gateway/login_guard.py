@@ -10,7 +10,15 @@ owns one account could otherwise interleave a good login between every four gues
 accounts. `record_success` is kept so the endpoint reads the same for both outcomes and a later
 policy has a place to live.
 
-Two implementations: `InMemoryLoginGuard` (one process; time from the injected `Clock`; memory
+Per account, `AccountThrottle` adds what the per-IP guard cannot see (guesses at one account from
+many addresses): after `login_account_free_failures` failures for one username, each further
+attempt must wait a delay that doubles with every failure, up to `login_account_max_delay_seconds`;
+an attempt inside the delay is 429 `login_throttled` with `Retry-After`, whatever the password.
+It never locks an account: the owner waits at most the maximum delay, and a success resets it.
+It counts on a `CounterStore` (in-process, or Redis when `redis_url` is set), so swapping the
+counters swaps it too.
+
+Two implementations of the per-IP guard: `InMemoryLoginGuard` (one process; time from the injected `Clock`; memory
 bounded; a sliding window) and `SharedLoginGuard` (on a `CounterStore`: Redis through `limits`
 when `redis_url` is set, so every gateway process shares it; failures are counted in a fixed
 window that opens at the first failure, and expiry is kept by the store).
@@ -24,8 +32,8 @@ from typing import Protocol
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
-from cnop.common.exceptions import LoginBlocked
-from cnop.gateway.middleware import CounterStore, counter_store
+from cnop.common.exceptions import LoginBlocked, LoginThrottled
+from cnop.gateway.counters import CounterStore, counter_store
 
 
 class LoginGuard(Protocol):
@@ -186,3 +194,70 @@ def login_guard_from_settings(settings: Settings, clock: Clock, storage: Counter
     if storage is None:
         storage = counter_store(settings, clock)
     return SharedLoginGuard.from_settings(settings, storage, clock)
+
+
+class AccountThrottle:
+    """Failed logins per account, answered with growing delays instead of a lock (see the module)."""
+
+    def __init__(
+        self,
+        storage: CounterStore,
+        *,
+        free_failures: int = 5,
+        base_delay_seconds: float = 1.0,
+        max_delay_seconds: float = 60.0,
+        window_seconds: int = 3600,
+        namespace: str = "cnop/login_account",
+        clock: Clock | None = None,
+    ) -> None:
+        if free_failures < 1:
+            raise ValueError("free_failures must be at least 1")
+        self._storage = storage
+        self._free = free_failures
+        self._base = base_delay_seconds
+        self._max = max_delay_seconds
+        self._window = window_seconds
+        self._namespace = namespace
+        self._clock = clock or SystemClock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, storage: CounterStore, clock: Clock | None = None) -> AccountThrottle:
+        return cls(
+            storage,
+            free_failures=settings.login_account_free_failures,
+            base_delay_seconds=settings.login_account_base_delay_seconds,
+            max_delay_seconds=settings.login_account_max_delay_seconds,
+            window_seconds=settings.login_account_window_seconds,
+            clock=clock,
+        )
+
+    def _key(self, kind: str, username: str) -> str:
+        return f"{self._namespace}/{kind}/{username.lower()}"
+
+    def delay_after(self, failures: int) -> float:
+        """How long the next attempt must wait after `failures` failures in the window."""
+        if failures < self._free:
+            return 0.0
+        return float(min(self._max, self._base * 2 ** min(failures - self._free, 32)))
+
+    async def check(self, username: str) -> None:
+        """Raise `LoginThrottled` while the account's delay runs."""
+        key = self._key("wait", username)
+        if await self._storage.get(key):
+            seconds_left = await self._storage.get_expiry(key) - self._clock.timestamp()
+            retry_after = max(1, math.ceil(seconds_left))
+            raise LoginThrottled(
+                f"Too many failed logins for this account; try again in {retry_after} s", retry_after=retry_after
+            )
+
+    async def record_failure(self, username: str) -> None:
+        failures = await self._storage.incr(self._key("fail", username), self._window)
+        delay = self.delay_after(failures)
+        if delay > 0:
+            wait_key = self._key("wait", username)
+            await self._storage.clear(wait_key)
+            await self._storage.incr(wait_key, max(1, math.ceil(delay)))
+
+    async def record_success(self, username: str) -> None:
+        await self._storage.clear(self._key("fail", username))
+        await self._storage.clear(self._key("wait", username))

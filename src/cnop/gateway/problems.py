@@ -240,8 +240,29 @@ def http_error_response(scope: Scope, status: int, detail: str | None, headers: 
     return scope_problem_response(scope, status, code, title, detail, headers=headers)
 
 
+def unreadable_body_message(cause: BaseException | None) -> str | None:
+    """Why a body FastAPI could not parse is unreadable, or None if the cause is not the body's.
+
+    FastAPI answers 400 for every parse failure that is not a `JSONDecodeError`: a number of more
+    than 4,300 digits (Python's int limit), nesting deeper than the decoder recurses, bytes that
+    are not UTF-8. They are bad input like any other malformed body: 422 `validation_error`.
+    """
+    if isinstance(cause, UnicodeDecodeError):
+        return "Request body is not valid UTF-8"
+    if isinstance(cause, RecursionError):
+        return "Request body is nested too deeply"
+    if isinstance(cause, ValueError):
+        return "Request body is not valid JSON (a number may be too long)"
+    return None
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and (message := unreadable_body_message(exc.__cause__)) is not None:
+        errors = [{"field": "body", "message": message}]
+        return problem_response(
+            request, 422, ValidationFailed.code, ValidationFailed.title, _validation_detail(errors), errors
+        )
     detail = exc.detail if isinstance(exc.detail, str) else None
     return http_error_response(request.scope, exc.status_code, detail, exc.headers)
 

@@ -260,7 +260,7 @@ class ReplayBatch:
 def parse_replay_timestamp(text: str) -> datetime:
     """RFC 3339 (a naive time is taken as UTC) or epoch seconds, as aware UTC."""
     text = text.strip()
-    if _EPOCH_SECONDS.match(text):
+    if _EPOCH_SECONDS.fullmatch(text):
         return datetime.fromtimestamp(float(text), UTC)
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
@@ -294,7 +294,7 @@ def parse_replay_csv(
                 raise ValueError(f"expected {len(columns)} fields, found {len(row)}")
             at = parse_replay_timestamp(row[at_index])
             asset_id = row[asset_index].strip().upper()
-            if not ASSET_ID_PATTERN.match(asset_id):
+            if not ASSET_ID_PATTERN.fullmatch(asset_id):
                 raise ValueError(f"bad asset id {row[asset_index]!r}")
             if known_assets is not None and asset_id not in known_assets:
                 raise ValueError(f"asset {asset_id} is not in the catalogue")
@@ -414,7 +414,7 @@ def backoff_delay(failures: int, *, initial: float, cap: float, rng: random.Rand
 def markets_endpoint(url: str) -> str:
     """`{url}/coins/markets`, unless `url` already is that endpoint."""
     base = url.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", base):
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", base):
         raise ValueError(f"price endpoint must be an http(s) URL, not {url!r}")
     if base.split("?", 1)[0].endswith("/coins/markets"):
         return base

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from cnop.common.clock import Clock
 from cnop.common.exceptions import PriceUnavailable
-from cnop.common.money import MONEY_CONTEXT
+from cnop.common.money import MONEY_CONTEXT, or_none
 from cnop.market.catalogue import CatalogueAsset
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ DEFAULT_SUBSCRIBER_QUEUE_SIZE = 256
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 MONTH = timedelta(days=30)
+
+# The prices the book accepts, from any source (a feed, a replay file, an admin): beyond them a
+# tick is surely wrong, and valuation of stored quantities stays within exact arithmetic.
+MIN_MARKET_PRICE = Decimal("0.00000001")
+MAX_MARKET_PRICE = Decimal(1_000_000_000)
 
 # Percentages are reported to four places; the absolute change is exact.
 PERCENT_PLACES = Decimal("0.0001")
@@ -93,7 +98,7 @@ class PriceStats:
     asset_id: str
     price: Decimal
     price_change_24h: Decimal
-    price_change_percentage_24h: Decimal
+    price_change_percentage_24h: Decimal | None
     high_24h: Decimal
     low_24h: Decimal
     price_change_percentage_7d: Decimal | None
@@ -199,8 +204,10 @@ class _AssetHistory:
         yield from self.raw
 
 
-def _percentage(change: Decimal, reference: Decimal) -> Decimal:
-    return (change * 100 / reference).quantize(PERCENT_PLACES, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+def _percentage(change: Decimal, reference: Decimal) -> Decimal | None:
+    return or_none(
+        lambda: (change * 100 / reference).quantize(PERCENT_PLACES, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT)
+    )
 
 
 class PriceBook:
@@ -252,15 +259,16 @@ class PriceBook:
     def apply(self, ticks: Iterable[Tick]) -> list[Tick]:
         """Record a batch and publish the accepted ticks to every subscriber; returns them.
 
-        A tick with a non-positive or non-finite price, or older than the asset's current
-        tick, is skipped with a warning rather than raising: a bad tick never stops the feed.
+        A tick with a price outside [`MIN_MARKET_PRICE`, `MAX_MARKET_PRICE`] (non-finite, zero,
+        negative, absurd), or older than the asset's current tick, is skipped with a warning
+        rather than raising: a bad tick never stops the feed, and never reaches a valuation.
         """
         accepted: list[Tick] = []
         # A batch usually shares one moment; convert it to epoch seconds once.
         moment: datetime | None = None
         epoch_seconds = 0
         for tick in ticks:
-            if not tick.price.is_finite() or tick.price <= 0:
+            if not tick.price.is_finite() or not MIN_MARKET_PRICE <= tick.price <= MAX_MARKET_PRICE:
                 log.warning("price book: ignored %s tick with invalid price %s", tick.asset_id, tick.price)
                 continue
             history = self._assets.get(tick.asset_id)

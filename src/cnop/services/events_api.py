@@ -124,9 +124,10 @@ async def events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
-    return StreamingResponse(
+    return container.streams.response(
         event_stream(container, request, principal.username, resume),
-        media_type="text/event-stream",
+        user=principal.username,
+        ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 

@@ -9,9 +9,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.database.store import Op
 from cnop.common.exceptions import CnopError, IdempotencyInProgress, ValidationFailed
-from cnop.common.idempotency import IdempotencyRecords, StoredResponse, request_fingerprint
+from cnop.common.idempotency import Applied, IdempotencyRecords, MarkApplied, StoredResponse, request_fingerprint
 from cnop.common.jsonio import dumps
 from cnop.gateway.problems import problem_response
 
@@ -26,10 +25,16 @@ async def run_idempotent(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[Op | None], Awaitable[BaseModel]],
+    work: Callable[[MarkApplied | None], Awaitable[BaseModel]],
+    rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> Response:
-    """Do `work` once per key: a replay returns the first status and body and changes nothing."""
+    """Do `work` once per key: a replay returns the first status and body and changes nothing.
+
+    If the work committed but its response was never saved (the process died in between), a
+    replay answers with `rebuild(result_id)`: the result rebuilt from the ledger entry or order
+    the work created, whose id went into the work's own transaction.
+    """
     outcome = await idempotent_outcome(
         request,
         records,
@@ -38,6 +43,7 @@ async def run_idempotent(
         client_key=client_key,
         payload=payload,
         work=work,
+        rebuild=rebuild,
         status_code=status_code,
     )
     return _json(outcome.body, outcome.status_code)
@@ -51,7 +57,8 @@ async def idempotent_outcome(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[Op | None], Awaitable[BaseModel]],
+    work: Callable[[MarkApplied | None], Awaitable[BaseModel]],
+    rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> StoredResponse:
     """`run_idempotent`'s status and body, for a caller that answers in another shape (the compat API)."""
@@ -60,6 +67,10 @@ async def idempotent_outcome(
     begun = await records.begin(username, scope, client_key, request_fingerprint(payload))
     if isinstance(begun, StoredResponse):
         return begun
+    if isinstance(begun, Applied):
+        body = dumps(await rebuild(begun.result_id))
+        await records.complete_applied(begun, status_code, body)
+        return StoredResponse(status_code, body)
     try:
         result = await work(records.apply_op(begun))
     except CnopError as exc:

@@ -329,10 +329,11 @@ def test_keys_from_two_pairs_are_a_configuration_error(keys: dict[str, tuple[str
         )
 
 
-def test_without_a_secret_a_random_one_is_generated_per_manager(clock: FakeClock) -> None:
-    first = TokenManager(_settings(jwt_secret=None), clock=clock)
-    second = TokenManager(_settings(jwt_secret=None), clock=clock)
-    assert first.generated_secret
+def test_without_a_secret_or_a_data_folder_a_random_one_is_generated_per_manager(clock: FakeClock) -> None:
+    in_memory = {"jwt_secret": None, "store": "sqlite://:memory:"}
+    first = TokenManager(_settings(**in_memory), clock=clock)
+    second = TokenManager(_settings(**in_memory), clock=clock)
+    assert first.generated_secret and first.secret_file is None
     assert not TokenManager(_settings(), clock=clock).generated_secret
     token = first.create_access_token("alice").access_token
     assert first.verify_access_token(token).sub == "alice"

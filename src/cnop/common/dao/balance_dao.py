@@ -180,6 +180,10 @@ class BalanceDAO:
             descending=True,
         )
 
+    async def get_transaction(self, username: str, transaction_id: str) -> BalanceTransaction | None:
+        item = await self.store.get(keys.USERS, keys.ledger_key(username, transaction_id))
+        return entry_from_item(item) if item is not None else None
+
     async def update_transaction_status(self, username: str, transaction_id: str, status: TransactionStatus) -> None:
         await self.store.transact(
             [

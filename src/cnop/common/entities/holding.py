@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
+from cnop.common.money import MONEY_CONTEXT
+
 
 class Holding(BaseModel):
     """Units of one asset a user owns: `available + held = quantity`.
@@ -26,4 +28,4 @@ class Holding(BaseModel):
 
     @property
     def quantity(self) -> Decimal:
-        return self.available + self.held
+        return MONEY_CONTEXT.add(self.available, self.held)  # exact: 38 digits, as the stores keep

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from jwt.algorithms import (
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings, get_settings
 from cnop.common.exceptions import InvalidToken
+from cnop.common.security.secret_file import data_folder, load_or_create_secret
 
 ACCESS_TOKEN_TYPE = "access"
 DEFAULT_LEEWAY_SECONDS = 5
@@ -128,6 +130,8 @@ class TokenManager:
         self._verified: dict[str, TokenClaims] = {}
         #: True when no `jwt_secret` was configured and a random one was made: tokens die with the process.
         self.generated_secret = False
+        #: The local shape's secret file, when the secret came from one (see `secret_file`).
+        self.secret_file: Path | None = None
 
         if self._algorithm in HMAC_ALGORITHMS and settings.shape == "cloud":
             raise ValueError(
@@ -136,11 +140,19 @@ class TokenManager:
                 "CNOP_JWT_PRIVATE_KEY_FILE)"
             )
         if self._algorithm in HMAC_ALGORITHMS:
-            if settings.jwt_secret is None:
+            if settings.jwt_secret is not None:
+                secret = settings.jwt_secret.get_secret_value().encode("utf-8")
+            elif (folder := data_folder(settings.store)) is not None:
+                secret, self.secret_file = load_or_create_secret(folder)
+            elif settings.store.startswith("sqlite://"):
+                # An in-memory store lives no longer than the process, and neither do its tokens.
                 secret = secrets.token_bytes(_GENERATED_SECRET_BYTES)
                 self.generated_secret = True
             else:
-                secret = settings.jwt_secret.get_secret_value().encode("utf-8")
+                raise ValueError(
+                    "no signing key: outside the local shape set CNOP_JWT_SECRET (HS256) or "
+                    "CNOP_JWT_PRIVATE_KEY_FILE / CNOP_JWT_PUBLIC_KEY_FILE, identically on every instance"
+                )
             self._signing_key = secret
             self._verifying_key = secret
         elif self._algorithm in ASYMMETRIC_ALGORITHMS:
@@ -281,7 +293,7 @@ class TokenManager:
 
     def _decode_ignoring_expiry(self, token: str) -> dict[str, Any]:
         """Verify everything but expiry: signature, algorithm, audience, issuer, type and claim shapes."""
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not is_canonical_compact_jws(token):
             raise InvalidToken("Invalid token")
         try:
             payload: dict[str, Any] = self._jwt.decode(
@@ -411,6 +423,32 @@ def _load_public_key(path: str) -> AllowedPublicKeys:
     if not isinstance(key, RSAPublicKey | EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey):
         raise ValueError(f"{path} is not an RSA, EC or Ed25519/Ed448 public key")
     return key
+
+
+_BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# Bits of the last character that carry no data, by segment length mod 4 (RFC 4648 §3.5).
+_UNUSED_BITS = {2: 0b1111, 3: 0b11}
+
+
+def is_canonical_compact_jws(token: str) -> bool:
+    """Three unpadded base64url segments, each the only spelling of its bytes.
+
+    Decoders accept `=` padding and stray low bits in a segment's last character, so one signed
+    token has many spellings; only the one that was issued is accepted (and cached).
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    for part in parts:
+        if not _SEGMENT.fullmatch(part):
+            return False
+        rest = len(part) % 4
+        if rest == 1:
+            return False
+        if rest and _BASE64URL.index(part[-1]) & _UNUSED_BITS[rest]:
+            return False
+    return True
 
 
 def _is_timestamp(value: object) -> bool:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from cnop.common.clock import parse_isoformat
 from cnop.common.dao.order_dao import OrderFilter, order_from_item
-from cnop.common.database.store import Item, Op
+from cnop.common.database.store import Item
 from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderStatus, OrderType, TimeInForce
 from cnop.common.exceptions import (
     CnopError,
@@ -24,6 +24,7 @@ from cnop.common.exceptions import (
     OrderNotFound,
     ValidationFailed,
 )
+from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import dumps, loads
 from cnop.common.money import QuantityInput, round_down
 from cnop.container import Container
@@ -91,8 +92,10 @@ def _validation(exc: ValidationError) -> ValidationFailed:
     return ValidationFailed(f"{errors[0]['field']}: {errors[0]['message']}", errors=errors)
 
 
-def _with_alpaca_names(work: Callable[[Op | None], Awaitable[Any]]) -> Callable[[Op | None], Awaitable[Any]]:
-    async def run(apply_op: Op | None) -> Any:
+def _with_alpaca_names(
+    work: Callable[[MarkApplied | None], Awaitable[Any]],
+) -> Callable[[MarkApplied | None], Awaitable[Any]]:
+    async def run(apply_op: MarkApplied | None) -> Any:
         try:
             return await work(apply_op)
         except ValidationFailed as exc:
@@ -185,7 +188,7 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
     client_order_id = body.client_order_id or str(uuid.uuid4())
     username = principal.username
 
-    async def place(apply_op: Op | None) -> OrderEnvelope:
+    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
         if body.notional is not None:
             if body.type != "market":
                 raise ValidationFailed.field("notional", "applies to market orders only")
@@ -203,6 +206,9 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
             order = await container.trading.place_order(username, native, apply_op)
         return OrderEnvelope(data=OrderResponse.of(order))
 
+    async def rebuild(order_id: str) -> OrderEnvelope:
+        return OrderEnvelope(data=OrderResponse.of(await container.order_dao.get_order(username, order_id)))
+
     outcome = await idempotent_outcome(
         request,
         container.idempotency,
@@ -211,6 +217,7 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
         client_key=client_order_id,
         payload={"alpaca": body.model_dump(mode="python", exclude={"client_order_id"})},
         work=_with_alpaca_names(place),
+        rebuild=rebuild,
     )
     return await _order_response(container, username, outcome.status_code, outcome.body)
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from cnop.common.clock import Clock
 from cnop.common.dao.order_dao import OrderDAO, order_from_item
 from cnop.common.entities.order import OrderSide, OrderStatus
+from cnop.common.money import MONEY_CONTEXT, or_none
 from cnop.services.user.portfolio import Portfolio, PortfolioService
 
 MODEL = "cnop-rules-v1"
@@ -34,11 +35,13 @@ class InsightEnvelope(BaseModel):
 
 
 def _usd(value: Decimal) -> str:
-    return f"{value.quantize(CENT, rounding=ROUND_HALF_EVEN):,} USD"
+    rounded = or_none(lambda: value.quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT))
+    return f"{rounded:,} USD" if rounded is not None else f"{value:.6E} USD"
 
 
 def _pct(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.1'), rounding=ROUND_HALF_EVEN)}%"
+    rounded = or_none(lambda: value.quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT))
+    return f"{rounded}%" if rounded is not None else f"{value:.6E}%"
 
 
 class InsightsService:
@@ -116,9 +119,9 @@ class InsightsService:
         shares = [(a.percentage or Decimal(0)) / 100 for a in portfolio.assets]
         hhi = sum((s * s for s in shares), Decimal(0))
         if len(portfolio.assets) > 1:
+            equivalent = or_none(lambda: (1 / hhi).quantize(Decimal("0.1"))) if hhi else 0
             notes.append(
-                f"Your holdings behave like {(1 / hhi).quantize(Decimal('0.1')) if hhi else 0} equally weighted "
-                f"positions (of {len(portfolio.assets)} held)."
+                f"Your holdings behave like {equivalent} equally weighted positions (of {len(portfolio.assets)} held)."
             )
         priced = [a for a in portfolio.assets if a.unrealized_pnl is not None and a.cost_basis > 0]
         if priced:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from pydantic import BaseModel
 
-from cnop.common.money import Percent, Price, Quantity
+from cnop.common.money import MONEY_CONTEXT, Percent, Price, Quantity, or_none
 
 
 class AssetData(BaseModel):
@@ -78,4 +78,4 @@ class PriceHistoryResponse(BaseModel):
 def percentage_change(current: Decimal | None, reference: Decimal | None) -> Decimal | None:
     if current is None or reference is None or reference == 0:
         return None
-    return ((current - reference) / reference * 100).quantize(Decimal("0.0001"))
+    return or_none(lambda: ((current - reference) / reference * 100).quantize(Decimal("0.0001"), context=MONEY_CONTEXT))

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from cnop.common.clock import parse_isoformat
 from cnop.common.dao.order_dao import OrderFilter, order_from_item
-from cnop.common.database.store import Item, Op
+from cnop.common.database.store import Item
 from cnop.common.entities.order import (
     ASSET_ID_PATTERN,
     ORDER_ID_PATTERN,
@@ -20,6 +20,7 @@ from cnop.common.entities.order import (
     OrderType,
 )
 from cnop.common.exceptions import AssetNotFound
+from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
@@ -40,9 +41,12 @@ async def create_order(
     container: ContainerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    async def place(apply_op: Op | None) -> OrderEnvelope:
+    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
         order = await container.trading.place_order(principal.username, body, apply_op)
         return OrderEnvelope(data=OrderResponse.of(order))
+
+    async def rebuild(order_id: str) -> OrderEnvelope:
+        return OrderEnvelope(data=OrderResponse.of(await container.order_dao.get_order(principal.username, order_id)))
 
     return await run_idempotent(
         request,
@@ -52,6 +56,7 @@ async def create_order(
         client_key=idempotency_key or body.client_order_id,
         payload=body.model_dump(mode="python"),
         work=place,
+        rebuild=rebuild,
     )
 
 

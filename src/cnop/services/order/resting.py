@@ -40,8 +40,9 @@ from cnop.common.exceptions import (
     StoreError,
     ValidationFailed,
 )
+from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
-from cnop.common.money import USD_SCALE, round_down, round_up
+from cnop.common.money import USD_SCALE, describe_amount, round_down, round_up
 
 log = structlog.get_logger("cnop.orders.resting")
 
@@ -185,7 +186,7 @@ class RestingOrders:
         value = request.quantity * per_unit
         if value > self.settings.order_value_limit:
             raise OrderValueExceedsLimit(
-                f"Order value {value.quantize(CENT)} USD exceeds the limit of {self.settings.order_value_limit} USD"
+                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
             )
         return round_up(value, USD_SCALE), anchor
 
@@ -218,7 +219,7 @@ class RestingOrders:
             updated_at=now,
         )
 
-    async def record_unfilled(self, username: str, request: OrderCreate, apply_op: Op | None) -> Order:
+    async def record_unfilled(self, username: str, request: OrderCreate, apply_op: MarkApplied | None) -> Order:
         """An ioc/fok order the market does not satisfy: stored cancelled, nothing reserved."""
         order = self.new_order(username, request, OrderStatus.CANCELLED, Decimal(0), None).model_copy(
             update={"reason": f"{request.time_in_force.value}: the limit was not reachable at placement"}
@@ -226,7 +227,7 @@ class RestingOrders:
         order = order.model_copy(update={"cancelled_at": order.created_at})
         ops: list[Op] = [self.orders.create_order_op(order)]
         if apply_op is not None:
-            ops.append(apply_op)
+            ops.append(apply_op(order.order_id))
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:
@@ -235,7 +236,7 @@ class RestingOrders:
         return order
 
     async def queue(
-        self, username: str, request: OrderCreate, asset: Asset, market_price: Decimal, apply_op: Op | None
+        self, username: str, request: OrderCreate, asset: Asset, market_price: Decimal, apply_op: MarkApplied | None
     ) -> Order:
         """Store the order as queued and move its reservation from available to held, at once."""
         held, anchor = self.reservation(request, market_price, asset)
@@ -264,7 +265,7 @@ class RestingOrders:
             ]
             guarded = 1
         if apply_op is not None:
-            ops.append(apply_op)
+            ops.append(apply_op(order.order_id))
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:

@@ -29,9 +29,10 @@ from cnop.common.exceptions import (
     StoreError,
     ValidationFailed,
 )
+from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.metrics import Metrics
-from cnop.common.money import USD_SCALE, places, round_down, round_up
+from cnop.common.money import USD_SCALE, describe_amount, places, round_down, round_up
 from cnop.market.prices import PriceBook
 from cnop.services.order.resting import RestingOrders
 
@@ -98,11 +99,11 @@ class OrderService:
         value = quantity * price
         if value > self.settings.order_value_limit:
             raise OrderValueExceedsLimit(
-                f"Order value {value.quantize(CENT)} USD exceeds the limit of {self.settings.order_value_limit} USD"
+                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
             )
         return Quote(price, value)
 
-    async def place_order(self, username: str, request: OrderCreate, apply_op: Op | None = None) -> Order:
+    async def place_order(self, username: str, request: OrderCreate, apply_op: MarkApplied | None = None) -> Order:
         asset = await self.tradeable_asset(request.asset_id)
         self.check_quantity(asset, request.quantity)
         if not request.order_type.is_market:
@@ -127,7 +128,7 @@ class OrderService:
         *,
         time_in_force: TimeInForce = TimeInForce.GTC,
         client_order_id: str | None = None,
-        apply_op: Op | None = None,
+        apply_op: MarkApplied | None = None,
     ) -> Order:
         """A market order for `notional` USD: the units the current price buys, rounded down, at that price."""
         if not order_type.is_market:
@@ -151,7 +152,7 @@ class OrderService:
         return await self._fill_market(username, asset, request, self.quote(asset, quantity, price), apply_op)
 
     async def _fill_market(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: Op | None
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
         if request.order_type.side is OrderSide.BUY:
             order = await self._market_buy(username, asset, request, quote, apply_op)
@@ -161,7 +162,9 @@ class OrderService:
         self.resting.events.publish(username, "order.completed", order)
         return order
 
-    async def _place_resting(self, username: str, asset: Asset, request: OrderCreate, apply_op: Op | None) -> Order:
+    async def _place_resting(
+        self, username: str, asset: Asset, request: OrderCreate, apply_op: MarkApplied | None
+    ) -> Order:
         market_price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
         self.resting.check_placement(request, market_price)
         if self.resting.marketable(request, market_price):
@@ -190,7 +193,7 @@ class OrderService:
         )
 
     async def _market_buy(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: Op | None
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
         cost = round_up(quote.value, USD_SCALE)  # the buyer never pays less than the arithmetic
         order = self._new_order(username, request, quote, cost)
@@ -226,7 +229,7 @@ class OrderService:
             self.assets.house_trade_op(asset.asset_id, -order.quantity, cost),  # 5 (guard: house holds the units)
         ]
         if apply_op is not None:
-            ops.append(apply_op)  # 6
+            ops.append(apply_op(order.order_id))  # 6
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:
@@ -241,7 +244,7 @@ class OrderService:
         return order
 
     async def _market_sell(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: Op | None
+        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
         proceeds = round_down(quote.value, USD_SCALE)  # the seller never receives more than the arithmetic
         if proceeds <= 0:
@@ -294,7 +297,7 @@ class OrderService:
                 self.assets.house_trade_op(asset.asset_id, order.quantity, -proceeds),  # 5
             ]
             if apply_op is not None:
-                ops.append(apply_op)  # 6
+                ops.append(apply_op(order.order_id))  # 6
             try:
                 await self.store.transact(ops)
             except ConditionFailed as exc:

@@ -17,7 +17,7 @@ from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
 from cnop.services.idempotent import run_idempotent
 from cnop.services.user.api_key_schemas import ApiKeyCreated, ApiKeyCreateRequest, ApiKeyList
-from cnop.services.user.login import guarded_login
+from cnop.services.user.login import guarded_login, guarded_password_change
 from cnop.services.user.portfolio import AssetBalance, Portfolio
 from cnop.services.user.schemas import (
     AmountRequest,
@@ -75,7 +75,7 @@ async def logout(request: Request, principal: CurrentUser, container: ContainerD
 async def change_password(
     body: PasswordChangeRequest, request: Request, principal: CurrentUser, container: ContainerDep
 ) -> Response:
-    token = await container.accounts.change_password(principal, body, ip=client_ip(request))
+    token = await guarded_password_change(container, principal, body, client_ip(request))
     return ExactJSONResponse(
         PasswordChangedResponse(
             message="Password changed successfully; other sessions were signed out",
@@ -131,6 +131,7 @@ async def move_cash(
         client_key=idempotency_key,
         payload={"amount": body.amount},
         work=lambda apply_op: move(principal.username, body.amount, apply_op),
+        rebuild=lambda transaction_id: container.money.movement_of(principal.username, transaction_id),
     )
 
 

@@ -134,7 +134,7 @@ class ApiKeyService:
         ]
 
     async def revoke(self, user: User, key_id: str) -> None:
-        if not KEY_ID_PATTERN.match(key_id):
+        if not KEY_ID_PATTERN.fullmatch(key_id):
             raise ApiKeyNotFound()
         await self.keys.delete_api_key(user.username, key_id)
         self.audit.log_api_key_revoked(user.username, key_id, reason="deleted")
@@ -152,7 +152,7 @@ class ApiKeyService:
         """The owner and key behind a bot's request; one 401 for every way it can be wrong."""
         if not key_id or not secret:
             raise InvalidApiKey("Send the APCA-API-KEY-ID and APCA-API-SECRET-KEY headers")
-        well_formed = bool(KEY_ID_PATTERN.match(key_id)) and bool(SECRET_PATTERN.match(secret))
+        well_formed = bool(KEY_ID_PATTERN.fullmatch(key_id)) and bool(SECRET_PATTERN.fullmatch(secret))
         key = await self.keys.get_api_key(key_id) if well_formed else None
         if not self.hasher.verify(key_id, secret, key.secret_hash if key is not None else None) or key is None:
             raise InvalidApiKey()

@@ -13,7 +13,7 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.holding import Holding
 from cnop.common.exceptions import AssetNotFound, HoldingNotFound
-from cnop.common.money import Percent, Price, Quantity, UsdAmount
+from cnop.common.money import MONEY_CONTEXT, Percent, Price, Quantity, UsdAmount, or_none
 from cnop.market.prices import PriceBook
 
 CENT = Decimal("0.01")
@@ -74,6 +74,23 @@ class PortfolioService:
         tick = self.prices.current(asset_id)
         return tick.price if tick else None
 
+    @staticmethod
+    def _value(quantity: Decimal, price: Decimal | None) -> Decimal | None:
+        """What `quantity` is worth at `price`, to the cent; None if unpriced or beyond arithmetic."""
+        if price is None:
+            return None
+        return or_none(lambda: (quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT))
+
+    @staticmethod
+    def _pnl(value: Decimal | None, cost_basis: Decimal) -> Decimal | None:
+        return or_none(lambda: value - cost_basis) if value is not None else None
+
+    @staticmethod
+    def _share(value: Decimal | None, total: Decimal) -> Decimal | None:
+        if value is None:
+            return None
+        return or_none(lambda: (value / total * 100).quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT))
+
     async def _name(self, asset_id: str) -> str:
         asset = await self.assets.find_asset(asset_id)
         return asset.name if asset else asset_id
@@ -82,7 +99,9 @@ class PortfolioService:
     def _average(holding: Holding) -> Decimal | None:
         if holding.quantity == 0:
             return None
-        return (holding.cost_basis / holding.quantity).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_EVEN)
+        return or_none(
+            lambda: (holding.cost_basis / holding.quantity).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_EVEN)
+        )
 
     async def portfolio(self, username: str) -> Portfolio:
         balance = await self.balances.get_balance(username)
@@ -91,7 +110,7 @@ class PortfolioService:
             if holding.quantity == 0:
                 continue
             price = self._price(holding.asset_id)
-            value = (holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN) if price is not None else None
+            value = self._value(holding.quantity, price)
             rows.append(
                 PortfolioAsset(
                     asset_id=holding.asset_id,
@@ -103,23 +122,14 @@ class PortfolioService:
                     market_value=value,
                     cost_basis=holding.cost_basis,
                     average_price=self._average(holding),
-                    unrealized_pnl=value - holding.cost_basis if value is not None else None,
+                    unrealized_pnl=self._pnl(value, holding.cost_basis),
                     percentage=None,
                 )
             )
         cash_total = balance.current_balance
         total = cash_total + sum((r.market_value or Decimal(0) for r in rows), Decimal(0))
         if total > 0:
-            rows = [
-                r.model_copy(
-                    update={
-                        "percentage": (r.market_value / total * 100).quantize(CENT, rounding=ROUND_HALF_EVEN)
-                        if r.market_value is not None
-                        else None
-                    }
-                )
-                for r in rows
-            ]
+            rows = [r.model_copy(update={"percentage": self._share(r.market_value, total)}) for r in rows]
         rows.sort(key=lambda r: (-(r.market_value or Decimal(0)), r.asset_id))
         return Portfolio(
             assets=rows,
@@ -143,9 +153,7 @@ class PortfolioService:
             available=holding.available,
             held=holding.held,
             current_price=price,
-            total_value=(holding.quantity * price).quantize(CENT, rounding=ROUND_HALF_EVEN)
-            if price is not None
-            else None,
+            total_value=self._value(holding.quantity, price),
             cost_basis=holding.cost_basis,
             average_price=self._average(holding),
             created_at=holding.created_at,

@@ -18,7 +18,7 @@ _PHONE_ALLOWED = re.compile(r"^\+?[0-9 ().\-]+$")
 
 
 def _username(value: str) -> str:
-    if not USERNAME_PATTERN.match(value):
+    if not USERNAME_PATTERN.fullmatch(value):
         raise ValueError("must be 6-30 characters of letters, digits and underscore")
     return value.lower()
 
@@ -48,7 +48,7 @@ def _phone(value: str | None) -> str | None:
     text = value.strip()
     if not text:
         return None  # "" means no phone, like null (the original's clients send it)
-    if not _PHONE_ALLOWED.match(text):
+    if not _PHONE_ALLOWED.fullmatch(text):
         raise ValueError("may contain only digits, spaces, +, -, ., ( and )")
     digits = re.sub(r"\D", "", text)
     if not 10 <= len(digits) <= 15:

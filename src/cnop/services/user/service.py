@@ -22,8 +22,10 @@ from cnop.common.exceptions import (
     InsufficientFunds,
     InvalidCredentials,
     InvalidToken,
+    StoreError,
     UserNotFound,
 )
+from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
 from cnop.services.user.api_keys import ApiKeyService
@@ -204,14 +206,18 @@ class MoneyService:
             usage[kind] = (Decimal(item["total"]) if item and "total" in item else Decimal("0.00"), limit)
         return usage
 
-    async def deposit(self, username: str, amount: Decimal, apply_op: Op | None = None) -> MoneyMovementResponse:
+    async def deposit(
+        self, username: str, amount: Decimal, apply_op: MarkApplied | None = None
+    ) -> MoneyMovementResponse:
         return await self._move(username, TransactionType.DEPOSIT, amount, apply_op)
 
-    async def withdraw(self, username: str, amount: Decimal, apply_op: Op | None = None) -> MoneyMovementResponse:
+    async def withdraw(
+        self, username: str, amount: Decimal, apply_op: MarkApplied | None = None
+    ) -> MoneyMovementResponse:
         return await self._move(username, TransactionType.WITHDRAW, amount, apply_op)
 
     async def _move(
-        self, username: str, kind: TransactionType, amount: Decimal, apply_op: Op | None
+        self, username: str, kind: TransactionType, amount: Decimal, apply_op: MarkApplied | None
     ) -> MoneyMovementResponse:
         deposit = kind is TransactionType.DEPOSIT
         limit = self.settings.daily_deposit_limit if deposit else self.settings.daily_withdraw_limit
@@ -233,7 +239,7 @@ class MoneyService:
         )
         ops.append(self._daily_limit_op(username, kind.value, amount, limit))
         if apply_op is not None:
-            ops.append(apply_op)
+            ops.append(apply_op(entry.transaction_id))
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:
@@ -244,12 +250,23 @@ class MoneyService:
             if exc.index == 2:
                 raise DailyLimitExceeded(f"The daily {kind.value} limit of {limit} USD would be exceeded") from exc
             raise IdempotencyInProgress() from exc
-        balance = await self.balances.get_balance(username)
+        return await self._movement_response(entry)
+
+    async def movement_of(self, username: str, transaction_id: str) -> MoneyMovementResponse:
+        """The answer to a deposit or withdrawal, rebuilt from its ledger entry (an idempotent replay)."""
+        entry = await self.balances.get_transaction(username, transaction_id)
+        if entry is None:
+            raise StoreError(f"ledger entry {transaction_id} of an applied idempotency key is missing")
+        return await self._movement_response(entry)
+
+    async def _movement_response(self, entry: BalanceTransaction) -> MoneyMovementResponse:
+        deposit = entry.transaction_type is TransactionType.DEPOSIT
+        balance = await self.balances.get_balance(entry.username)
         return MoneyMovementResponse(
             success=True,
-            message=f"Successfully {'deposited' if deposit else 'withdrew'} {amount} USD",
+            message=f"Successfully {'deposited' if deposit else 'withdrew'} {entry.amount} USD",
             transaction_id=entry.transaction_id,
-            amount=amount,
+            amount=entry.amount,
             balance=balance.current_balance,
-            timestamp=now,
+            timestamp=entry.created_at,
         )

@@ -30,7 +30,7 @@ from cnop.services.admin_api import PriceSet, set_manual_price
 from cnop.services.dependencies import ContainerDep, client_ip
 from cnop.services.order.api import order_filter
 from cnop.services.order.preview import preview_order
-from cnop.services.user.login import guarded_login
+from cnop.services.user.login import guarded_login, guarded_password_change
 from cnop.services.user.schemas import (
     USERNAME_PATTERN,
     AmountRequest,
@@ -807,7 +807,7 @@ async def change_password(request: Request, container: ContainerDep) -> Response
             raise ValidationFailed(
                 "The passwords do not match", errors=[{"field": k, "message": v} for k, v in errors.items()]
             )
-        token = await container.accounts.change_password(principal, change, ip=client_ip(request))
+        token = await guarded_password_change(container, principal, change, client_ip(request))
     except (ValidationError, ValidationFailed) as exc:
         errors = {**field_errors(exc, fields), **errors}
         return _profile_view(
