@@ -2,7 +2,7 @@
 
 uvicorn's httptools protocol reads a request head of any size and waits for it forever, and
 accepts every connection it is offered; the app never sees such requests, so no middleware can
-bound them. `EdgeHttpProtocol` is that protocol with four limits added (docs/decisions/0009):
+bound them. `EdgeHttpProtocol` is that protocol with four limits added (docs/decisions/0013):
 
 - a request head (request line and headers) longer than `server_max_header_bytes` is refused as
   soon as the bound is passed, without reading the rest: 414 when the request line alone is too
