@@ -57,7 +57,7 @@ def raw_number(value: str) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CnopServer]:
     workdir = tmp_path_factory.mktemp("extremes")
-    with cnop_server(workdir, {"CNOP_PRICE_SOURCE": "manual", "CNOP_RATE_LIMIT_PER_IP": "100000/minute"}) as running:
+    with cnop_server(workdir, {"CNOP_PRICE_SOURCE": "manual", "CNOP_RATE_LIMIT_PER_IP": "100000/minute", "CNOP_RATE_LIMIT_PER_USER": "100000/minute"}) as running:
         env = base_env(workdir, {"CNOP_PRICE_SOURCE": "manual"})
         created = subprocess.run(
             [CNOP, "user", "create", "admin_edge", "--email", "admin@example.com", "--admin", "--password-stdin"],
