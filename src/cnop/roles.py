@@ -26,10 +26,10 @@ from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
 from cnop.common.redis_ping import ping_redis, watch_redis
+from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
-from cnop.gateway.problems import install_exception_handlers
 from cnop.gateway.upstreams import DEFAULT_TIMEOUT_SECONDS, Route
 from cnop.services.admin_api import router as admin_router
 from cnop.services.events_api import router as events_router

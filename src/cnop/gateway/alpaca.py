@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cnop.common.web.problems import install_exception_handlers, problem_response
 from cnop.container import Container
-from cnop.gateway.problems import install_exception_handlers, problem_response
 from cnop.services.alpaca.errors import alpaca_body
 from cnop.services.alpaca.market_data import router as market_data_router
 from cnop.services.alpaca.trading import router as trading_router

@@ -18,10 +18,10 @@ from cnop.common.config import Settings, get_settings
 from cnop.common.exceptions import CnopError
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.logging import configure_logging
+from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
-from cnop.gateway.problems import install_exception_handlers
 from cnop.services.admin_api import router as admin_router
 from cnop.services.dependencies import bearer_token
 from cnop.services.events_api import router as events_router

@@ -31,9 +31,9 @@ from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics
 from cnop.common.redis_ping import watch_redis
 from cnop.common.security import TokenClaims, TokenManager
+from cnop.common.web.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
-from cnop.gateway.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.proxy import ReverseProxy, Upstream
 from cnop.gateway.upstreams import RouteTable
 from cnop.roles import PUBLIC_PREFIXES, ROUTES

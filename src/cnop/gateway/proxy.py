@@ -41,8 +41,8 @@ from cnop.common.config import Settings
 from cnop.common.exceptions import ServiceUnavailable
 from cnop.common.logging import get_logger
 from cnop.common.metrics import Metrics
+from cnop.common.web.problems import http_error_response, request_id_of, scope_problem_response
 from cnop.gateway.breaker import BreakerPolicy, CircuitBreaker, Monotonic
-from cnop.gateway.problems import http_error_response, request_id_of, scope_problem_response
 from cnop.gateway.upstreams import Route, RouteTable
 from cnop.roles import ROUTES
 

@@ -39,8 +39,8 @@ from uvicorn.server import ServerState
 from cnop.common.config import Settings
 from cnop.common.exceptions import CnopError, HeadersTooLarge, RequestTimeout, TooManyConnections, UriTooLong
 from cnop.common.logging import get_logger
+from cnop.common.web.problems import problem_body
 from cnop.gateway.client_ip import TrustedProxies
-from cnop.gateway.problems import problem_body
 
 _log = get_logger("cnop.server")
 

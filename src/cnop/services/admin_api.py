@@ -13,8 +13,8 @@ from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, Conflict
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.money import Price, PriceInput
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.container import Container
-from cnop.gateway.routing import ExactJSONRoute
 from cnop.market.prices import Tick
 from cnop.services.dependencies import AdminUser, ContainerDep, PagingDep, fetch_page
 from cnop.services.inventory.schemas import AssetDetailResponse

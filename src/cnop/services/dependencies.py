@@ -12,8 +12,8 @@ from cnop.common.database.dependencies import get_container
 from cnop.common.database.store import InvalidCursor, Page
 from cnop.common.exceptions import AuthenticationRequired, Forbidden, InvalidToken, ValidationFailed
 from cnop.common.security import TokenClaims
+from cnop.common.web.request_user import bind_request_user
 from cnop.container import Container
-from cnop.gateway.middleware import bind_request_user
 from cnop.services.user.service import Principal
 
 ContainerDep = Annotated[Container, Depends(get_container)]

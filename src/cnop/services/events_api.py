@@ -23,8 +23,8 @@ from cnop.common.events import Event, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
+from cnop.common.web.request_user import bind_request_user
 from cnop.container import Container
-from cnop.gateway.middleware import bind_request_user
 from cnop.market.prices import Tick
 from cnop.services.dependencies import ContainerDep, client_ip, current_principal
 from cnop.services.user.service import Principal

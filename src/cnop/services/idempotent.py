@@ -12,7 +12,7 @@ from starlette.responses import Response
 from cnop.common.exceptions import CnopError, IdempotencyInProgress, ValidationFailed
 from cnop.common.idempotency import Applied, IdempotencyRecords, MarkApplied, StoredResponse, request_fingerprint
 from cnop.common.jsonio import dumps
-from cnop.gateway.problems import problem_response
+from cnop.common.web.problems import problem_response
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 

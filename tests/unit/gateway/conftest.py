@@ -24,8 +24,9 @@ from cnop.common.exceptions import (
 )
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.metrics import Metrics, metrics_router
-from cnop.gateway.middleware import UserIdentifier, bind_request_user, install_middleware
-from cnop.gateway.problems import install_exception_handlers
+from cnop.common.web.problems import install_exception_handlers
+from cnop.common.web.request_user import bind_request_user
+from cnop.gateway.middleware import UserIdentifier, install_middleware
 
 SECRET = "hunter2-database-password"
 

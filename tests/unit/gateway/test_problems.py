@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
-from cnop.gateway.problems import INTERNAL_ERROR_DETAIL
+from cnop.common.web.problems import INTERNAL_ERROR_DETAIL
 
 from .conftest import SECRET, GatewayApp
 
@@ -181,7 +181,7 @@ def test_the_exception_handler_alone_also_hides_the_exception() -> None:
     # Without the gateway's middleware, Starlette's outermost handler renders the same 500.
     from fastapi import FastAPI
 
-    from cnop.gateway.problems import install_exception_handlers
+    from cnop.common.web.problems import install_exception_handlers
 
     app = FastAPI()
     install_exception_handlers(app)

@@ -37,7 +37,7 @@ from cnop.gateway.middleware.rate_limit import (
     RateLimitMiddleware,
     UserIdentifier,
 )
-from cnop.gateway.middleware.request_context import REQUEST_ID_HEADER, RequestContextMiddleware, bind_request_user
+from cnop.gateway.middleware.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from cnop.gateway.routes import route_template
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "TrustedProxies",
     "UnhandledErrorMiddleware",
     "UserIdentifier",
-    "bind_request_user",
     "counter_store",
     "install_middleware",
     "route_template",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnop.common.exceptions import BodyTooLarge
-from cnop.gateway.problems import scope_problem_response
+from cnop.common.web.problems import scope_problem_response
 
 
 class BodyLimitMiddleware:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cnop.gateway.problems import internal_error_response, log_unhandled
+from cnop.common.web.problems import internal_error_response, log_unhandled
 
 
 async def answer_unhandled(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:

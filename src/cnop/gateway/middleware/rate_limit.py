@@ -14,8 +14,8 @@ from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
 from cnop.common.exceptions import RateLimited
 from cnop.common.logging import get_logger
+from cnop.common.web.problems import scope_problem_response
 from cnop.gateway.counters import CounterStore, counter_store
-from cnop.gateway.problems import scope_problem_response
 
 Header = tuple[bytes, bytes]
 UserIdentifier = Callable[[Scope], str | Awaitable[str | None] | None]

@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 
 import structlog
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnop.common.config import Settings
@@ -49,12 +48,6 @@ def _add_missing(headers: list[Header], extra: Sequence[Header]) -> None:
     """Append each of `extra` whose name the response did not set itself."""
     present = {name.lower() for name, _ in headers}
     headers.extend(header for header in extra if header[0] not in present)
-
-
-def bind_request_user(request: Request, user: str) -> None:
-    """Record who made the request, for the access log and every log line after this one."""
-    request.state.user = user
-    structlog.contextvars.bind_contextvars(user=user)
 
 
 class RequestContextMiddleware:

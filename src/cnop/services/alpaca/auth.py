@@ -8,7 +8,7 @@ from fastapi import Depends
 from starlette.requests import Request
 
 from cnop.common.entities.api_key import ApiKeyScope
-from cnop.gateway.middleware import bind_request_user
+from cnop.common.web.request_user import bind_request_user
 from cnop.services.dependencies import ContainerDep, client_ip
 from cnop.services.user.api_keys import KeyPrincipal
 

@@ -27,8 +27,8 @@ from cnop.common.exceptions import (
 from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import dumps, loads
 from cnop.common.money import QuantityInput, round_down
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.container import Container
-from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.alpaca import render, views
 from cnop.services.alpaca.auth import Reader, Trader
 from cnop.services.alpaca.errors import alpaca_error

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from cnop.common.jsonio import ExactJSONResponse
-from cnop.gateway.routing import ExactJSONRoute
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser
 from cnop.services.insights.service import InsightEnvelope
 

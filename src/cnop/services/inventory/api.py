@@ -12,7 +12,7 @@ from cnop.common.database.store import InvalidCursor
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, ValidationFailed
 from cnop.common.jsonio import ExactJSONResponse
-from cnop.gateway.routing import ExactJSONRoute
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep
 from cnop.services.inventory.schemas import (
     AssetDetailResponse,

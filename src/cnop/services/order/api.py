@@ -22,7 +22,7 @@ from cnop.common.entities.order import (
 from cnop.common.exceptions import AssetNotFound
 from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import ExactJSONResponse
-from cnop.gateway.routing import ExactJSONRoute
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
 from cnop.services.idempotent import run_idempotent
 from cnop.services.order.schemas import AssetTransaction, AssetTransactionList, OrderEnvelope, OrderList

@@ -12,8 +12,8 @@ from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.jsonio import ExactJSONResponse
+from cnop.common.web.routing import ExactJSONRoute
 from cnop.container import Container
-from cnop.gateway.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, client_ip, fetch_page
 from cnop.services.idempotent import run_idempotent
 from cnop.services.user.api_key_schemas import ApiKeyCreated, ApiKeyCreateRequest, ApiKeyList

@@ -397,7 +397,7 @@ def _ticket_field(name: str) -> str:
 
 
 def field_list(exc: ValidationError) -> list[dict[str, str]]:
-    from cnop.gateway.problems import validation_errors
+    from cnop.common.web.problems import validation_errors
 
     return validation_errors(exc.errors())
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cnop.common.exceptions import CnopError, ValidationFailed
-from cnop.gateway.problems import validation_errors
+from cnop.common.web.problems import validation_errors
 from cnop.services.user.service import Principal
 from cnop.services.web import charts
 from cnop.services.web.format import FILTERS, field_message
