@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import bcrypt
 import pytest
