@@ -9,6 +9,7 @@ from typing import Any
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.counters import counter_store
 from cnop.common.dao.api_key_dao import ApiKeyDAO
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
@@ -22,8 +23,7 @@ from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
-from cnop.gateway.counters import counter_store
-from cnop.gateway.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
+from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feeds import PriceFeed, open_price_source
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory

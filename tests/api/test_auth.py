@@ -13,8 +13,8 @@ import jwt
 import pytest
 
 from cnop.common.database import keys
+from cnop.common.security.login_guard import login_guard_from_settings
 from cnop.common.security.password_manager import PasswordManager
-from cnop.gateway.login_guard import login_guard_from_settings
 from tests.api.conftest import PASSWORD, Api
 
 

@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     login_guard_failures: int = 5
     login_guard_window_seconds: int = 300
     login_guard_block_seconds: int = 300
-    # Per account (gateway/login_guard.py AccountThrottle): free failures, then doubling delays.
+    # Per account (common/security/login_guard.py AccountThrottle): free failures, then doubling delays.
     login_account_free_failures: int = Field(default=5, ge=1)
     login_account_base_delay_seconds: float = Field(default=1.0, gt=0)
     login_account_max_delay_seconds: float = Field(default=60.0, gt=0)

@@ -8,7 +8,7 @@ import pytest
 
 from cnop.common.clock import FakeClock
 from cnop.common.exceptions import LoginBlocked
-from cnop.gateway.login_guard import InMemoryLoginGuard, SharedLoginGuard, login_guard_from_settings
+from cnop.common.security.login_guard import InMemoryLoginGuard, SharedLoginGuard, login_guard_from_settings
 from cnop.gateway.middleware import MemoryCounters
 
 from .conftest import make_settings

@@ -25,9 +25,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from cnop.common.config import Settings
+from cnop.common.counters import CounterStore, MemoryCounters, counter_store
 from cnop.common.metrics import Metrics
 from cnop.gateway.client_ip import TrustedProxies
-from cnop.gateway.counters import CounterStore, MemoryCounters, counter_store
 from cnop.gateway.middleware.body_limit import BodyLimitMiddleware
 from cnop.gateway.middleware.errors import UnhandledErrorMiddleware
 from cnop.gateway.middleware.metrics import MetricsMiddleware

@@ -12,10 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.counters import CounterStore, counter_store
 from cnop.common.exceptions import RateLimited
 from cnop.common.logging import get_logger
 from cnop.common.web.problems import scope_problem_response
-from cnop.gateway.counters import CounterStore, counter_store
 
 Header = tuple[bytes, bytes]
 UserIdentifier = Callable[[Scope], str | Awaitable[str | None] | None]

@@ -32,8 +32,8 @@ from typing import Protocol
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.counters import CounterStore, counter_store
 from cnop.common.exceptions import LoginBlocked, LoginThrottled
-from cnop.gateway.counters import CounterStore, counter_store
 
 
 class LoginGuard(Protocol):
