@@ -33,6 +33,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 deps-dynamodb:
 	@scripts/install-dynamodb-local.sh

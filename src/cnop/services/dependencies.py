@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Query
 from starlette.requests import Request
 
-from cnop.common.database.dependencies import get_container
 from cnop.common.database.store import InvalidCursor, Page
 from cnop.common.exceptions import AuthenticationRequired, Forbidden, InvalidToken, ValidationFailed
 from cnop.common.security import TokenClaims
 from cnop.common.web.request_user import bind_request_user
 from cnop.container import Container
 from cnop.services.user.service import Principal
+
+
+async def get_container(request: Request) -> Container:
+    # async: FastAPI would run a plain function in a thread pool on every request
+    return cast("Container", request.app.state.container)
+
 
 ContainerDep = Annotated[Container, Depends(get_container)]
 
