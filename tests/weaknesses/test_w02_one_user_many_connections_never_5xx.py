@@ -51,7 +51,8 @@ async def test_sixty_four_concurrent_mixed_requests_of_one_user_keep_the_books_e
             units -= sign * dec(order["quantity"])
     after = await books(api.client, headers)
     assert after.available == start.available + moved
-    assert after.holdings["BTC"][0] == start.holdings["BTC"][0] + units
+    # Selling the last unit empties the holding, and the portfolio lists no empty holdings.
+    assert after.holdings.get("BTC", (Decimal(0), Decimal(0)))[0] == start.holdings["BTC"][0] + units
     accepted = sum(1 for r in results if r.status_code == 201)
     assert after.ledger == start.ledger + accepted
     ledger = await every(api.client, "/api/v1/balance/transactions", headers, "transactions")
