@@ -63,7 +63,7 @@ class Tally:
     codes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
-    def check(self, method: str, path: str, response: Any, sent: dict[str, Any]) -> None:
+    def check(self, method: str, path: str, response: Any, sent: dict[str, Any], body: Any = None) -> None:
         """The contract every response must meet, whatever was sent."""
         self.sent += 1
         status = response.status_code
@@ -89,13 +89,18 @@ class Tally:
         except ValueError:
             self.failures.append(f"{where}: problem body is not JSON: {response.text[:200]}")
             return
-        # A replay (same Idempotency-Key) answers the first response's body, request id included.
-        replay = any(name.lower() == "idempotency-key" for name in sent)
+        # A replay (same Idempotency-Key, or for orders the same client_order_id, decision 0005)
+        # answers the first response's body, request id included.
+        replay = any(name.lower() == "idempotency-key" for name in sent) or _has_client_order_id(path, body)
         problems = problem_violations(body, status, None if replay else header(response, "x-request-id"))
         if isinstance(body, dict):
             self.codes[f"{status} {body.get('code')}"] += 1
         if problems:
             self.failures.append(f"{where}: {'; '.join(problems)}: {body}")
+
+
+def _has_client_order_id(path: str, body: Any) -> bool:
+    return path == "/api/v1/orders" and isinstance(body, dict) and bool(body.get("client_order_id"))
 
 
 def header(response: Any, name: str) -> str | None:
@@ -229,7 +234,7 @@ def fuzz_operation(target: Target, operation: Any, mode: GenerationMode, example
         for name, value in target.headers_for(method, path).items():
             headers.setdefault(name, value)
         response = case.call(session=target.client, headers=headers)
-        target.tally.check(method, path, response, headers)
+        target.tally.check(method, path, response, headers, case.body)
 
     try:
         run()
@@ -259,7 +264,8 @@ def run_state_machine(target: Target, steps: int) -> None:
             return {"session": target.client, "headers": headers}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            tally.check(case.operation.method.upper(), case.operation.path, response, kwargs.get("headers") or {})
+            method, path = case.operation.method.upper(), case.operation.path
+            tally.check(method, path, response, kwargs.get("headers") or {}, case.body)
 
     before = tally.sent
     # The app's store outlives each generated sequence, so which links (rules) are available can
