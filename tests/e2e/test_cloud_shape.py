@@ -1,15 +1,20 @@
 """The cloud shape as real processes on 127.0.0.1: DynamoDB Local, two gateways, user, order,
 inventory, insights and a worker (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
 
-One black-box journey through a gateway, the token rules across processes, and one request id
-in the gateway's and the service's logs.
+One black-box journey through a gateway, the token rules across processes, one request id in
+the gateway's and the service's logs, and a kill -9 of the order service during a burst of
+orders (the gateway's breaker and retries, and idempotent orders, keep every answer honest).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,21 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cnop.common.security.token_manager import write_ed25519_key_pair
 from cnop.dev import CloudOnOneMachine
+from tests.support.cloud import (
+    DEADLINE,
+    all_pages,
+    breaker_view,
+    gateway_metrics,
+    metric_samples,
+    new_user,
+    poll,
+    running_cloud,
+)
 from tests.support.cloud import client as gateway_client
-from tests.support.cloud import new_user, poll, running_cloud
 from tests.support.fake_prices import FakePrices, serve_fake_prices
 
 pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def prices() -> Iterator[FakePrices]:
@@ -37,7 +52,10 @@ def prices() -> Iterator[FakePrices]:
 def cloud(
     tmp_path_factory: pytest.TempPathFactory, dynamodb_endpoint: str, prices: FakePrices
 ) -> Iterator[CloudOnOneMachine]:
-    with running_cloud(tmp_path_factory.mktemp("cloud"), dynamodb_endpoint, prices) as shape:
+    # An order whose process died before applying it holds its client_order_id for the lease:
+    # a short one keeps the kill test's retries short.
+    env = {"CNOP_IDEMPOTENCY_LEASE_SECONDS": "5"}
+    with running_cloud(tmp_path_factory.mktemp("cloud"), dynamodb_endpoint, prices, env) as shape:
         yield shape
 
 
@@ -177,3 +195,140 @@ def test_tokens_signed_by_the_user_service_verify_everywhere_and_no_other_token_
             for name, path in [("order", "/api/v1/orders"), ("user", "/api/v1/balance")]:
                 r = httpx2.get(cloud.member(name).url + path, headers=headers, trust_env=False, timeout=30)
                 assert r.status_code == 401, (name, r.text)
+
+
+# --- the kill test: the order service dies mid-burst ---------------------------------------------
+
+BURST_CLIENTS = 4
+KILL_AFTER = 8  # orders answered 201 before the kill -9
+QUANTITY = Decimal("0.01")
+
+
+def _allowed(response: httpx2.Response) -> bool:
+    """A 201, a 4xx refusal, or the gateway's documented 503 (problem+json with Retry-After)."""
+    if response.status_code == 201 or 400 <= response.status_code < 500:
+        return True
+    return (
+        response.status_code == 503
+        and response.headers.get("content-type", "").startswith("application/problem+json")
+        and response.json()["code"] == "service_unavailable"
+        and int(response.headers["retry-after"]) >= 1
+    )
+
+
+def test_kill_9_of_the_order_service_mid_burst(cloud: CloudOnOneMachine) -> None:
+    """kill -9 of the order service during a burst of orders with client_order_ids: only 201s,
+    4xx refusals or documented 503s; after it is back, retrying every refused id makes exactly one
+    order each; the breaker opened, half-opened and closed; `cnop audit` passes."""
+    prefix = uuid.uuid4().hex[:8]
+    with gateway_client(cloud) as http:
+        _username, auth = new_user(http)
+        r = http.post("/api/v1/balance/deposit", json={"amount": "10000"}, headers=auth)
+        assert r.status_code == 201, r.text
+    state, before = breaker_view(cloud, 0, "order")
+    assert state == 0
+
+    def body(client_order_id: str) -> dict[str, str]:
+        return {"order_type": "market_buy", "asset_id": "ETH", "quantity": str(QUANTITY),
+                "client_order_id": client_order_id}  # fmt: skip
+
+    answers: dict[str, list[httpx2.Response]] = {}
+    lock = threading.Lock()
+    counter = itertools.count()
+    stop = threading.Event()
+    created = threading.Semaphore(0)
+
+    def burst() -> None:
+        with gateway_client(cloud) as client:
+            while not stop.is_set():
+                client_order_id = f"kill-{prefix}-{next(counter):04d}"
+                r = client.post("/api/v1/orders", json=body(client_order_id), headers=auth)
+                with lock:
+                    answers[client_order_id] = [r]
+                if r.status_code == 201:
+                    created.release()
+
+    with ThreadPoolExecutor(BURST_CLIENTS) as pool:
+        futures = [pool.submit(burst) for _ in range(BURST_CLIENTS)]
+        try:
+            for _ in range(KILL_AFTER):
+                assert created.acquire(timeout=DEADLINE), "the burst made no orders"
+            cloud.kill("order")
+            # Keep sending until this gateway's breaker has opened and refused a few more orders.
+            poll(lambda: breaker_view(cloud, 0, "order"), lambda view: view[1].get("open", 0) > before.get("open", 0))
+            poll(lambda: _rejected(cloud), lambda rejected: rejected >= 3)
+        finally:
+            stop.set()
+            for future in futures:
+                future.result()
+
+    with lock:
+        first = {cid: responses[0] for cid, responses in answers.items()}
+    unexpected = {cid: (r.status_code, r.text) for cid, r in first.items() if not _allowed(r)}
+    assert not unexpected, unexpected
+    refused = sorted(cid for cid, r in first.items() if r.status_code != 201)
+    assert any(first[cid].status_code == 503 for cid in refused), "no order was refused while the service was down"
+
+    cloud.start_member(cloud.member("order"))
+    cloud.wait_ready([cloud.member("order")])
+
+    # Every refused id, retried (after its Retry-After) until it is made: one order each.
+    with gateway_client(cloud) as http:
+        pending = list(refused)
+        end = time.monotonic() + DEADLINE
+        while pending:
+            assert time.monotonic() < end, {cid: answers[cid][-1].text for cid in pending}
+            cid = pending.pop(0)
+            r = http.post("/api/v1/orders", json=body(cid), headers=auth)
+            answers[cid].append(r)
+            assert _allowed(r), (r.status_code, r.text)
+            if r.status_code != 201:
+                pending.append(cid)
+                time.sleep(min(float(r.headers.get("retry-after", "1")), 2.0))
+        # Each id once more: the first order's answer again, nothing new.
+        made = {
+            cid: next(x for x in responses if x.status_code == 201).json()["data"] for cid, responses in answers.items()
+        }
+        for cid, order in made.items():
+            r = http.post("/api/v1/orders", json=body(cid), headers=auth)
+            assert r.status_code == 201, r.text
+            assert r.json()["data"]["order_id"] == order["order_id"]
+
+        orders = all_pages(http, "/api/v1/orders", auth)
+        by_client_id: dict[str, list[dict[str, Any]]] = {}
+        for order in orders:
+            by_client_id.setdefault(order["client_order_id"], []).append(order)
+        assert sorted(by_client_id) == sorted(answers)
+        assert all(len(found) == 1 for found in by_client_id.values()), by_client_id
+        assert {o["order_id"] for o in orders} == {o["order_id"] for o in made.values()}
+        assert all(o["status"] == "completed" for o in orders)
+
+        # Money: the deposit less every order's total, one ledger entry per order, the holding the sum.
+        spent = sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+        balance = http.get("/api/v1/balance", headers=auth).json()
+        assert Decimal(str(balance["available_balance"])) == Decimal("10000") - spent
+        assert Decimal(str(balance["held_balance"])) == Decimal("0")
+        ledger = all_pages(http, "/api/v1/balance/transactions", auth, key="transactions")
+        per_order = sorted(e["order_id"] for e in ledger if e.get("order_id"))
+        assert per_order == sorted(o["order_id"] for o in orders)
+        holding = http.get("/api/v1/balance/asset/ETH", headers=auth).json()
+        assert Decimal(str(holding["quantity"])) == QUANTITY * len(orders)
+
+    # The breaker: opened while the service was down, half-opened, closed once it answered again.
+    state, after = breaker_view(cloud, 0, "order")
+    assert state == 0
+    for entered in ("open", "half_open", "closed"):
+        assert after.get(entered, 0) > before.get(entered, 0), (entered, before, after)
+
+    audit = cloud.cnop("audit", check=False)
+    assert audit.returncode == 0, audit.stdout.decode() + audit.stderr.decode()
+
+
+def _rejected(cloud: CloudOnOneMachine) -> float:
+    """Orders gateway 1 refused without sending them (breaker open)."""
+    text = gateway_metrics(cloud, 0)
+    return sum(
+        value
+        for labels, value in metric_samples(text, "cnop_upstream_requests_total")
+        if labels == {"upstream": "order", "outcome": "rejected"}
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from prometheus_client.parser import text_string_to_metric_families
 
 from cnop.dev import CloudOnOneMachine, free_base_port
 from tests.support.fake_prices import FakePrices
@@ -84,3 +85,40 @@ def poll(fetch: Any, until: Any, deadline: float = DEADLINE) -> Any:
 def gateway_metrics(cloud: CloudOnOneMachine, gateway: int) -> str:
     with client(cloud, gateway) as http:
         return http.get("/metrics").text
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in a Prometheus text page: (labels, value) pairs."""
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def breaker_view(cloud: CloudOnOneMachine, gateway: int, upstream: str) -> tuple[int, dict[str, float]]:
+    """One gateway's breaker of `upstream`, from its /metrics: (state gauge, transitions by state entered)."""
+    text = gateway_metrics(cloud, gateway)
+    states = [v for labels, v in metric_samples(text, "cnop_circuit_breaker_state") if labels["upstream"] == upstream]
+    transitions = {
+        labels["state"]: value
+        for labels, value in metric_samples(text, "cnop_circuit_breaker_transitions_total")
+        if labels["upstream"] == upstream
+    }
+    assert len(states) == 1, text
+    return int(states[0]), transitions
+
+
+def all_pages(http: httpx2.Client, path: str, headers: Mapping[str, str], key: str = "data") -> list[Any]:
+    """Every item of a cursor-paged listing."""
+    items: list[Any] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        r = http.get(path, params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        items.extend(page[key])
+        if not page.get("has_more"):
+            return items
+        params["cursor"] = page["next_cursor"]
