@@ -18,7 +18,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
-from cnop.common.events import EventBus, StreamConnections
+from cnop.common.events import EventBus, InProcessEventBus, StreamConnections
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
@@ -113,7 +113,7 @@ def build_container(
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
-    events = EventBus(clock)
+    events: EventBus = InProcessEventBus(clock)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     api_key_dao = ApiKeyDAO(store, clock)

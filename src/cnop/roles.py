@@ -147,6 +147,7 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await container.events.close()
             await container.store.close()
 
     app = FastAPI(

@@ -94,6 +94,7 @@ def create_app(
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await container.events.close()
             await container.store.close()
 
     app = FastAPI(

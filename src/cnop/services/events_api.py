@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 
 from cnop.common.clock import isoformat
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.events import Event, StreamConnections
+from cnop.common.events import Event, EventsUnavailable, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
@@ -34,9 +34,11 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 HEARTBEAT_SECONDS = 15.0
 DISCONNECT_CHECK_SECONDS = 0.5
 DRAINING_HINT = b"retry: 1000\n\n"
+# The events cannot be read now (Redis down): the stream ends, the client retries a bit later.
+UNAVAILABLE_HINT = b"retry: 5000\n\n"
 
 
-def sse(data: Any, event: str, event_id: int | None = None) -> bytes:
+def sse(data: Any, event: str, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + dumps(data) + b"\n\n"
 
@@ -53,17 +55,30 @@ async def _assets_of_interest(container: Container, username: str) -> set[str]:
 
 
 async def event_stream(
-    container: Container, request: Request, username: str, last_event_id: int | None
+    container: Container, request: Request, username: str, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    orders = container.events.listen(username)
+    yield b"retry: 2000\n\n"
+    try:
+        # Listen first, then replay: nothing published in between is missed; what both deliver
+        # is sent once (the replay's positions bound what the live queue may still send).
+        orders = await container.events.listen(username)
+    except EventsUnavailable:
+        yield UNAVAILABLE_HINT
+        return
     prices = container.price_book.subscribe()
     try:
-        yield b"retry: 2000\n\n"
-        if last_event_id is not None:
-            for missed in container.events.since(username, last_event_id):
-                yield sse(missed.data, missed.type, missed.id)
+        sent: tuple[int, int] | None = None
+        if last_event_id:
+            try:
+                missed = await container.events.since(username, last_event_id)
+            except EventsUnavailable:
+                yield UNAVAILABLE_HINT
+                return
+            for event in missed:
+                yield sse(event.data, event.type, event.id)
+                sent = event.position
         watched = await _assets_of_interest(container, username)
-        order_wait: asyncio.Task[Event] = asyncio.create_task(orders.get())
+        order_wait: asyncio.Task[Event | None] = asyncio.create_task(orders.queue.get())
         price_wait: asyncio.Task[list[Any]] = asyncio.create_task(prices.get())
         idle = 0.0
         draining = getattr(request.app.state, "draining", None)
@@ -84,9 +99,14 @@ async def event_stream(
                 idle = 0.0
                 if order_wait in done:
                     event = order_wait.result()
-                    yield sse(event.data, event.type, event.id)
-                    watched = await _assets_of_interest(container, username)
-                    order_wait = asyncio.create_task(orders.get())
+                    if event is None:
+                        yield UNAVAILABLE_HINT  # the bus lost its feed: come back with Last-Event-ID
+                        return
+                    if sent is None or event.position > sent:
+                        yield sse(event.data, event.type, event.id)
+                        sent = event.position
+                        watched = await _assets_of_interest(container, username)
+                    order_wait = asyncio.create_task(orders.queue.get())
                 if price_wait in done:
                     for tick in price_wait.result():
                         if tick.asset_id in watched:
@@ -98,7 +118,7 @@ async def event_stream(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        container.events.unlisten(username, orders)
+        container.events.unlisten(orders)
         container.price_book.unsubscribe(prices)
 
 
@@ -121,11 +141,14 @@ async def events(
     request: Request,
     principal: Annotated[Principal, Depends(stream_principal)],
     container: ContainerDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
-    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    """The user's events; `Last-Event-ID` (an id this bus issued) first replays the retained ones after it.
+
+    An id in another format, or one the bus never issued, replays nothing: the stream starts from now.
+    """
     return container.streams.response(
-        event_stream(container, request, principal.username, resume),
+        event_stream(container, request, principal.username, last_event_id),
         user=principal.username,
         ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
