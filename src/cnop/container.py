@@ -25,14 +25,16 @@ from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
-from cnop.market.feeds import PriceFeed, open_price_source
+from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
 from cnop.market.prices import PriceBook, PriceSource
+from cnop.market.sources import open_price_source
 from cnop.market.triggers import TriggerEngine
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
 from cnop.services.order.resting import RestingOrders
 from cnop.services.order.service import OrderService
+from cnop.services.order.settlement import Settlement
 from cnop.services.stream_slots import StreamSlots
 from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.portfolio import PortfolioService
@@ -114,7 +116,8 @@ def build_container(
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     events: EventBus = InProcessEventBus(clock)
-    resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events)
+    settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
+    resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     api_key_dao = ApiKeyDAO(store, clock)
     api_keys = ApiKeyService(
@@ -146,13 +149,23 @@ def build_container(
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,
         trading=OrderService(
-            store, order_dao, asset_dao, balance_dao, holding_dao, price_book, settings, clock, metrics, resting
+            store,
+            order_dao,
+            asset_dao,
+            balance_dao,
+            holding_dao,
+            price_book,
+            settings,
+            clock,
+            metrics,
+            resting,
+            settlement,
         ),
         portfolio=portfolio,
         insights=InsightsService(portfolio, order_dao, clock),
         events=events,
         resting=resting,
-        triggers=TriggerEngine(price_book, resting, asset_dao.house_trade_op, settings, clock),
+        triggers=TriggerEngine(price_book, resting, settings, clock),
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
     )

@@ -11,6 +11,7 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
+from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
@@ -18,6 +19,7 @@ from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.market.triggers import TriggerEngine
 from cnop.services.order.resting import RestingOrders
+from cnop.services.order.settlement import Settlement
 from tests.api.conftest import Api
 from tests.api.test_auth import assert_problem
 from tests.api.test_trading import funded_user, snapshot
@@ -334,8 +336,9 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
     other = TriggerEngine(
         c.price_book,
         RestingOrders(other_store, OrderDAO(other_store, c.clock), BalanceDAO(other_store, c.clock),
-                      HoldingDAO(other_store, c.clock), c.settings, c.clock, InProcessEventBus(c.clock)),
-        c.asset_dao.house_trade_op,
+                      HoldingDAO(other_store, c.clock), c.settings, c.clock, InProcessEventBus(c.clock),
+                      Settlement(other_store, BalanceDAO(other_store, c.clock), HoldingDAO(other_store, c.clock),
+                                 AssetDAO.house_trade_op)),
         c.settings,
         c.clock,
     )

@@ -20,18 +20,16 @@ from cnop.common.config import Settings
 from cnop.common.dao.order_dao import order_from_item
 from cnop.common.entities.order import OrderStatus
 from cnop.market.prices import PriceBook, Tick
-from cnop.services.order.resting import HouseTrade, RestingOrders, crossed, trigger_of
+from cnop.services.order.resting import RestingOrders
+from cnop.services.order.rules import crossed, trigger_of
 
 log = structlog.get_logger("cnop.triggers")
 
 
 class TriggerEngine:
-    def __init__(
-        self, book: PriceBook, resting: RestingOrders, house_trade: HouseTrade, settings: Settings, clock: Clock
-    ) -> None:
+    def __init__(self, book: PriceBook, resting: RestingOrders, settings: Settings, clock: Clock) -> None:
         self.book = book
         self.resting = resting
-        self.house_trade = house_trade
         self.settings = settings
         self.clock = clock
         self.fills = 0
@@ -84,7 +82,7 @@ class TriggerEngine:
                 if not crossed(limit.direction, limit.price, price):
                     continue
                 item = converted
-            if await self.resting.fill(item, price, self.house_trade) is not None:
+            if await self.resting.fill(item, price) is not None:
                 filled += 1
         self.fills += filled
         return filled

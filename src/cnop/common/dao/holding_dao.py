@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
@@ -25,19 +25,6 @@ from cnop.common.database.store import (
 from cnop.common.entities.holding import Holding
 
 ZERO = Decimal(0)
-# A sell takes its cost basis out at the average cost of the holding it read. It first insists
-# on that exact holding (same version); if other orders of the same user keep changing it, it
-# settles for the guards alone, so it always makes progress: money stays exact, and only the
-# informational cost basis may then lag by the interleaved trade.
-EXACT_COST_BASIS_ATTEMPTS = 4
-
-
-def cost_basis_out(holding: Item, quantity: Decimal) -> Decimal:
-    """The cost basis that leaves with `quantity` units, at the holding's average cost."""
-    units = holding["available"] + holding["held"]
-    if quantity >= units:
-        return Decimal(holding["cost_basis"])
-    return Decimal(holding["cost_basis"] * quantity / units).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
 
 
 def holding_from_item(item: Item) -> Holding:

@@ -12,7 +12,7 @@ from typing import Any
 
 from cnop.common.entities.order import OrderCreate, OrderSide, TimeInForce
 from cnop.common.exceptions import CnopError, InsufficientFunds, InsufficientHoldings
-from cnop.common.money import USD_SCALE, round_down, round_up
+from cnop.services.order.rules import trade_value
 from cnop.services.order.service import OrderService
 
 
@@ -59,26 +59,21 @@ async def preview_order(trading: OrderService, username: str, request: OrderCrea
             fills_now = resting.marketable(request, market_price)
         if fills_now:
             quote = trading.quote(asset, request.quantity)
-            value = round_up(quote.value, USD_SCALE) if side is OrderSide.BUY else round_down(quote.value, USD_SCALE)
-            result = _with(base, market_price=market_price, fills_now=True, value=value)
+            result = _with(base, market_price=market_price, fills_now=True, value=trade_value(side, quote.value))
         elif request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
-            result = _with(base, market_price=market_price, value=_estimate(request.quantity * market_price, side))
+            result = _with(base, market_price=market_price, value=trade_value(side, request.quantity * market_price))
         else:
-            held, _anchor = resting.reservation(request, market_price, asset)
+            held = resting.reservation(request, market_price).held
             result = _with(
                 base,
                 market_price=market_price,
-                value=_estimate(request.quantity * market_price, side),
+                value=trade_value(side, request.quantity * market_price),
                 reserve_cash=held if side is OrderSide.BUY else Decimal(0),
                 reserve_units=held if side is OrderSide.SELL else Decimal(0),
             )
     except CnopError as exc:
         return _with(base, refusal=exc)
     return _with(result, refusal=_shortfall(result))
-
-
-def _estimate(value: Decimal, side: OrderSide) -> Decimal:
-    return round_up(value, USD_SCALE) if side is OrderSide.BUY else round_down(value, USD_SCALE)
 
 
 def _shortfall(preview: OrderPreview) -> CnopError | None:

@@ -10,93 +10,53 @@ fires when the price rises to or over it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from datetime import datetime
+from decimal import Decimal
 
 import structlog
 
 from cnop.common.clock import Clock, isoformat
 from cnop.common.config import Settings
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.holding_dao import EXACT_COST_BASIS_ATTEMPTS, HoldingDAO, cost_basis_out
+from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO, order_from_item
 from cnop.common.database import keys
 from cnop.common.database.store import And, Eq, Item, ItemStore, Op, SortKey, Update, query_all
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
-from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
+from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus
 from cnop.common.events import EventBus
 from cnop.common.exceptions import (
     ConditionFailed,
     IdempotencyInProgress,
     InsufficientFunds,
     InsufficientHoldings,
-    InvalidOrder,
     OrderNotCancellable,
     OrderNotFound,
-    OrderValueExceedsLimit,
     StoreError,
-    ValidationFailed,
 )
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
-from cnop.common.money import USD_SCALE, describe_amount, round_down, round_up
+from cnop.services.order.rules import (
+    ABOVE,
+    BELOW,
+    STOP_LIMIT,
+    TRAILING,
+    Reservation,
+    buy_cost,
+    check_placement,
+    initial_stop,
+    marketable,
+    reservation,
+    sell_proceeds,
+    trailing_stop,
+    trigger_of,
+)
+from cnop.services.order.settlement import GuardFailed, Leg, Settlement, UnitsMissing
 
 log = structlog.get_logger("cnop.orders.resting")
 
-BELOW = "below"
-ABOVE = "above"
-PRICE_PLACES = Decimal("0.00000001")
-CENT = Decimal("0.01")
 INDEX_ATTRIBUTES = ("gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk")
-MAX_FILL_ATTEMPTS = 32
-LIMIT_LIKE = {OrderType.LIMIT_BUY, OrderType.LIMIT_SELL, OrderType.TAKE_PROFIT_BUY, OrderType.TAKE_PROFIT_SELL}
-STOP_LIKE = {OrderType.STOP_LOSS_BUY, OrderType.STOP_LOSS_SELL, OrderType.STOP_LIMIT_BUY, OrderType.STOP_LIMIT_SELL}
-TRAILING = {OrderType.TRAILING_STOP_BUY, OrderType.TRAILING_STOP_SELL}
-
-
-# Builds the house inventory's side of a trade: (asset, units to the house, cash to the house).
-HouseTrade = Callable[[str, Decimal, Decimal], Op]
-
-
-def crossed(direction: str, trigger: Decimal, price: Decimal) -> bool:
-    return price <= trigger if direction == BELOW else price >= trigger
-
-
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    direction: str
-    price: Decimal
-
-
-def trigger_of(order: Order) -> Trigger:
-    """Where an order waits in the trigger index, by type and stage (api.md trigger rules)."""
-    kind = order.order_type
-    buy = kind.side is OrderSide.BUY
-    if kind in (OrderType.LIMIT_BUY, OrderType.LIMIT_SELL) or (
-        kind in (OrderType.STOP_LIMIT_BUY, OrderType.STOP_LIMIT_SELL) and order.stage == "limit"
-    ):
-        assert order.price is not None
-        return Trigger(BELOW if buy else ABOVE, order.price)
-    assert order.stop_price is not None
-    if kind in (OrderType.TAKE_PROFIT_BUY, OrderType.TAKE_PROFIT_SELL):
-        return Trigger(BELOW if buy else ABOVE, order.stop_price)
-    # stop-loss, stop-limit at its stop stage, trailing stops: a buy stop sits above the market
-    return Trigger(ABOVE if buy else BELOW, order.stop_price)
-
-
-def trailing_stop(order_type: OrderType, anchor: Decimal, amount: Decimal | None, percent: Decimal | None) -> Decimal:
-    """The stop a trailing order keeps at its distance from the best price seen."""
-    sell = order_type is OrderType.TRAILING_STOP_SELL
-    if amount is not None:
-        stop = anchor - amount if sell else anchor + amount
-    else:
-        assert percent is not None
-        factor = (100 - percent) / 100 if sell else (100 + percent) / 100
-        stop = anchor * factor
-    return stop.quantize(PRICE_PLACES, rounding=ROUND_DOWN if sell else ROUND_UP)
 
 
 def index_attributes(order: Order) -> Item:
@@ -120,6 +80,7 @@ class RestingOrders:
         settings: Settings,
         clock: Clock,
         events: EventBus,
+        settlement: Settlement,
     ) -> None:
         self.store = store
         self.orders = orders
@@ -128,76 +89,30 @@ class RestingOrders:
         self.settings = settings
         self.clock = clock
         self.events = events
+        self.settlement = settlement
 
     # --- placement ----------------------------------------------------------------------------
 
     def check_placement(self, request: OrderCreate, market_price: Decimal) -> None:
         """Rules that depend on the market: refused here, nothing is stored."""
-        now = self.clock.now()
-        if request.time_in_force is TimeInForce.GTD:
-            assert request.expires_at is not None
-            if request.expires_at <= now + timedelta(seconds=1):
-                raise ValidationFailed.field("expires_at", "must be in the future")
-        if request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK) and request.order_type not in LIMIT_LIKE:
-            raise ValidationFailed.field("time_in_force", "ioc and fok apply to limit and take-profit orders only")
-        if request.order_type in STOP_LIKE:
-            assert request.stop_price is not None
-            buy = request.order_type.side is OrderSide.BUY
-            if (buy and market_price >= request.stop_price) or (not buy and market_price <= request.stop_price):
-                side = "above" if buy else "below"
-                raise InvalidOrder(
-                    f"stop_price must be {side} the market price {market_price}; this stop would trigger at once"
-                )
-        if request.order_type is OrderType.TRAILING_STOP_SELL:
-            stop = trailing_stop(request.order_type, market_price, request.trail_amount, request.trail_percent)
-            if stop <= 0:
-                raise ValidationFailed.field("trail_amount", f"must be below the market price {market_price}")
+        check_placement(request, market_price, self.clock.now())
 
     def marketable(self, request: OrderCreate, market_price: Decimal) -> bool:
-        """A limit or take-profit order whose price the market already satisfies fills at once."""
-        if request.order_type not in LIMIT_LIKE:
-            return False
-        bound = (
-            request.price if request.order_type in (OrderType.LIMIT_BUY, OrderType.LIMIT_SELL) else request.stop_price
-        )
-        assert bound is not None
-        direction = BELOW if request.order_type.side is OrderSide.BUY else ABOVE
-        return crossed(direction, bound, market_price)
+        return marketable(request, market_price)
 
-    def reservation(self, request: OrderCreate, market_price: Decimal, asset: Asset) -> tuple[Decimal, Decimal | None]:
+    def reservation(self, request: OrderCreate, market_price: Decimal) -> Reservation:
         """What a resting order holds (USD for buys, units for sells) and its trailing anchor."""
-        anchor = market_price if request.order_type in TRAILING else None
-        if request.order_type.side is OrderSide.SELL:
-            return request.quantity, anchor
-        margin = 1 + self.settings.stop_buy_reserve_margin
-        kind = request.order_type
-        if kind in (OrderType.LIMIT_BUY, OrderType.STOP_LIMIT_BUY):
-            assert request.price is not None
-            per_unit = request.price
-        elif kind is OrderType.TAKE_PROFIT_BUY:
-            assert request.stop_price is not None
-            per_unit = request.stop_price
-        elif kind is OrderType.STOP_LOSS_BUY:
-            assert request.stop_price is not None
-            per_unit = request.stop_price * margin
-        else:
-            assert anchor is not None
-            per_unit = trailing_stop(kind, anchor, request.trail_amount, request.trail_percent) * margin
-        value = request.quantity * per_unit
-        if value > self.settings.order_value_limit:
-            raise OrderValueExceedsLimit(
-                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
-            )
-        return round_up(value, USD_SCALE), anchor
+        return reservation(
+            request,
+            market_price,
+            stop_buy_margin=self.settings.stop_buy_reserve_margin,
+            value_limit=self.settings.order_value_limit,
+        )
 
     def new_order(
         self, username: str, request: OrderCreate, status: OrderStatus, held: Decimal, anchor: Decimal | None
     ) -> Order:
         now = self.clock.now()
-        stop_price = request.stop_price
-        if request.order_type in TRAILING:
-            assert anchor is not None
-            stop_price = trailing_stop(request.order_type, anchor, request.trail_amount, request.trail_percent)
         return Order(
             order_id=new_id(),
             username=username,
@@ -206,14 +121,14 @@ class RestingOrders:
             asset_id=request.asset_id,
             quantity=request.quantity,
             price=request.price,
-            stop_price=stop_price,
+            stop_price=initial_stop(request, anchor),
             trail_amount=request.trail_amount,
             trail_percent=request.trail_percent,
             time_in_force=request.time_in_force,
             expires_at=request.expires_at,
             status=status,
             held_amount=held,
-            stage="stop" if request.order_type in (OrderType.STOP_LIMIT_BUY, OrderType.STOP_LIMIT_SELL) else None,
+            stage="stop" if request.order_type in STOP_LIMIT else None,
             trail_anchor=anchor,
             created_at=now,
             updated_at=now,
@@ -239,8 +154,9 @@ class RestingOrders:
         self, username: str, request: OrderCreate, asset: Asset, market_price: Decimal, apply_op: MarkApplied | None
     ) -> Order:
         """Store the order as queued and move its reservation from available to held, at once."""
-        held, anchor = self.reservation(request, market_price, asset)
-        order = self.new_order(username, request, OrderStatus.QUEUED, held, anchor)
+        reserved = self.reservation(request, market_price)
+        held = reserved.held
+        order = self.new_order(username, request, OrderStatus.QUEUED, held, reserved.anchor)
         now = order.created_at
         order_op = self.orders.create_order_op(order, index_attributes(order))
         if order.side is OrderSide.BUY:
@@ -439,147 +355,72 @@ class RestingOrders:
             return None
         return {**item, **fields}
 
-    async def fill(self, item: Item, price: Decimal, house_op: HouseTrade) -> Order | None:
+    async def fill(self, item: Item, price: Decimal) -> Order | None:
         """Execute a crossed order at the tick's price; None if another worker or a cancel got there first."""
         order = order_from_item(item)
         if order.side is OrderSide.BUY:
-            return await self._fill_buy(order, item, price, house_op)
-        return await self._fill_sell(order, item, price, house_op)
+            return await self._fill_buy(order, item, price)
+        return await self._fill_sell(order, item, price)
 
-    async def _fill_buy(self, order: Order, item: Item, price: Decimal, house_op: HouseTrade) -> Order | None:
+    def _filled(
+        self, order: Order, item: Item, price: Decimal, total: Decimal, pnl: Decimal | None
+    ) -> tuple[Order, Op]:
+        """The order as filled now at `price`, and its own update (only from queued)."""
         now = self.clock.now()
-        cost = round_up(order.quantity * price, USD_SCALE)
-        held = order.held_amount
-        from_held = min(cost, held)
-        extra = cost - from_held
-        refund = held - from_held
-        entries = [
-            BalanceTransaction(
-                transaction_id=new_id(),
-                username=order.username,
-                transaction_type=TransactionType.ORDER_PAYMENT,
-                amount=cost,
-                available_change=-extra,
-                held_change=-from_held,
-                description=f"Bought {order.quantity} {order.asset_id} at {price} USD ({order.order_type.value})",
-                order_id=order.order_id,
-                created_at=now,
-            )
-        ]
-        if refund > 0:
-            entries.append(
-                BalanceTransaction(
-                    transaction_id=new_id(),
-                    username=order.username,
-                    transaction_type=TransactionType.ORDER_REFUND,
-                    amount=refund,
-                    available_change=refund,
-                    held_change=-refund,
-                    description="Refund of the unused reservation",
-                    order_id=order.order_id,
-                    created_at=now,
-                )
-            )
-        fields: Item = {
-            "executed_price": price,
-            "total_amount": cost,
-            "executed_at": isoformat(now),
-        }
-        ops: list[Op] = [
-            self._close_op(order, item, OrderStatus.COMPLETED, fields),  # 0
-            *self.balances.entry_ops(*entries),  # 1.., then the balance
-            self.holdings.change_op(order.username, order.asset_id, now, available=order.quantity, cost_basis=cost),
-            self._asset_txn(order, "buy", available=order.quantity, held=Decimal(0), price=price, total=cost),
-            house_op(order.asset_id, -order.quantity, cost),
-        ]
-        balance_index = len(entries) + 1
-        try:
-            await self.store.transact(ops)
-        except ConditionFailed as exc:
-            if exc.index == 0:
-                return None
-            reason = (
-                "the fill cost more than the reservation and the available cash"
-                if exc.index == balance_index
-                else "the house could not supply the units"
-            )
-            log.info("resting_fill_failed", order_id=order.order_id, reason=reason)
-            await self.release(item, OrderStatus.FAILED, reason)
-            return None
+        fields: Item = {"executed_price": price, "total_amount": total, "executed_at": isoformat(now)}
+        if pnl is not None:
+            fields["realized_pnl"] = pnl
         done = order.model_copy(
             update={
                 "status": OrderStatus.COMPLETED,
                 "executed_at": now,
                 "updated_at": now,
                 "executed_price": price,
-                "total_amount": cost,
+                "total_amount": total,
+                **({"realized_pnl": pnl} if pnl is not None else {}),
             }
         )
+        return done, self._close_op(order, item, OrderStatus.COMPLETED, fields)
+
+    async def _fill_buy(self, order: Order, item: Item, price: Decimal) -> Order | None:
+        done, close = self._filled(order, item, price, buy_cost(order.quantity * price), None)
+        try:
+            await self.settlement.settle_buy(done, close, held=order.held_amount, note=f" ({order.order_type.value})")
+        except GuardFailed as failed:
+            if failed.leg is Leg.ORDER:
+                return None
+            reason = (
+                "the fill cost more than the reservation and the available cash"
+                if failed.leg is Leg.BALANCE
+                else "the house could not supply the units"
+            )
+            log.info("resting_fill_failed", order_id=order.order_id, reason=reason)
+            await self.release(item, OrderStatus.FAILED, reason)
+            return None
         self.events.publish(order.username, "order.completed", done)
         return done
 
-    async def _fill_sell(self, order: Order, item: Item, price: Decimal, house_op: HouseTrade) -> Order | None:
-        proceeds = round_down(order.quantity * price, USD_SCALE)
-        for attempt in range(MAX_FILL_ATTEMPTS):
-            now = self.clock.now()
-            holding = await self.holdings.get_holding_item(order.username, order.asset_id)
-            if holding is None or holding["held"] < order.quantity:
-                await self.release(item, OrderStatus.FAILED, "the reserved units are missing")
-                return None
-            basis_out = cost_basis_out(holding, order.quantity)
-            entry = BalanceTransaction(
-                transaction_id=new_id(),
-                username=order.username,
-                transaction_type=TransactionType.ORDER_PROCEEDS,
-                amount=proceeds,
-                available_change=proceeds,
-                held_change=Decimal("0.00"),
-                description=f"Sold {order.quantity} {order.asset_id} at {price} USD ({order.order_type.value})",
-                order_id=order.order_id,
-                created_at=now,
+    async def _fill_sell(self, order: Order, item: Item, price: Decimal) -> Order | None:
+        proceeds = sell_proceeds(order.quantity * price)
+        try:
+            done = await self.settlement.settle_sell(
+                order.username,
+                order.asset_id,
+                order.quantity,
+                lambda basis_out: self._filled(order, item, price, proceeds, proceeds - basis_out),
+                from_held=True,
+                note=f" ({order.order_type.value})",
             )
-            fields: Item = {
-                "executed_price": price,
-                "total_amount": proceeds,
-                "executed_at": isoformat(now),
-                "realized_pnl": proceeds - basis_out,
-            }
-            ops: list[Op] = [
-                self._close_op(order, item, OrderStatus.COMPLETED, fields),  # 0
-                *self.balances.entry_ops(entry),  # 1, 2
-                self.holdings.change_op(  # 3
-                    order.username,
-                    order.asset_id,
-                    now,
-                    held=-order.quantity,
-                    cost_basis=-basis_out,
-                    expected_version=holding["version"] if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
-                ),
-                self._asset_txn(order, "sell", available=Decimal(0), held=-order.quantity, price=price, total=proceeds),
-                house_op(order.asset_id, order.quantity, -proceeds),
-            ]
-            try:
-                await self.store.transact(ops)
-            except ConditionFailed as exc:
-                if exc.index == 0:
-                    return None
-                if exc.index == 3:
-                    continue
-                await self.release(item, OrderStatus.FAILED, f"the fill was refused at step {exc.index}")
+        except UnitsMissing:
+            await self.release(item, OrderStatus.FAILED, "the reserved units are missing")
+            return None
+        except GuardFailed as failed:
+            if failed.leg is Leg.ORDER:
                 return None
-            done = order.model_copy(
-                update={
-                    "status": OrderStatus.COMPLETED,
-                    "executed_at": now,
-                    "updated_at": now,
-                    "executed_price": price,
-                    "total_amount": proceeds,
-                    "realized_pnl": proceeds - basis_out,
-                }
-            )
-            self.events.publish(order.username, "order.completed", done)
-            return done
-        raise StoreError(f"order {order.order_id}: the holding kept changing")
+            await self.release(item, OrderStatus.FAILED, f"the fill was refused at step {failed.index}")
+            return None
+        self.events.publish(order.username, "order.completed", done)
+        return done
 
     async def due_for_expiry(self, now: datetime) -> list[Item]:
         page = await self.store.query(

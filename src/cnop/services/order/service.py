@@ -9,37 +9,30 @@ from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.holding_dao import EXACT_COST_BASIS_ATTEMPTS, HoldingDAO, cost_basis_out
+from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.asset import Asset
-from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
 from cnop.common.exceptions import (
     AssetNotFoundForOrder,
     AssetNotTradeable,
-    ConditionFailed,
     IdempotencyInProgress,
     InsufficientFunds,
     InsufficientHoldings,
     InsufficientInventory,
     InvalidOrder,
-    OrderValueExceedsLimit,
     PriceProtection,
     StoreError,
     ValidationFailed,
 )
 from cnop.common.idempotency import MarkApplied
-from cnop.common.ids import new_id
 from cnop.common.metrics import Metrics
-from cnop.common.money import USD_SCALE, describe_amount, places, round_down, round_up
+from cnop.common.money import USD_SCALE, places, round_down
 from cnop.market.prices import PriceBook
 from cnop.services.order.resting import RestingOrders
-
-# A sell reads the holding, then applies under guards; a guard that fails because another order
-# changed the holding meanwhile means read again (see holding_dao.EXACT_COST_BASIS_ATTEMPTS).
-MAX_SELL_ATTEMPTS = 32
-CENT = Decimal("0.01")
+from cnop.services.order.rules import buy_cost, check_order_value, sell_proceeds, worse_than_bound
+from cnop.services.order.settlement import GuardFailed, Leg, Settlement, UnitsMissing
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +56,7 @@ class OrderService:
         clock: Clock,
         metrics: Metrics,
         resting: RestingOrders,
+        settlement: Settlement,
     ) -> None:
         self.store = store
         self.orders = orders
@@ -74,6 +68,7 @@ class OrderService:
         self.clock = clock
         self.metrics = metrics
         self.resting = resting
+        self.settlement = settlement
 
     async def tradeable_asset(self, asset_id: str) -> Asset:
         asset = await self.assets.find_asset(asset_id)
@@ -96,12 +91,7 @@ class OrderService:
         """The server's fresh price (503 if stale) and the order's value, within the value cap."""
         if price is None:
             price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
-        value = quantity * price
-        if value > self.settings.order_value_limit:
-            raise OrderValueExceedsLimit(
-                f"Order value {describe_amount(value)} USD exceeds the limit of {self.settings.order_value_limit} USD"
-            )
-        return Quote(price, value)
+        return Quote(price, check_order_value(quantity * price, self.settings.order_value_limit))
 
     async def place_order(self, username: str, request: OrderCreate, apply_op: MarkApplied | None = None) -> Order:
         asset = await self.tradeable_asset(request.asset_id)
@@ -111,12 +101,8 @@ class OrderService:
             self.metrics.record_order(order.order_type.value, order.status.value)
             return order
         quote = self.quote(asset, request.quantity)
-        if request.price is not None:
-            worse = (
-                quote.price > request.price if request.order_type.side is OrderSide.BUY else quote.price < request.price
-            )
-            if worse:
-                raise PriceProtection(f"The market price {quote.price} is worse than your bound {request.price}")
+        if request.price is not None and worse_than_bound(request.order_type.side, quote.price, request.price):
+            raise PriceProtection(f"The market price {quote.price} is worse than your bound {request.price}")
         return await self._fill_market(username, asset, request, quote, apply_op)
 
     async def place_notional_order(
@@ -195,117 +181,48 @@ class OrderService:
     async def _market_buy(
         self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
-        cost = round_up(quote.value, USD_SCALE)  # the buyer never pays less than the arithmetic
-        order = self._new_order(username, request, quote, cost)
-        now = order.created_at
-        entry = BalanceTransaction(
-            transaction_id=new_id(),
-            username=username,
-            transaction_type=TransactionType.ORDER_PAYMENT,
-            amount=cost,
-            available_change=-cost,
-            held_change=Decimal("0.00"),
-            description=f"Bought {order.quantity} {asset.asset_id} at {quote.price} USD",
-            order_id=order.order_id,
-            created_at=now,
-        )
-        ops: list[Op] = [
-            self.orders.create_order_op(order),  # 0
-            *self.balances.entry_ops(entry),  # 1 ledger, 2 balance (guard: available >= cost)
-            self.holdings.change_op(username, asset.asset_id, now, available=order.quantity, cost_basis=cost),  # 3
-            self.holdings.asset_transaction_op(  # 4
-                username=username,
-                asset_id=asset.asset_id,
-                transaction_id=new_id(),
-                transaction_type="buy",
-                quantity=order.quantity,
-                available_change=order.quantity,
-                held_change=Decimal(0),
-                price=quote.price,
-                total=cost,
-                order_id=order.order_id,
-                now=now,
-            ),
-            self.assets.house_trade_op(asset.asset_id, -order.quantity, cost),  # 5 (guard: house holds the units)
-        ]
-        if apply_op is not None:
-            ops.append(apply_op(order.order_id))  # 6
+        order = self._new_order(username, request, quote, buy_cost(quote.value))
         try:
-            await self.store.transact(ops)
-        except ConditionFailed as exc:
-            if exc.index == 2:
-                raise InsufficientFunds(f"Buying costs {cost} USD, more than your available cash") from exc
-            if exc.index == 5:
-                raise InsufficientInventory(f"The house cannot supply {order.quantity} {asset.asset_id} now") from exc
-            if exc.index == 6:
-                raise IdempotencyInProgress() from exc
-            raise StoreError(f"unexpected condition failure at op {exc.index}") from exc
-        self.metrics.record_trade(cost)
+            await self.settlement.settle_buy(order, self.orders.create_order_op(order), mark=apply_op)
+        except GuardFailed as failed:
+            raise market_refusal(failed, order) from failed
+        assert order.total_amount is not None
+        self.metrics.record_trade(order.total_amount)
         return order
 
     async def _market_sell(
         self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
     ) -> Order:
-        proceeds = round_down(quote.value, USD_SCALE)  # the seller never receives more than the arithmetic
+        proceeds = sell_proceeds(quote.value)
         if proceeds <= 0:
             raise InvalidOrder("The order is worth less than 0.01 USD")
-        for attempt in range(MAX_SELL_ATTEMPTS):
-            holding = await self.holdings.get_holding_item(username, asset.asset_id)
-            if holding is None or holding["available"] < request.quantity:
-                have = holding["available"] if holding is not None else Decimal(0)
-                raise InsufficientHoldings(f"You have {have} {asset.asset_id} available, not {request.quantity}")
-            basis_out = cost_basis_out(holding, request.quantity)
+
+        def filled(basis_out: Decimal) -> tuple[Order, Op]:
             order = self._new_order(username, request, quote, proceeds).model_copy(
                 update={"realized_pnl": proceeds - basis_out}
             )
-            now = order.created_at
-            entry = BalanceTransaction(
-                transaction_id=new_id(),
-                username=username,
-                transaction_type=TransactionType.ORDER_PROCEEDS,
-                amount=proceeds,
-                available_change=proceeds,
-                held_change=Decimal("0.00"),
-                description=f"Sold {order.quantity} {asset.asset_id} at {quote.price} USD",
-                order_id=order.order_id,
-                created_at=now,
+            return order, self.orders.create_order_op(order)
+
+        try:
+            order = await self.settlement.settle_sell(
+                username, asset.asset_id, request.quantity, filled, from_held=False, mark=apply_op
             )
-            ops: list[Op] = [
-                self.orders.create_order_op(order),  # 0
-                *self.balances.entry_ops(entry),  # 1, 2
-                self.holdings.change_op(  # 3 (guard: available >= quantity, same version as read)
-                    username,
-                    asset.asset_id,
-                    now,
-                    available=-order.quantity,
-                    cost_basis=-basis_out,
-                    expected_version=holding["version"] if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
-                ),
-                self.holdings.asset_transaction_op(  # 4
-                    username=username,
-                    asset_id=asset.asset_id,
-                    transaction_id=new_id(),
-                    transaction_type="sell",
-                    quantity=order.quantity,
-                    available_change=-order.quantity,
-                    held_change=Decimal(0),
-                    price=quote.price,
-                    total=proceeds,
-                    order_id=order.order_id,
-                    now=now,
-                ),
-                self.assets.house_trade_op(asset.asset_id, order.quantity, -proceeds),  # 5
-            ]
-            if apply_op is not None:
-                ops.append(apply_op(order.order_id))  # 6
-            try:
-                await self.store.transact(ops)
-            except ConditionFailed as exc:
-                if exc.index == 3:
-                    continue  # the holding changed since we read it: read again
-                if exc.index == 6:
-                    raise IdempotencyInProgress() from exc
-                raise StoreError(f"unexpected condition failure at op {exc.index}") from exc
-            self.metrics.record_trade(proceeds)
-            return order
-        raise StoreError("the holding kept changing; sell not applied")
+        except UnitsMissing as missing:
+            raise InsufficientHoldings(
+                f"You have {missing.have} {asset.asset_id} available, not {request.quantity}"
+            ) from missing
+        except GuardFailed as failed:
+            raise market_refusal(failed, None) from failed
+        self.metrics.record_trade(proceeds)
+        return order
+
+
+def market_refusal(failed: GuardFailed, order: Order | None) -> Exception:
+    """The domain error for a market order's failed leg."""
+    if failed.leg is Leg.BALANCE and order is not None:
+        return InsufficientFunds(f"Buying costs {order.total_amount} USD, more than your available cash")
+    if failed.leg is Leg.HOUSE and order is not None:
+        return InsufficientInventory(f"The house cannot supply {order.quantity} {order.asset_id} now")
+    if failed.leg is Leg.IDEMPOTENCY:
+        return IdempotencyInProgress()
+    return StoreError(f"unexpected condition failure on the {failed.leg.value} leg")

@@ -1,0 +1,284 @@
+"""Settlement: the legs of every trade, built in one place (docs/decisions/0017-order-settlement.md).
+
+A trade is one store transaction made of named legs:
+
+    order        the order's own write (created filled, or a queued order closed as filled)
+    ledger       the cash entries (payment or proceeds, and a refund of an unused reservation)
+    balance      the cash balance, guarded so neither available nor held goes below zero
+    holding      the user's units and their cost basis, guarded likewise (and, for a sell, on
+                 the version read, so the cost basis leaving is the one computed)
+    asset_transaction   the record of the units that moved
+    house        the house inventory's side, guarded so it never hands out units it lacks
+    idempotency  the client's idempotency record, marked applied (when there is one)
+
+Market buys and sells, marketable limit orders, trigger fills and the fill of a converted
+stop-limit all come through `settle_buy` / `settle_sell`. A failed condition comes back as
+`GuardFailed(leg=...)`, so callers map it to a domain error by the leg's name, never by an op's
+position. The sell's cost-basis retry policy (`SELL_ATTEMPTS`, `EXACT_COST_BASIS_ATTEMPTS`)
+lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from enum import StrEnum
+
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.database.store import ItemStore, Op
+from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.order import Order
+from cnop.common.exceptions import ConditionFailed, StoreError
+from cnop.common.idempotency import MarkApplied
+from cnop.common.ids import new_id
+from cnop.services.order.rules import cost_basis_out, fund_buy
+
+ZERO = Decimal(0)
+NO_CASH = Decimal("0.00")
+
+# A sell reads the holding, then applies under guards; a guard on the holding that fails because
+# another order changed it meanwhile means read again. The first attempts insist on the exact
+# holding read (same version), so the cost basis leaving is exact; after that the sell settles
+# for the guards alone, so it always makes progress: money stays exact, and only the
+# informational cost basis may then lag by the interleaved trade.
+SELL_ATTEMPTS = 32
+EXACT_COST_BASIS_ATTEMPTS = 4
+
+# Builds the house inventory's side of a trade: (asset, units to the house, cash to the house).
+HouseTrade = Callable[[str, Decimal, Decimal], Op]
+
+
+class Leg(StrEnum):
+    ORDER = "order"
+    LEDGER = "ledger"
+    BALANCE = "balance"
+    HOLDING = "holding"
+    ASSET_TRANSACTION = "asset_transaction"
+    HOUSE = "house"
+    IDEMPOTENCY = "idempotency"
+
+
+class GuardFailed(ConditionFailed):
+    """A leg's condition did not hold: `leg` names it, `index` is its op's place in the transaction."""
+
+    def __init__(self, leg: Leg, index: int) -> None:
+        self.leg = leg
+        super().__init__(index, f"the {leg.value} leg's condition failed")
+
+
+class UnitsMissing(Exception):
+    """A sell found fewer units (available, or held for a resting sell) than it sells."""
+
+    def __init__(self, have: Decimal) -> None:
+        self.have = have
+        super().__init__(f"only {have} units")
+
+
+class Legs:
+    """The ops of one transaction, each named by the leg it belongs to."""
+
+    __slots__ = ("names", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.names: list[Leg] = []
+
+    def add(self, leg: Leg, *ops: Op) -> Legs:
+        self.ops.extend(ops)
+        self.names.extend(leg for _ in ops)
+        return self
+
+    def leg_at(self, index: int) -> Leg:
+        return self.names[index]
+
+    async def commit(self, store: ItemStore) -> None:
+        """Apply every leg at once; a failed condition raises `GuardFailed` naming its leg."""
+        try:
+            await store.transact(self.ops)
+        except ConditionFailed as exc:
+            if not 0 <= exc.index < len(self.names):
+                raise
+            raise GuardFailed(self.leg_at(exc.index), exc.index) from exc
+
+
+def idempotency_leg(legs: Legs, mark: MarkApplied | None, result_id: str) -> Legs:
+    return legs if mark is None else legs.add(Leg.IDEMPOTENCY, mark(result_id))
+
+
+class Settlement:
+    def __init__(self, store: ItemStore, balances: BalanceDAO, holdings: HoldingDAO, house_trade: HouseTrade) -> None:
+        self.store = store
+        self.balances = balances
+        self.holdings = holdings
+        self.house_trade = house_trade
+
+    # --- the legs -----------------------------------------------------------------------------
+
+    def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
+        ops = self.balances.entry_ops(*entries)
+        return legs.add(Leg.LEDGER, *ops[:-1]).add(Leg.BALANCE, ops[-1])
+
+    def _asset_transaction(
+        self, order: Order, kind: str, *, available: Decimal, held: Decimal, price: Decimal, total: Decimal
+    ) -> Op:
+        assert order.executed_at is not None
+        return self.holdings.asset_transaction_op(
+            username=order.username,
+            asset_id=order.asset_id,
+            transaction_id=new_id(),
+            transaction_type=kind,
+            quantity=order.quantity,
+            available_change=available,
+            held_change=held,
+            price=price,
+            total=total,
+            order_id=order.order_id,
+            now=order.executed_at,
+        )
+
+    def buy_legs(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Legs:
+        """`order` is the order as filled (executed price, total cost, executed at); `held` the
+        reservation the cost is paid from first (a resting buy), any excess from available cash."""
+        assert order.executed_price is not None
+        assert order.total_amount is not None
+        assert order.executed_at is not None
+        price, cost, now = order.executed_price, order.total_amount, order.executed_at
+        funding = fund_buy(cost, held)
+        entries = [
+            BalanceTransaction(
+                transaction_id=new_id(),
+                username=order.username,
+                transaction_type=TransactionType.ORDER_PAYMENT,
+                amount=cost,
+                available_change=-funding.from_available,
+                held_change=-funding.from_held if held else NO_CASH,
+                description=f"Bought {order.quantity} {order.asset_id} at {price} USD{note}",
+                order_id=order.order_id,
+                created_at=now,
+            )
+        ]
+        if funding.refund > 0:
+            entries.append(
+                BalanceTransaction(
+                    transaction_id=new_id(),
+                    username=order.username,
+                    transaction_type=TransactionType.ORDER_REFUND,
+                    amount=funding.refund,
+                    available_change=funding.refund,
+                    held_change=-funding.refund,
+                    description="Refund of the unused reservation",
+                    order_id=order.order_id,
+                    created_at=now,
+                )
+            )
+        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), *entries)
+        legs.add(
+            Leg.HOLDING,
+            self.holdings.change_op(order.username, order.asset_id, now, available=order.quantity, cost_basis=cost),
+        )
+        legs.add(
+            Leg.ASSET_TRANSACTION,
+            self._asset_transaction(order, "buy", available=order.quantity, held=ZERO, price=price, total=cost),
+        )
+        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, -order.quantity, cost))
+
+    def sell_legs(
+        self,
+        order: Order,
+        order_op: Op,
+        *,
+        basis_out: Decimal,
+        from_held: bool,
+        expected_version: Decimal | None,
+        note: str = "",
+    ) -> Legs:
+        """`order` is the order as filled; the units leave available (a market sell) or held (a
+        resting sell's reservation), with `basis_out` of the cost basis."""
+        assert order.executed_price is not None
+        assert order.total_amount is not None
+        assert order.executed_at is not None
+        price, proceeds, now = order.executed_price, order.total_amount, order.executed_at
+        entry = BalanceTransaction(
+            transaction_id=new_id(),
+            username=order.username,
+            transaction_type=TransactionType.ORDER_PROCEEDS,
+            amount=proceeds,
+            available_change=proceeds,
+            held_change=NO_CASH,
+            description=f"Sold {order.quantity} {order.asset_id} at {price} USD{note}",
+            order_id=order.order_id,
+            created_at=now,
+        )
+        units = -order.quantity
+        available, held = (ZERO, units) if from_held else (units, ZERO)
+        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), entry)
+        legs.add(
+            Leg.HOLDING,
+            self.holdings.change_op(
+                order.username,
+                order.asset_id,
+                now,
+                available=available,
+                held=held,
+                cost_basis=-basis_out,
+                expected_version=expected_version,
+            ),
+        )
+        legs.add(
+            Leg.ASSET_TRANSACTION,
+            self._asset_transaction(order, "sell", available=available, held=held, price=price, total=proceeds),
+        )
+        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, order.quantity, -proceeds))
+
+    # --- settling -----------------------------------------------------------------------------
+
+    async def settle_buy(
+        self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "", mark: MarkApplied | None = None
+    ) -> Order:
+        """Apply a buy's legs at once; raises `GuardFailed` naming the leg that refused."""
+        legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), mark, order.order_id)
+        await legs.commit(self.store)
+        return order
+
+    async def settle_sell(
+        self,
+        username: str,
+        asset_id: str,
+        quantity: Decimal,
+        filled: Callable[[Decimal], tuple[Order, Op]],
+        *,
+        from_held: bool,
+        note: str = "",
+        mark: MarkApplied | None = None,
+    ) -> Order:
+        """Read the holding, take `quantity` units out at its average cost, apply at once.
+
+        `filled(basis_out)` gives the order as filled and its own op for that cost basis (it is
+        called again on every attempt). Raises `UnitsMissing` when the units are not there,
+        `GuardFailed` for a leg other than the holding, and retries the holding's per the policy
+        above.
+        """
+        for attempt in range(SELL_ATTEMPTS):
+            holding = await self.holdings.get_holding_item(username, asset_id)
+            have = ZERO if holding is None else holding["held" if from_held else "available"]
+            if holding is None or have < quantity:
+                raise UnitsMissing(have)
+            basis_out = cost_basis_out(holding["available"] + holding["held"], holding["cost_basis"], quantity)
+            order, order_op = filled(basis_out)
+            legs = self.sell_legs(
+                order,
+                order_op,
+                basis_out=basis_out,
+                from_held=from_held,
+                expected_version=holding["version"] if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
+                note=note,
+            )
+            try:
+                await idempotency_leg(legs, mark, order.order_id).commit(self.store)
+            except GuardFailed as failed:
+                if failed.leg is Leg.HOLDING:
+                    continue  # the holding changed since we read it: read again
+                raise
+            return order
+        raise StoreError("the holding kept changing; sell not applied")
