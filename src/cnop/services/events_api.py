@@ -98,13 +98,13 @@ async def event_stream(
                     continue
                 idle = 0.0
                 if order_wait in done:
-                    event = order_wait.result()
-                    if event is None:
+                    update = order_wait.result()
+                    if update is None:
                         yield UNAVAILABLE_HINT  # the bus lost its feed: come back with Last-Event-ID
                         return
-                    if sent is None or event.position > sent:
-                        yield sse(event.data, event.type, event.id)
-                        sent = event.position
+                    if sent is None or update.position > sent:
+                        yield sse(update.data, update.type, update.id)
+                        sent = update.position
                         watched = await _assets_of_interest(container, username)
                     order_wait = asyncio.create_task(orders.queue.get())
                 if price_wait in done:
