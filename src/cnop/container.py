@@ -18,12 +18,14 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
-from cnop.common.events import EventBus, StreamConnections
+from cnop.common.events import EventBus, InProcessEventBus, StreamConnections
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
+from cnop.common.shared.redis import SharedRedis, open_redis
+from cnop.common.shared.redis_events import RedisEventBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
@@ -78,6 +80,8 @@ class Container:
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # The shared-state Redis (None without CNOP_REDIS_URL); closed after the store.
+    redis: SharedRedis | None = None
 
 
 def _price_age(book: PriceBook, clock: Clock) -> Callable[[], float]:
@@ -115,7 +119,9 @@ def build_container(
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
-    events = EventBus(clock)
+    # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
+    shared = open_redis(settings)
+    events: EventBus = InProcessEventBus(clock) if shared is None else RedisEventBus(shared, clock)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
@@ -168,6 +174,7 @@ def build_container(
         triggers=TriggerEngine(price_book, resting, settings, clock),
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
+        redis=shared,
     )
     metrics.watch_price_age(_price_age(price_book, clock))
     if settings.trigger_engine:
