@@ -27,9 +27,10 @@ from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_
 from cnop.common.shared.invalidation import ALL, TOKEN, USER, Invalidations, invalidations_for
 from cnop.common.shared.redis import SharedRedis, open_redis, watch_redis
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
-from cnop.market.feeds import PriceFeed, open_price_source
+from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
 from cnop.market.prices import PriceBook, PriceSource
+from cnop.market.sources import open_price_source
 from cnop.market.triggers import TriggerEngine
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService

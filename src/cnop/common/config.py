@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     dynamodb_table_prefix: str = "cnop"
     # SQLite's commit durability (WAL mode): NORMAL survives a killed process, FULL also a power cut.
     sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    # Concurrent transactions share one SQLite commit, a savepoint each (off: one commit each).
+    sqlite_group_commit: bool = True
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"
