@@ -18,7 +18,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
-from cnop.common.events import EventBus, StreamConnections
+from cnop.common.events import EventBus, InProcessEventBus, StreamConnections
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
@@ -26,6 +26,7 @@ from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.common.shared.invalidation import ALL, TOKEN, USER, Invalidations, invalidations_for
 from cnop.common.shared.redis import SharedRedis, open_redis, watch_redis
+from cnop.common.shared.redis_events import RedisEventBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
@@ -85,8 +86,6 @@ class Container:
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
-    # Run when the app stops, after the background tasks (the store is closed by the app).
-    shutdown: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
 
 def _price_age(book: PriceBook, clock: Clock) -> Callable[[], float]:
@@ -127,7 +126,8 @@ def build_container(
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
-    events = EventBus(clock)
+    # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
+    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
@@ -199,7 +199,6 @@ def build_container(
     if redis is not None:
         redis_url = redis.url
         container.background.append(lambda: watch_redis(redis_url, metrics))
-        container.shutdown.append(redis.close)
     if settings.trigger_engine:
         metrics.watch_trigger_engine_lag(container.triggers.lag_seconds)
     container.startup.append(inventory.load_catalogue)

@@ -145,9 +145,10 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            for close in container.shutdown:
-                await close()
+            await container.events.close()
             await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
 
     app = FastAPI(
         title=f"cnop {role.name}",

@@ -95,9 +95,10 @@ def create_app(
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            for close in container.shutdown:
-                await close()
+            await container.events.close()
             await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
 
     app = FastAPI(
         title="Cloud Native Order Processor",
