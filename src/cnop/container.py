@@ -121,7 +121,7 @@ def build_container(
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
     shared = open_redis(settings)
-    events: EventBus = InProcessEventBus(clock) if shared is None else RedisEventBus(shared, clock)
+    events: EventBus = InProcessEventBus(clock) if shared is None else RedisEventBus(shared, clock, metrics=metrics)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
