@@ -114,12 +114,8 @@ def build_container(
     invalidations = invalidations_for(redis)
     catalogue = list(load_catalogue())
     price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
-    # `manual` prices are applied to the book by the admin endpoint directly; no feed runs.
-    price_source = (
-        None
-        if settings.price_source == "manual"
-        else open_price_source(settings.price_source, catalogue, settings, clock)
-    )
+    # With `manual`, the admin endpoint feeds the manual source, and the feed applies its prices.
+    price_source = open_price_source(settings.price_source, catalogue, settings, clock)
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
     asset_dao = AssetDAO(store, clock, invalidations=invalidations)
