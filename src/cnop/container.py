@@ -123,7 +123,7 @@ def build_container(
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
-    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock)
+    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock, metrics=metrics)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
