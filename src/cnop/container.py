@@ -114,12 +114,8 @@ def build_container(
     invalidations = invalidations_for(redis)
     catalogue = list(load_catalogue())
     price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
-    # `manual` prices are applied to the book by the admin endpoint directly; no feed runs.
-    price_source = (
-        None
-        if settings.price_source == "manual"
-        else open_price_source(settings.price_source, catalogue, settings, clock)
-    )
+    # With `manual`, the admin endpoint feeds the manual source, and the feed applies its prices.
+    price_source = open_price_source(settings.price_source, catalogue, settings, clock)
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
     asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
@@ -127,7 +123,7 @@ def build_container(
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
-    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock)
+    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock, metrics=metrics)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
