@@ -171,7 +171,7 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
     health.add("store", container.store.ping, critical=False, readiness=True)
     if role.prices:
         health.add("prices", fresh_price_check(container), critical=False, readiness=True)
-    add_redis_health(health, settings)
+    add_redis_health(health, settings, lambda: container.invalidations.connected)
     health.add("draining", not_draining, liveness=False, readiness=True)
     app.include_router(health_router(health))
 

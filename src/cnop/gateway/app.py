@@ -114,7 +114,7 @@ def create_app(
     health = HealthCheck(service="cnop-gateway", version=__version__)
     health.add("store", container.store.ping, critical=True, readiness=True)
     health.add("prices", _price_feed_check(container), critical=False, readiness=True)
-    add_redis_health(health, settings)
+    add_redis_health(health, settings, lambda: container.invalidations.connected)
     app.include_router(health_router(health))
 
     if settings.metrics_enabled:
