@@ -32,11 +32,12 @@ from cnop.common.database.store import Put
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import OrderCreate, OrderType
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.common.ids import new_id
 from cnop.market.prices import PriceBook
 from cnop.market.triggers import TriggerEngine
 from cnop.services.order.resting import RestingOrders
+from cnop.services.order.settlement import Settlement
 
 CROSSING = 10
 TICK_PRICE = Decimal("44000")
@@ -76,9 +77,11 @@ async def measure(resting: int, rounds: int) -> list[float]:
         btc = Asset(asset_id="BTC", name="Bitcoin", symbol="btc", scale=8, created_at=now, updated_at=now)
         await assets.create_asset(btc, Decimal(10**6))
         balances = BalanceDAO(store, clock)
-        events = EventBus(clock)
-        rest = RestingOrders(store, OrderDAO(store, clock), balances, HoldingDAO(store, clock), settings, clock, events)
-        engine = TriggerEngine(PriceBook(clock), rest, assets.house_trade_op, settings, clock)
+        events = InProcessEventBus(clock)
+        holdings = HoldingDAO(store, clock)
+        settlement = Settlement(store, balances, holdings, assets.house_trade_op)
+        rest = RestingOrders(store, OrderDAO(store, clock), balances, holdings, settings, clock, events, settlement)
+        engine = TriggerEngine(PriceBook(clock), rest, settings, clock)
         await resting_background(store, resting)
         users = [f"trader{n:02d}" for n in range(CROSSING)]
         for user in users:
