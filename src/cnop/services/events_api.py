@@ -48,7 +48,7 @@ def price_tick(tick: Tick) -> dict[str, str]:
 
 async def _assets_of_interest(container: Container, username: str) -> set[str]:
     held = {h.asset_id for h in await container.holding_dao.get_holdings(username) if h.quantity > 0}
-    queued = {o.asset_id for o in await container.resting.queued_orders_of(username)}
+    queued = {o.asset_id for o in await container.trading.queued_orders_of(username)}
     return held | queued
 
 

@@ -329,7 +329,7 @@ def _error_body(exc: CnopError) -> tuple[int, dict[str, Any]]:
 @router.delete("/orders", status_code=207, response_model=list[CancelResult])
 async def cancel_all_orders(principal: Trader, container: ContainerDep) -> Response:
     results: list[CancelResult] = []
-    for order in await container.resting.queued_orders_of(principal.username):
+    for order in await container.trading.queued_orders_of(principal.username):
         try:
             cancelled = await container.trading.cancel_order(principal.username, order.order_id)
         except CnopError as exc:
@@ -403,7 +403,7 @@ async def close_position(
 async def close_all_positions(principal: Trader, container: ContainerDep, cancel_orders: bool = False) -> Response:
     username = principal.username
     if cancel_orders:
-        for order in await container.resting.queued_orders_of(username):
+        for order in await container.trading.queued_orders_of(username):
             try:
                 await container.trading.cancel_order(username, order.order_id)
             except CnopError:

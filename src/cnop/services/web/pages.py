@@ -491,7 +491,7 @@ async def orders_page(
 async def _orders_context(
     container: Container, principal: Principal, status: str, asset_id: str, order_type: str, cursor: str | None
 ) -> dict[str, Any]:
-    open_orders = await container.resting.queued_orders_of(principal.username)
+    open_orders = await container.trading.queued_orders_of(principal.username)
     # History is the closed orders (open ones are listed above it), or those of one final status.
     wanted_status: Any = OrderStatus(status) if status in STATUS_CHOICES and status != "all" else "closed"
     kind = OrderType(order_type) if order_type in {t.value for t in OrderType} else None
