@@ -8,7 +8,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .PHONY: install run cloud test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
-  audit-deps sbom soak bench-durability
+  audit-deps sbom soak bench-durability deps-redis
 
 install: $(STAMP) web-assets
 
@@ -38,11 +38,15 @@ lint: install
 deps-dynamodb:
 	@scripts/install-dynamodb-local.sh
 
+# Debian's redis-server for the shared-state tests (the suite starts its own on a free port).
+deps-redis:
+	@scripts/install-redis.sh
+
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads browsers).
 deps-browser:
 	@scripts/install-chromium.sh
 
-test: install deps-dynamodb deps-browser lint
+test: install deps-dynamodb deps-redis deps-browser lint
 	$(BIN)/python -m tests.support.suite $(PYTEST_ARGS)
 
 bench: install

@@ -10,10 +10,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cnop.common.database.store import ItemStore
+
+if TYPE_CHECKING:
+    from tests.support.redis_server import RedisServer
 
 ENGINES = [e.strip() for e in os.environ.get("CNOP_TEST_ENGINES", "sqlite,dynamodb").split(",") if e.strip()]
 
@@ -56,3 +60,38 @@ async def store(store_factory: StoreFactory) -> AsyncIterator[ItemStore]:
     await s.create_tables()
     yield s
     await s.close()
+
+
+# Redis (tests/support/redis_server.py): one empty redis-server per pytest process (each xdist
+# worker has its own), on a free 127.0.0.1 port. Tests sharing it keep apart by key prefix
+# (`redis_prefix`); a test that stops Redis takes its own server (`restartable_redis`).
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's redis-server; never stop it in a test (use `restartable_redis`)."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer.start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """`redis://127.0.0.1:PORT/0` of the session's redis-server."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of the test's own (`CNOP_REDIS_PREFIX`), so tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to `stop()` and `restart()` (same port) in outage tests."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer.start() as server:
+        yield server

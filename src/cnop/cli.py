@@ -62,21 +62,25 @@ def serve(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from cnop.common.shared.redis import ping_or_exit
     from cnop.gateway.app import create_app
     from cnop.serving import run_app
 
     settings = _settings(store)
+    ping_or_exit(settings)
     console.print(f"[bold]cnop[/] serving on http://{host}:{port} (store: {settings.store})")
     drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds
     run_app(create_app(settings), host=host, port=port, drain_seconds=drain, settings=settings)
 
 
 def _serve_role(name: str, host: str, port: int, store: str | None, drain_seconds: float | None) -> None:
+    from cnop.common.shared.redis import ping_or_exit
     from cnop.gateway.cloud import create_gateway_app
     from cnop.roles import GATEWAY, create_role_app, role_named
     from cnop.serving import run_app
 
     settings = _settings(store)
+    ping_or_exit(settings)
     app = create_gateway_app(settings) if name == GATEWAY else create_role_app(role_named(name), settings)
     console.print(f"[bold]cnop {name}[/] serving on http://{host}:{port} (store: {settings.store})")
     drain = settings.shutdown_drain_seconds if drain_seconds is None else drain_seconds

@@ -25,9 +25,10 @@ from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
-from cnop.market.feeds import PriceFeed, open_price_source
+from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
 from cnop.market.prices import PriceBook, PriceSource
+from cnop.market.sources import open_price_source
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
 from cnop.services.order.fills import Fills

@@ -25,7 +25,7 @@ from cnop import __version__
 from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
-from cnop.common.redis_ping import ping_redis, watch_redis
+from cnop.common.shared.redis import ping_redis, watch_redis
 from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca

@@ -417,3 +417,101 @@ async def test_update_init_sets_only_missing_attributes(store: ItemStore) -> Non
     assert await store.get(T, k("I", "1")) == {
         "pk": "I", "sk": "1", "a": Decimal(2), "created": "first", "other": "x"
     }
+
+
+# --- concurrent transactions (the SQLite engine commits them in groups) --------------------------
+
+
+async def test_a_failed_condition_among_concurrent_transactions_leaves_the_others_committed(store: ItemStore) -> None:
+    # Every third transaction writes its account, then claims a key that is taken: only it fails,
+    # and its first write is undone with it.
+    await store.transact([Put(T, {"pk": "G", "sk": "TAKEN", "by": "seed"})])
+
+    async def transfer(n: int) -> int | None:
+        claim = "TAKEN" if n % 3 == 0 else f"CLAIM#{n:03d}"
+        try:
+            await store.transact(
+                [
+                    Update(T, k("G", f"ACC#{n:03d}"), add={"balance": Decimal("1.10")}),
+                    Put(T, {"pk": "G", "sk": claim, "by": n}, NotExists()),
+                ]
+            )
+        except ConditionFailed as exc:
+            return exc.index
+        return None
+
+    results = await asyncio.gather(*(transfer(n) for n in range(30)))
+    assert results == [1 if n % 3 == 0 else None for n in range(30)]
+    page = await store.query(T, "G", limit=100)
+    stored = {item["sk"]: item for item in page.items}
+    assert set(stored) == {"TAKEN"} | {f"ACC#{n:03d}" for n in range(30) if n % 3} | {
+        f"CLAIM#{n:03d}" for n in range(30) if n % 3
+    }
+    assert stored["TAKEN"]["by"] == "seed"
+    assert all(stored[f"ACC#{n:03d}"]["balance"] == Decimal("1.10") for n in range(30) if n % 3)
+
+
+async def test_a_write_is_read_back_as_soon_as_its_transaction_returns(store: ItemStore) -> None:
+    # Reads interleaved with concurrent writes: each writer reads its own committed item and the
+    # counter at least at its own increment; a refused transaction's items are never read.
+    await store.transact([Put(T, {"pk": "R", "sk": "COUNT", "n": 0})])
+
+    async def write_then_read(n: int) -> None:
+        refused = n % 4 == 0
+        ops = [
+            Update(T, k("R", "COUNT"), add={"n": 1}),
+            Put(T, {"pk": "R", "sk": f"ITEM#{n:03d}", "amount": Decimal("0.10")}),
+        ]
+        if refused:
+            ops.append(Check(T, k("R", "NEVER"), Exists()))
+        try:
+            await store.transact(ops)
+        except ConditionFailed as exc:
+            assert refused and exc.index == 2
+        else:
+            assert not refused
+            item = await store.get(T, k("R", f"ITEM#{n:03d}"))
+            assert item is not None and item["amount"] == Decimal("0.10")
+        assert (await store.get(T, k("R", f"ITEM#{n:03d}")) is None) == refused
+
+    await asyncio.gather(*(write_then_read(n) for n in range(40)))
+    count = await store.get(T, k("R", "COUNT"))
+    assert count is not None and count["n"] == Decimal(30)
+    items = await store.query(T, "R", sk=SortKey.prefix("ITEM#"), limit=100)
+    assert [item["sk"] for item in items.items] == [f"ITEM#{n:03d}" for n in range(40) if n % 4]
+
+
+async def test_no_update_is_lost_under_concurrent_increments_and_versioned_writes(store: ItemStore) -> None:
+    # 60 numeric adds, and 20 read-modify-writes guarded by a version (each retried until it
+    # wins), all at once on one item: every one of them is in the result exactly once.
+    await store.transact([Put(T, {"pk": "L", "sk": "C", "adds": Decimal("0.00"), "total": 0, "version": 0})])
+
+    async def add(n: int) -> None:
+        await store.transact([Update(T, k("L", "C"), add={"adds": Decimal("0.01")})])
+
+    async def read_modify_write(n: int) -> int:
+        for attempt in range(1000):
+            item = await store.get(T, k("L", "C"))
+            assert item is not None
+            try:
+                await store.transact(
+                    [
+                        Update(
+                            T,
+                            k("L", "C"),
+                            set={"total": item["total"] + n, "version": item["version"] + 1},
+                            condition=Eq("version", item["version"]),
+                        )
+                    ]
+                )
+            except ConditionFailed:
+                continue
+            return attempt
+        raise AssertionError("a versioned write never won")
+
+    await asyncio.gather(*(add(n) for n in range(60)), *(read_modify_write(n) for n in range(1, 21)))
+    item = await store.get(T, k("L", "C"))
+    assert item is not None
+    assert item["adds"] == Decimal("0.60")
+    assert item["total"] == Decimal(sum(range(1, 21)))
+    assert item["version"] == Decimal(20)

@@ -36,3 +36,10 @@ def test_an_unsafe_or_unknown_mode_is_refused() -> None:
         Settings(sqlite_synchronous="OFF")
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(":memory:", synchronous="SOMETIMES")
+
+
+def test_group_commit_is_on_unless_configured_off(tmp_path: Path) -> None:
+    default = open_store(f"sqlite:///{tmp_path}/a.db", Settings())
+    off = open_store(f"sqlite:///{tmp_path}/b.db", Settings(sqlite_group_commit=False))
+    assert isinstance(default, SQLiteStore) and default.group_commit is True
+    assert isinstance(off, SQLiteStore) and off.group_commit is False

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     dynamodb_table_prefix: str = "cnop"
     # SQLite's commit durability (WAL mode): NORMAL survives a killed process, FULL also a power cut.
     sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    # Concurrent transactions share one SQLite commit, a savepoint each (off: one commit each).
+    sqlite_group_commit: bool = True
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"
@@ -119,7 +121,21 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     metrics_enabled: bool = True
+
+    # Shared state (common/shared/redis.py). Set, every process shares prices, events, limits and
+    # cache invalidation through this Redis (redis:// or rediss:// for TLS; `redis://USER:PASSWORD@`
+    # for an ACL user); unset, each process keeps its own. Keys start with `redis_prefix`, so two
+    # deployments can share one Redis.
     redis_url: str | None = None
+    redis_prefix: str = Field(default="cnop:", max_length=64)
+    redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    # A command that takes longer fails (and the caller falls back); blocking reads pass their own.
+    redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=1)
+    # `cnop serve` and the workers wait this long for a first PING before refusing to start.
+    redis_startup_timeout_seconds: float = Field(default=5.0, gt=0)
+    # rediss:// only: a CA bundle to verify the server with (default: the system's trust store).
+    redis_tls_ca_file: str | None = None
 
     # HTTP server layer (`cnop serve`, gateway/server.py): refused before the app sees a request
     server_max_header_bytes: int = Field(default=16 * 1024, ge=1024)

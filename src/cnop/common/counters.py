@@ -14,6 +14,7 @@ from limits.storage import storage_from_string
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.shared.redis import client_options
 
 
 class CounterStore(Protocol):
@@ -91,16 +92,31 @@ class MemoryCounters:
 
 
 def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStore:
-    """Counters for rate limits and the login guard: Redis when `redis_url` is set, else in-process."""
+    """Counters for rate limits and the login guard: Redis when `redis_url` is set, else in-process.
+
+    In Redis the counters are `limits`' (its redis-py implementation): an increment is one Lua
+    script (INCRBY, and EXPIRE on the first), so a counter can never be left without its expiry.
+    Keys are `{CNOP_REDIS_PREFIX}LIMITS/...` (the prefix's trailing `:` is `limits`' separator).
+    """
     if not settings.redis_url:
         return MemoryCounters(clock)
+    url = settings.redis_url
     try:
-        storage = storage_from_string(f"async+{settings.redis_url}")
-    except ConfigurationError as exc:
-        raise RuntimeError(
-            "CNOP_REDIS_URL is set but the Redis client `limits` needs is not installed "
-            "(install `coredis`, or `redis` and pass implementation='redispy')"
-        ) from exc
+        storage = storage_from_string(
+            f"async+{url}",
+            implementation="redispy",
+            key_prefix=settings.redis_prefix.removesuffix(":"),
+            **limits_client_options(settings),
+        )
+    except ConfigurationError as exc:  # pragma: no cover - redis is a dependency
+        raise RuntimeError("CNOP_REDIS_URL is set but the `redis` client library is not installed") from exc
     if not isinstance(storage, AsyncStorage):  # pragma: no cover - the async+ scheme guarantees it
-        raise RuntimeError(f"{settings.redis_url!r} did not give an async storage")
+        raise RuntimeError("the Redis URL did not give an async storage")
     return storage
+
+
+def limits_client_options(settings: Settings) -> dict[str, float | str | bool]:
+    """The client options `limits` passes to redis-py (the same timeouts as every other client)."""
+    return {
+        key: value for key, value in client_options(settings).items() if isinstance(value, float | int | str | bool)
+    }

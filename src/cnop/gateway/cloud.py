@@ -29,8 +29,8 @@ from cnop.common.exceptions import AuthenticationRequired, CnopError
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics
-from cnop.common.redis_ping import watch_redis
 from cnop.common.security import TokenClaims, TokenManager
+from cnop.common.shared.redis import watch_redis
 from cnop.common.web.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware

@@ -1,6 +1,6 @@
 """Market prices: ticks, the source protocol, and the price book that trades read from.
 
-A `PriceSource` yields batches of `Tick`s; a `PriceFeed` (in `cnop.market.feeds`) applies them
+A `PriceSource` yields batches of `Tick`s; a `PriceFeed` (in `cnop.market.feed`) applies them
 to the `PriceBook`, which holds each asset's current price and a bounded history, and fans every
 accepted batch out to subscribers (the SSE stream, the trigger engine).
 """

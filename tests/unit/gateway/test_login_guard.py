@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from cnop.common.clock import FakeClock
+from cnop.common.clock import FakeClock, SystemClock
 from cnop.common.exceptions import LoginBlocked
 from cnop.common.security.login_guard import InMemoryLoginGuard, SharedLoginGuard, login_guard_from_settings
 from cnop.gateway.middleware import MemoryCounters
@@ -143,8 +141,15 @@ def test_the_factory_picks_the_guard_for_the_shape() -> None:
     assert isinstance(shared, SharedLoginGuard)
 
 
-def test_redis_without_a_client_library_fails_at_start_up() -> None:
-    if importlib.util.find_spec("coredis") is not None:  # pragma: no cover
-        pytest.skip("coredis is installed")
-    with pytest.raises(RuntimeError, match="not installed"):
-        login_guard_from_settings(make_settings(redis_url="redis://localhost:6379/0"), FakeClock())
+async def test_with_redis_two_guards_share_the_failures(redis_url: str, redis_prefix: str) -> None:
+    # Two processes' guards on one Redis: failures spread over both block the address on both.
+    settings = make_settings(redis_url=redis_url, redis_prefix=redis_prefix)
+    first, second = (login_guard_from_settings(settings, SystemClock()) for _ in range(2))
+    assert isinstance(first, SharedLoginGuard)
+    for attempt in range(5):
+        await (first if attempt % 2 else second).record_failure(IP)
+    for guard_ in (first, second):
+        with pytest.raises(LoginBlocked) as blocked:
+            await guard_.check(IP)
+        assert 299 <= blocked.value.extra["retry_after"] <= 300
+        await guard_.check(OTHER_IP)

@@ -20,8 +20,8 @@ import pytest
 
 from cnop.common.clock import FakeClock
 from cnop.market.catalogue import load_catalogue
-from cnop.market.feeds import HttpPriceSource, PricePollFailed, backoff_delay, markets_endpoint
 from cnop.market.prices import Tick
+from cnop.market.sources.http import HttpPriceSource, PricePollFailed, backoff_delay, markets_endpoint
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 CLIENT_TIMEOUT = 0.3

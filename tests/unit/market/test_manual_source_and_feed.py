@@ -13,15 +13,15 @@ import pytest
 from cnop.common.clock import FakeClock
 from cnop.common.config import Settings
 from cnop.market.catalogue import load_catalogue
-from cnop.market.feeds import (
+from cnop.market.feed import PriceFeed
+from cnop.market.prices import PriceBook, PriceSource, Tick
+from cnop.market.sources import (
     HttpPriceSource,
     ManualPriceSource,
-    PriceFeed,
     ReplayPriceSource,
     SimulatedPriceSource,
     open_price_source,
 )
-from cnop.market.prices import PriceBook, PriceSource, Tick
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 KNOWN = {"BTC", "ETH"}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cnop.common.clock import FakeClock
-from cnop.market.feeds import ReplayBatch, ReplayPriceSource, parse_replay_csv, parse_replay_timestamp
 from cnop.market.prices import Tick
+from cnop.market.sources.replay import ReplayBatch, ReplayPriceSource, parse_replay_csv, parse_replay_timestamp
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 T1 = datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
@@ -86,7 +86,7 @@ yesterday,BTC,1
 
 2024-06-01T00:01:00Z,ETH,1e3
 """
-    with caplog.at_level(logging.WARNING, logger="cnop.market.feeds"):
+    with caplog.at_level(logging.WARNING, logger="cnop.market.sources.replay"):
         batches = parse_replay_csv(text, known_assets={"BTC", "ETH"})
 
     assert batches == [

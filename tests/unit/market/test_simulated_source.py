@@ -10,8 +10,8 @@ from decimal import Decimal
 from cnop.common.clock import FakeClock
 from cnop.common.money import places
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
-from cnop.market.feeds import SimulatedPriceSource, simulated_batches
 from cnop.market.prices import Tick
+from cnop.market.sources.simulated import SimulatedPriceSource, simulated_batches
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

@@ -15,7 +15,10 @@ def open_store(url: str, settings: Settings | None = None) -> ItemStore:
         if path.startswith("/") and not path.startswith("//"):
             # sqlite:///relative/path -> "relative/path"; sqlite:////abs/path -> "/abs/path"
             path = path[1:]
-        return SQLiteStore(path or ":memory:", synchronous=(settings or Settings()).sqlite_synchronous)
+        settings = settings or Settings()
+        return SQLiteStore(
+            path or ":memory:", synchronous=settings.sqlite_synchronous, group_commit=settings.sqlite_group_commit
+        )
     if url == "dynamodb" or url.startswith("dynamodb://"):
         from cnop.common.database.dynamodb import DynamoDBStore
 

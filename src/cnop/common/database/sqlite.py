@@ -3,15 +3,27 @@
 Every write runs in `BEGIN IMMEDIATE`, so conditions are checked and writes applied while this
 connection holds the file's write lock: several processes may share one file safely. Calls run on
 one dedicated thread per store, so the event loop never waits on the disk.
+
+Group commit: the transactions that concurrent callers queue while the store thread is busy run
+together in one `BEGIN IMMEDIATE ... COMMIT`, each in its own `SAVEPOINT`. A transaction whose
+condition fails (or that is refused otherwise) rolls back to its savepoint alone and the others
+commit; a batch that fails as a whole (an SQLite error, at `COMMIT` say) is rolled back and its
+transactions run again one by one. Every caller's future resolves only after the commit that
+holds its transaction, so durability is that of one transaction per commit; what a batch saves is
+`BEGIN`/`COMMIT` and the hops between the event loop and the store thread, paid once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +56,7 @@ T = TypeVar("T")
 
 # OFF is here for measurements only; the settings accept NORMAL, FULL and EXTRA.
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+MAX_BATCH = 64  # transactions per group commit: bounds how long one commit holds the write lock
 _INT_DIGITS = 20
 _FRACTION_DIGITS = 18
 
@@ -100,6 +113,30 @@ def _loads(body: str) -> Item:
     return result
 
 
+@dataclass(slots=True, eq=False)
+class _Queued:
+    """A transaction waiting for the store thread, and what became of it."""
+
+    ops: list[Op]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    committed: bool = False
+    error: BaseException | None = None
+
+
+def _settle(batch: Sequence[_Queued]) -> None:
+    """On the callers' loop: resolve each future with what became of its transaction."""
+    for queued in batch:
+        if queued.future.done():  # the caller stopped waiting (cancelled)
+            continue
+        if queued.committed:
+            queued.future.set_result(None)
+        elif queued.error is not None:
+            queued.future.set_exception(queued.error)
+        else:
+            queued.future.set_exception(StoreError("sqlite: the store thread stopped before this transaction ran"))
+
+
 class SQLiteStore:
     """`ItemStore` on a SQLite file (`sqlite:///path/to.db`, or `sqlite://:memory:`).
 
@@ -109,7 +146,19 @@ class SQLiteStore:
     ten times worse p99; see benchmarks/README.md.)
     """
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 30_000,
+        synchronous: str = "NORMAL",
+        group_commit: bool = True,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        """`group_commit=False` runs every transaction in its own `BEGIN IMMEDIATE ... COMMIT`
+        (for measurements); `max_batch` bounds the transactions of one group commit."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}")
         self.path = path
@@ -120,6 +169,11 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
         self._tables_ready = False
+        self.group_commit = group_commit
+        self.max_batch = max_batch
+        self._queue: deque[_Queued] = deque()
+        self._queue_lock = threading.Lock()
+        self._draining = False  # a drain of the queue is scheduled on (or running on) the store thread
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -291,47 +345,142 @@ class SQLiteStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def _transact(self, ops: Sequence[Op]) -> None:
-        conn = self._ready()
+    def _apply(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
+        """Check the conditions of `ops` and write them, inside the caller's transaction."""
         now = time.time()
+        # A put of a new item (`NotExists`) needs no read: the primary key refuses a duplicate,
+        # and only then is the existing row read (it may have expired). Every other op reads
+        # its item and checks its condition first. Writes go in op order, so the first
+        # failing op is the one reported, as long as no new item's key is taken (ids are ULIDs).
+        current: list[Item | None] = []
+        for index, op in enumerate(ops):
+            if isinstance(op, Put) and isinstance(op.condition, NotExists):
+                current.append(None)
+                continue
+            row = conn.execute(
+                f"SELECT body FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
+                (op.key["pk"], op.key["sk"]),
+            ).fetchone()
+            item = _loads(row[0]) if row is not None else None
+            if not evaluate(op.condition, item, now):
+                raise ConditionFailed(index)
+            current.append(item if is_live(item, now) else None)
+        for index, (op, item) in enumerate(zip(ops, current, strict=True)):
+            if isinstance(op, Put):
+                if isinstance(op.condition, NotExists):
+                    self._insert_new(conn, index, op, now)
+                else:
+                    self._write(conn, op.table, op.item)
+            elif isinstance(op, Update):
+                self._write(conn, op.table, apply_update(item, op))
+            elif isinstance(op, Delete):
+                conn.execute(
+                    f"DELETE FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
+                    (op.key["pk"], op.key["sk"]),
+                )
+            elif not isinstance(op, Check):
+                raise TypeError(f"not an op: {op!r}")
+
+    def _transact(self, ops: Sequence[Op]) -> None:
+        """One transaction in its own `BEGIN IMMEDIATE ... COMMIT`."""
+        conn = self._ready()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # A put of a new item (`NotExists`) needs no read: the primary key refuses a duplicate,
-            # and only then is the existing row read (it may have expired). Every other op reads
-            # its item and checks its condition first. Writes go in op order, so the first
-            # failing op is the one reported, as long as no new item's key is taken (ids are ULIDs).
-            current: list[Item | None] = []
-            for index, op in enumerate(ops):
-                if isinstance(op, Put) and isinstance(op.condition, NotExists):
-                    current.append(None)
-                    continue
-                row = conn.execute(
-                    f"SELECT body FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
-                    (op.key["pk"], op.key["sk"]),
-                ).fetchone()
-                item = _loads(row[0]) if row is not None else None
-                if not evaluate(op.condition, item, now):
-                    raise ConditionFailed(index)
-                current.append(item if is_live(item, now) else None)
-            for index, (op, item) in enumerate(zip(ops, current, strict=True)):
-                if isinstance(op, Put):
-                    if isinstance(op.condition, NotExists):
-                        self._insert_new(conn, index, op, now)
-                    else:
-                        self._write(conn, op.table, op.item)
-                elif isinstance(op, Update):
-                    self._write(conn, op.table, apply_update(item, op))
-                elif isinstance(op, Delete):
-                    conn.execute(
-                        f"DELETE FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
-                        (op.key["pk"], op.key["sk"]),
-                    )
-                elif not isinstance(op, Check):
-                    raise TypeError(f"not an op: {op!r}")
+            self._apply(conn, ops)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _transact_together(self, batch: Sequence[_Queued]) -> None:
+        """Several transactions in one `BEGIN IMMEDIATE ... COMMIT`, a savepoint each.
+
+        A transaction refused by a condition (or any error of its own that is not SQLite's) is
+        rolled back to its savepoint and reported to its caller alone. An SQLite error rolls the
+        whole batch back and is raised: nothing of the batch is committed.
+        """
+        conn = self._ready()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for queued in batch:
+                conn.execute("SAVEPOINT tx")
+                try:
+                    self._apply(conn, queued.ops)
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO tx")
+                    queued.error = exc
+                conn.execute("RELEASE tx")
+            conn.execute("COMMIT")
+        except BaseException:
+            for queued in batch:
+                queued.error = None
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for queued in batch:
+            queued.committed = queued.error is None
+
+    def _run_batch(self, batch: Sequence[_Queued]) -> None:
+        """On the store thread: commit `batch` together, or its transactions alone if that fails."""
+        if len(batch) > 1:
+            try:
+                self._transact_together(batch)
+                return
+            except sqlite3.Error:
+                pass  # rolled back: run each transaction alone, so each gets its own answer
+        for queued in batch:
+            try:
+                self._transact(queued.ops)
+                queued.committed = True
+            except sqlite3.Error as exc:
+                queued.error = StoreError(f"sqlite: {exc}")
+                queued.error.__cause__ = exc
+            except Exception as exc:
+                queued.error = exc
+
+    def _drain(self) -> None:
+        """On the store thread: run one batch of the queue, then schedule the next if any.
+
+        One batch per executor job, so reads queued meanwhile run between batches.
+        """
+        with self._queue_lock:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+        try:
+            # A caller that stopped waiting before its batch started does not see it applied.
+            self._run_batch([queued for queued in batch if not queued.future.cancelled()])
+        finally:
+            self._schedule_next()  # first: a caller woken below finds the queue's state settled
+            self._notify(batch)
+
+    def _schedule_next(self) -> None:
+        with self._queue_lock:
+            if not self._queue:
+                self._draining = False
+                return
+        self._submit_drain()
+
+    def _submit_drain(self) -> None:
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError:  # the store was closed: fail what is still queued
+            with self._queue_lock:
+                stranded = list(self._queue)
+                self._queue.clear()
+                self._draining = False
+            self._notify(stranded)
+
+    @staticmethod
+    def _notify(batch: Sequence[_Queued]) -> None:
+        """Wake each caller's loop once for the whole batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Queued]] = {}
+        for queued in batch:
+            by_loop.setdefault(queued.loop, []).append(queued)
+        for loop, queued_on_loop in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting there
+                loop.call_soon_threadsafe(_settle, queued_on_loop)
 
     def _insert_new(self, conn: sqlite3.Connection, index: int, op: Put, now: float) -> None:
         try:
@@ -354,7 +503,17 @@ class SQLiteStore:
         check_ops(ops)
         for op in ops:
             self._table(op.table)
-        await self._run(self._transact, ops)
+        if not self.group_commit:
+            await self._run(self._transact, ops)
+            return
+        loop = asyncio.get_running_loop()
+        queued = _Queued(ops, loop, loop.create_future())
+        with self._queue_lock:
+            self._queue.append(queued)
+            schedule, self._draining = not self._draining, True
+        if schedule:
+            self._submit_drain()
+        await queued.future
 
     # --- life cycle ---------------------------------------------------------------------------
 
