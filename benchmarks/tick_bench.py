@@ -32,7 +32,7 @@ from cnop.common.database.store import Put
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import OrderCreate, OrderType
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.common.ids import new_id
 from cnop.market.prices import PriceBook
 from cnop.services.order.placement import Placement
@@ -77,7 +77,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
         btc = Asset(asset_id="BTC", name="Bitcoin", symbol="btc", scale=8, created_at=now, updated_at=now)
         await assets.create_asset(btc, Decimal(10**6))
         balances = BalanceDAO(store, clock)
-        events = EventBus(clock)
+        events = InProcessEventBus(clock)
         orders = OrderDAO(store, clock)
         settlement = Settlement(store, balances, HoldingDAO(store, clock), assets.house_trade_op)
         placement = Placement(store, orders, settlement, settings, clock, events)

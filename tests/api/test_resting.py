@@ -12,7 +12,7 @@ import pytest
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.services.order.triggers import trigger_engine
 from tests.api.conftest import Api
@@ -328,7 +328,7 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
             orders.append((headers, await place(api, headers, order_type="limit_buy", quantity="0.02", price=price)))
     c = api.container
     other_store = store_factory()
-    other = trigger_engine(other_store, c.price_book, AssetDAO.house_trade_op, c.settings, c.clock, EventBus(c.clock))
+    other = trigger_engine(other_store, c.price_book, AssetDAO.house_trade_op, c.settings, c.clock, InProcessEventBus(c.clock))
     # Ticks go to the two engines only (not through the book, so the app's own engine stays out).
     burst = [Tick("BTC", D(p), c.clock.now()) for p in ("44500", "42500", "40000")]
     filled = await asyncio.gather(c.triggers.process(burst), other.process(burst), c.triggers.process(burst[-1:]))

@@ -9,18 +9,22 @@ this is the integrated proof. Every "within" is polled with a generous deadline,
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
 
 import httpx2
 import pytest
 
-from tests.support.fleet import PASSWORD, Fleet, client, login, register
+from tests.support.fleet import ADMIN, PASSWORD, Fleet, client, login, register
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.system
 
-USER_LIMIT = 40  # per user and minute, for the whole fleet
+USER_LIMIT = 40  # per user and minute, for the whole fleet (the other tests stay well below it)
+DEADLINE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,53 @@ def test_failed_logins_spread_over_both_processes_block_the_ip_on_both(
         elsewhere = {"X-Forwarded-For": "192.0.2.10"}
         r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD}, headers=elsewhere)
         assert r.status_code == 200, r.text
+
+
+def _poll(fetch: Callable[[], Any], until: Callable[[Any], bool], deadline: float = DEADLINE) -> Any:
+    """`fetch()` until `until(value)`; fails with the last value after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = fetch()
+        if until(value):
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met in {deadline:g} s; last: {value}")
+        time.sleep(0.5)
+
+
+def test_a_logout_on_one_process_makes_the_token_fail_on_the_other(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    _username, auth = _new_user(apis[0])
+    assert apis[1].get("/api/v1/balance", headers=auth).status_code == 200  # known (and verified) there
+    r = apis[0].post("/api/v1/auth/logout", headers=auth)
+    assert r.status_code == 200, r.text
+    for http in reversed(apis):
+        r = http.get("/api/v1/balance", headers=auth)
+        assert r.status_code == 401, r.text
+
+
+def test_an_asset_deactivated_on_one_process_is_refused_on_the_other(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    _username, auth = _new_user(apis[1])
+    admin = login(apis[0], ADMIN)
+    r = apis[1].post("/api/v1/balance/deposit", json={"amount": "1000"}, headers=auth)
+    assert r.status_code == 201, r.text
+    order = {"order_type": "market_buy", "asset_id": "LTC", "quantity": "0.1"}
+    assert apis[1].post("/api/v1/orders", json=order, headers=auth).status_code == 201  # API 2 knows LTC active
+    r = apis[0].post("/api/v1/admin/assets/LTC/deactivate", headers=admin)
+    assert r.status_code == 200, r.text
+    try:
+        refused = _poll(
+            lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code != 201
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "asset_not_tradeable"
+    finally:
+        r = apis[0].post("/api/v1/admin/assets/LTC/activate", headers=admin)
+        assert r.status_code == 200, r.text
+    _poll(lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code == 201)
+    orders = apis[1].get("/api/v1/orders", headers=auth).json()["data"]
+    cash = Decimal(str(apis[1].get("/api/v1/balance", headers=auth).json()["available_balance"]))
+    assert cash == Decimal("1000") - sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))

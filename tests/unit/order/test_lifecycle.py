@@ -22,7 +22,7 @@ from cnop.common.database.store import SortKey, Update
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import TRANSITIONS, OrderCreate, OrderStatus, OrderType, OrderUpdate
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.common.exceptions import InsufficientFunds, OrderNotCancellable
 from cnop.common.ids import new_id
 from cnop.services.order.fills import Fills
@@ -68,7 +68,7 @@ async def book(tmp_path: Path) -> AsyncIterator[Book]:
         created_at=now,
     )
     await store.transact(balances.entry_ops(deposit))
-    events = EventBus(clock)
+    events = InProcessEventBus(clock)
     settlement = Settlement(store, balances, holdings, AssetDAO.house_trade_op)
     release = Release(store, orders, settlement, clock, events)
     yield Book(
