@@ -8,7 +8,8 @@
 `sqlite-ab` (part of `make bench-store`) compares, in one run and alternating their order every
 attempt, several ways of committing the same transactions on SQLite: the store with group commit
 (the default), the store without it (one `BEGIN IMMEDIATE ... COMMIT` each), the store with group
-commit but the item encoder before msgspec (simplejson: "simplejson writes"), and **bare
+commit but the item encoder before msgspec (simplejson: "simplejson writes"), the store with its
+calls run by a one-worker `ThreadPoolExecutor` as before ("executor hop"), and **bare
 `sqlite3`** running the very statements the store runs, with bodies encoded once, in one thread
 with no event loop, codec or conditions (the floor of the engine). Two transaction shapes: a
 market order's six ops (order, guarded balance, ledger entry, holding, asset transaction, guarded
@@ -429,6 +430,22 @@ def _simplejson_dumps(item: Any) -> str:
     return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
 
 
+class _ExecutorThread:
+    """The store thread before: a one-worker ThreadPoolExecutor, answers chained by asyncio."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self.pool.submit(fn, *args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 class BareSQLite:
     """The statements `SQLiteStore` runs for a transaction, in one thread, bodies encoded beforehand."""
 
@@ -518,13 +535,16 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
             "group commit": SQLiteStore(f"{tmp}/group.db"),
             "no group commit": SQLiteStore(f"{tmp}/single.db", group_commit=False),
         }
-        for store in stores.values():
+        for store in set(stores.values()):
             await _ab_prepare(store)
         bare_store = SQLiteStore(f"{tmp}/bare.db")
         await _ab_prepare(bare_store)
         await bare_store.close()
         bares = {shape: BareSQLite(f"{tmp}/bare.db", shape) for shape in AB_SHAPES}
         stores["simplejson writes"] = stores["group commit"]  # the same store, the encoder before
+        stores["executor hop"] = SQLiteStore(f"{tmp}/executor.db")
+        stores["executor hop"]._executor = _ExecutorThread()  # type: ignore[assignment]
+        await _ab_prepare(stores["executor hop"])
         variants = ["bare sqlite3", *stores]
         offset = 0
         try:
