@@ -118,7 +118,7 @@ def build_container(
     price_source = open_price_source(settings.price_source, catalogue, settings, clock)
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
-    asset_dao = AssetDAO(store, clock, invalidations=invalidations)
+    asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
