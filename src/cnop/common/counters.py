@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from limits.aio.storage import Storage as AsyncStorage
 from limits.errors import ConfigurationError
@@ -192,8 +192,6 @@ def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStor
     return FallbackCounters(redis_counters(settings), MemoryCounters(clock))
 
 
-def limits_client_options(settings: Settings) -> dict[str, float | str | bool]:
-    """The client options `limits` passes to redis-py (the same timeouts as every other client)."""
-    return {
-        key: value for key, value in client_options(settings).items() if isinstance(value, float | int | str | bool)
-    }
+def limits_client_options(settings: Settings) -> dict[str, Any]:
+    """The client options `limits` passes to redis-py: the same timeouts and retries as every other client."""
+    return client_options(settings)
