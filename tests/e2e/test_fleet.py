@@ -46,6 +46,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Itera
         "CNOP_RATE_LIMIT_PER_IP": "100000/minute",
         "CNOP_RATE_LIMIT_PER_USER": f"{USER_LIMIT}/minute",
         "CNOP_REDIS_PREFIX": f"fleet{uuid.uuid4().hex[:8]}:",
+        # Assets cached for an hour: only the invalidation channel can make a change show elsewhere.
+        "CNOP_ASSET_CACHE_SECONDS": "3600",
     }
     with Fleet(workdir, f"sqlite:///{workdir / 'fleet.db'}", redis.url, extra_env=env) as running:
         yield running
