@@ -35,9 +35,9 @@ from cnop.common.entities.order import OrderCreate, OrderType
 from cnop.common.events import InProcessEventBus
 from cnop.common.ids import new_id
 from cnop.market.prices import PriceBook
-from cnop.market.triggers import TriggerEngine
-from cnop.services.order.resting import RestingOrders
+from cnop.services.order.placement import Placement
 from cnop.services.order.settlement import Settlement
+from cnop.services.order.triggers import trigger_engine
 
 CROSSING = 10
 TICK_PRICE = Decimal("44000")
@@ -78,10 +78,10 @@ async def measure(resting: int, rounds: int) -> list[float]:
         await assets.create_asset(btc, Decimal(10**6))
         balances = BalanceDAO(store, clock)
         events = InProcessEventBus(clock)
-        holdings = HoldingDAO(store, clock)
-        settlement = Settlement(store, balances, holdings, assets.house_trade_op)
-        rest = RestingOrders(store, OrderDAO(store, clock), balances, holdings, settings, clock, events, settlement)
-        engine = TriggerEngine(PriceBook(clock), rest, settings, clock)
+        orders = OrderDAO(store, clock)
+        settlement = Settlement(store, balances, HoldingDAO(store, clock), assets.house_trade_op)
+        placement = Placement(store, orders, settlement, settings, clock, events)
+        engine = trigger_engine(store, PriceBook(clock), assets.house_trade_op, settings, clock, events)
         await resting_background(store, resting)
         users = [f"trader{n:02d}" for n in range(CROSSING)]
         for user in users:
@@ -103,7 +103,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
                 request = OrderCreate(
                     order_type=OrderType.LIMIT_BUY, asset_id="BTC", quantity=Decimal("0.01"), price=Decimal("45000")
                 )
-                await rest.queue(user, request, btc, Decimal("50000"), None)
+                await placement.queue(user, request, Decimal("50000"), None)
             start = time.perf_counter()
             filled = await engine.process_tick("BTC", TICK_PRICE)
             timings.append(time.perf_counter() - start)
