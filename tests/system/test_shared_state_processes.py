@@ -1,9 +1,11 @@
 """Two real API processes sharing one store and one Redis: revocation, invalidation and a Redis outage.
 
-The focused proof of issue 13 points 5-7 (the whole fleet, with workers, is `tests/e2e/test_fleet.py`,
-which also shows the shared per-user limit and login guard): two `cnop serve` processes with
-`CNOP_TRIGGER_ENGINE=false` on one SQLite file and one redis-server, all on 127.0.0.1.
+The focused proof of issue 13 points 5-7 (the whole fleet, with workers, is `tests/e2e/test_fleet.py`):
+two `cnop serve` processes with `CNOP_TRIGGER_ENGINE=false` on one SQLite file and one
+redis-server, all on 127.0.0.1.
 
+- a per-user limit of N a minute allows N requests in total over both, with exact headers;
+- five failed logins from one address, spread over both, block that address on both;
 - a logout on API 1 makes the token fail on API 2 at once (the store is the truth);
 - an admin deactivating an asset on API 1 makes API 2 refuse orders for it: the processes cache
   assets for an hour here (`CNOP_ASSET_CACHE_SECONDS`), so only the invalidation channel can
@@ -106,6 +108,31 @@ def _accepted(http: httpx2.Client, auth: dict[str, str], asset: str) -> bool:
     r = _limit_buy(http, auth, asset)
     assert r.status_code in (201, 422), r.text
     return r.status_code == 201
+
+
+def test_a_per_user_limit_allows_n_in_total_over_both_processes(apis: tuple[httpx2.Client, httpx2.Client]) -> None:
+    _username, auth = _new_user(apis[0])
+    remaining = [_remaining(apis[n % 2].get("/api/v1/balance", headers=auth)) for n in range(USER_LIMIT)]
+    assert remaining == list(range(USER_LIMIT - 1, -1, -1))  # one count, exact headers, on both
+    for http in apis:
+        r = http.get("/api/v1/balance", headers=auth)
+        assert r.status_code == 429, r.text
+        assert r.json()["code"] == "rate_limited"
+
+
+def test_five_failed_logins_spread_over_both_block_the_address_on_both(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    username, _auth = _new_user(apis[0])
+    attacker = {"X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250 + 1}"}
+    for index in range(5):
+        guess = {"username": f"{username}_{index}", "password": "wrong-" + PASSWORD}
+        assert apis[index % 2].post("/api/v1/auth/login", json=guess, headers=attacker).status_code == 401
+    for http in apis:
+        r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD}, headers=attacker)
+        assert r.status_code == 403, r.text
+        assert r.json()["code"] == "login_blocked"
+        assert 1 <= int(r.headers["retry-after"]) <= 300
 
 
 def test_a_logout_on_one_process_makes_the_token_fail_on_the_other_at_once(

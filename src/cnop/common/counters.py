@@ -105,9 +105,10 @@ class FallbackCounters:
 
     Any error from `shared` (Redis down, a timeout, a refused command) sends the call to
     `local` instead, and for the next `retry_seconds` every call goes straight to `local`
-    (a dead Redis costs one failed attempt per interval, not one per request); then `shared`
-    is tried again, and the first success switches back. Each switch is logged once. Counts
-    made locally stay local: after an outage the shared counts resume where Redis left them.
+    (a dead Redis costs one failed attempt per interval, not one per request); then one call
+    tries `shared` again while the others stay local, and the first success switches back. Each
+    switch is logged once. Counts made locally stay local: after an outage the shared counts
+    resume where Redis left them.
     """
 
     def __init__(self, shared: CounterStore, local: CounterStore | None = None, *, retry_seconds: float = 1.0) -> None:
@@ -123,8 +124,13 @@ class FallbackCounters:
         return self._down
 
     async def _call(self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
-        if self._down and time.monotonic() < self._retry_at:
-            return await local()
+        if self._down:
+            now = time.monotonic()
+            if now < self._retry_at:
+                return await local()
+            # This call probes Redis; concurrent ones stay local meanwhile (a stalled Redis then
+            # delays one request per interval by its timeout, not every request in flight).
+            self._retry_at = now + self.retry_seconds
         try:
             result = await shared()
         except Exception as exc:
