@@ -12,14 +12,9 @@ import pytest
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.holding_dao import HoldingDAO
-from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
-from cnop.market.triggers import TriggerEngine
-from cnop.services.order.resting import RestingOrders
-from cnop.services.order.settlement import Settlement
+from cnop.services.order.triggers import trigger_engine
 from tests.api.conftest import Api
 from tests.api.test_auth import assert_problem
 from tests.api.test_trading import funded_user, snapshot
@@ -333,15 +328,7 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
             orders.append((headers, await place(api, headers, order_type="limit_buy", quantity="0.02", price=price)))
     c = api.container
     other_store = store_factory()
-    other = TriggerEngine(
-        c.price_book,
-        RestingOrders(other_store, OrderDAO(other_store, c.clock), BalanceDAO(other_store, c.clock),
-                      HoldingDAO(other_store, c.clock), c.settings, c.clock, InProcessEventBus(c.clock),
-                      Settlement(other_store, BalanceDAO(other_store, c.clock), HoldingDAO(other_store, c.clock),
-                                 AssetDAO.house_trade_op)),
-        c.settings,
-        c.clock,
-    )
+    other = trigger_engine(other_store, c.price_book, AssetDAO.house_trade_op, c.settings, c.clock, InProcessEventBus(c.clock))
     # Ticks go to the two engines only (not through the book, so the app's own engine stays out).
     burst = [Tick("BTC", D(p), c.clock.now()) for p in ("44500", "42500", "40000")]
     filled = await asyncio.gather(c.triggers.process(burst), other.process(burst), c.triggers.process(burst[-1:]))
