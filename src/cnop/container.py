@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +27,13 @@ from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
+from cnop.common.shared.lease import FencedLease
+from cnop.common.shared.redis import SharedRedis, open_redis
+from cnop.market.bus import LocalPriceBus, PriceBus, RedisPriceBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
+from cnop.market.leader import LeasedPriceFeed
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.market.sources import open_price_source
 from cnop.market.triggers import TriggerEngine
@@ -75,6 +82,12 @@ class Container:
     triggers: TriggerEngine
     price_history: PriceHistoryStore
     price_stream_connections: StreamConnections
+    # How ticks reach this process's book: in-process, or a Redis stream every process follows.
+    price_bus: PriceBus
+    # The shared-state Redis (None without CNOP_REDIS_URL), and the price lease if this process
+    # competes to be the fleet's one price publisher.
+    redis: SharedRedis | None = None
+    price_lease: FencedLease | None = None
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -102,11 +115,28 @@ def build_container(
     audit = AuditLogger()
     metrics = Metrics()
     catalogue = list(load_catalogue())
-    price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
-    # `manual` prices are applied to the book by the admin endpoint directly; no feed runs.
+    shared = open_redis(settings)
+    price_bus: PriceBus
+    if shared is None:
+        price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
+        price_bus = LocalPriceBus(price_book)
+    else:
+        # The book starts from the shared prices and history (RedisPriceBus.start), not the snapshot.
+        price_book = PriceBook(clock, history_size=settings.price_history_size)
+        price_bus = RedisPriceBus(
+            shared,
+            price_book,
+            clock,
+            catalogue=catalogue,
+            stream_maxlen=settings.price_stream_maxlen,
+            block_seconds=min(1.0, settings.redis_socket_timeout_seconds / 2),
+        )
+    # `manual` prices come from the admin endpoint (published on the bus); no feed runs. With
+    # Redis, only a process that competes for the price lease opens a source at all.
+    publisher = settings.trigger_engine if settings.price_publisher is None else settings.price_publisher
     price_source = (
         None
-        if settings.price_source == "manual"
+        if settings.price_source == "manual" or (shared is not None and not publisher)
         else open_price_source(settings.price_source, catalogue, settings, clock)
     )
     user_dao = UserDAO(store, passwords, clock)
@@ -168,19 +198,30 @@ def build_container(
         triggers=TriggerEngine(price_book, resting, settings, clock),
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
+        price_bus=price_bus,
+        redis=shared,
     )
     metrics.watch_price_age(_price_age(price_book, clock))
     if settings.trigger_engine:
         metrics.watch_trigger_engine_lag(container.triggers.lag_seconds)
     container.startup.append(inventory.load_catalogue)
-    if settings.price_history_flush_seconds > 0:
+    if shared is not None:
+        # Before anything serves: the shared prices and history into the book, then follow them.
+        container.startup.insert(0, price_bus.start)
+        container.background.append(price_bus.run)
+    if shared is None and settings.price_history_flush_seconds > 0:
+        # With Redis the shared history lives next to the stream (market/bus.py) instead.
         recorder = PriceHistoryRecorder(
             price_book, container.price_history, clock, settings.price_history_flush_seconds
         )
         container.startup.append(recorder.restore)
         container.background.append(recorder.run)
-    if price_source is not None:
-        container.background.append(PriceFeed(price_source, price_book).run)
+    if price_source is not None and shared is None:
+        container.background.append(PriceFeed(price_source, price_bus).run)
+    elif price_source is not None and shared is not None:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        container.price_lease = FencedLease(shared, "prices", holder, settings.price_lease_seconds)
+        container.background.append(LeasedPriceFeed(container.price_lease, price_source, price_bus, price_book).run)
     if settings.trigger_engine:
         container.background.append(container.triggers.run)
     return container

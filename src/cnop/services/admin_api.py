@@ -49,7 +49,8 @@ async def set_manual_price(container: Container, body: PriceSet) -> str:
     asset_id = body.asset_id.upper()
     if await container.asset_dao.find_asset(asset_id) is None:
         raise AssetNotFound(f"Asset {asset_id} not found")
-    container.price_book.apply([Tick(asset_id, body.price, container.clock.now())])
+    # Published on the price bus: with Redis every process's book applies it, in stream order.
+    await container.price_bus.publish([Tick(asset_id, body.price, container.clock.now())])
     return asset_id
 
 
