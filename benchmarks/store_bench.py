@@ -2,6 +2,18 @@
 
     .venv/bin/python -m benchmarks.store_bench [--ops 400] [--concurrency 1,16] [--engines sqlite,dynamodb]
                                                [--endpoint http://127.0.0.1:8000]
+    .venv/bin/python -m benchmarks.store_bench --engines sqlite-ab [--ab-ops 2000] [--ab-attempts 3]
+                                               [--ab-concurrency 1,16,64]
+
+`sqlite-ab` (part of `make bench-store`) compares, in one run and alternating their order every
+attempt, three ways of committing the same transactions on SQLite: the store with group commit
+(the default), the store without it (one `BEGIN IMMEDIATE ... COMMIT` each), and **bare
+`sqlite3`** running the very statements the store runs, with bodies encoded once, in one thread
+with no event loop, codec or conditions (the floor of the engine). Two transaction shapes: a
+market order's six ops (order, guarded balance, ledger entry, holding, asset transaction, guarded
+house inventory) and a withdrawal's two. Reported per shape and concurrency: the median of the
+attempts in transactions/s and in CPU µs per transaction (process CPU time, both threads), and the
+ratios store ÷ bare and group ÷ no group.
 
 SQLite runs on a file in a temporary directory. DynamoDB runs on DynamoDB Local, started like the
 test suite does (tests/support/dynamodb_local.py), or on `--endpoint` / `CNOP_TEST_DYNAMODB_ENDPOINT`.
@@ -24,6 +36,7 @@ import json
 import os
 import platform
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -43,9 +56,10 @@ import boto3
 from botocore.config import Config
 
 from cnop.common.database import keys
+from cnop.common.database import sqlite as sqlite_engine
 from cnop.common.database.dynamodb import Assumption, DynamoDBStore, decode_item
 from cnop.common.database.sqlite import SQLiteStore
-from cnop.common.database.store import Ge, ItemStore, Op, Put, SortKey, Update
+from cnop.common.database.store import Ge, ItemStore, NotExists, Op, Put, SortKey, Update
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
 T = keys.USERS
@@ -292,6 +306,313 @@ async def bench_clients(endpoint: str, ops: int, levels: list[int]) -> list[Resu
     return results
 
 
+# --- SQLite: group commit on / off / bare sqlite3, A/B in one run ------------------------------
+
+AB_USERS = 64
+AB_SHAPES = ("order", "withdrawal")
+
+
+def _ab_order(n: int) -> list[Op]:
+    """A market buy's six ops, as the settlement builds them (bodies of a similar size)."""
+    user = f"USER#ab{n % AB_USERS:02d}"
+    order_id = f"{n:012d}{uuid.uuid4().hex[:14]}"
+    return [
+        Put(
+            keys.ORDERS,
+            {
+                "pk": user,
+                "sk": f"ORDER#{order_id}",
+                "order_id": order_id,
+                "username": user[5:],
+                "asset_id": "BTC",
+                "order_type": "market_buy",
+                "status": "completed",
+                "quantity": Decimal("0.00010000"),
+                "price": Decimal("65000.00"),
+                "total": Decimal("6.50"),
+                "created_at": "2026-12-03T10:00:00.000Z",
+                "updated_at": "2026-12-03T10:00:00.000Z",
+            },
+            NotExists(),
+        ),
+        Update(
+            keys.USERS,
+            {"pk": user, "sk": "BALANCE#USD"},
+            add={"available": Decimal("-6.50")},
+            set={"updated_at": "2026-12-03T10:00:00.000Z"},
+            condition=Ge("available", Decimal("6.50")),
+        ),
+        Put(
+            keys.USERS,
+            {
+                "pk": user,
+                "sk": f"TXN#{order_id}",
+                "transaction_id": order_id,
+                "username": user[5:],
+                "transaction_type": "order_payment",
+                "amount": Decimal("-6.50"),
+                "status": "completed",
+                "reference_id": order_id,
+                "created_at": "2026-12-03T10:00:00.000Z",
+            },
+            NotExists(),
+        ),
+        Update(
+            keys.USERS,
+            {"pk": user, "sk": "HOLDING#BTC"},
+            add={"available": Decimal("0.00010000"), "cost_basis": Decimal("6.50")},
+            set={"updated_at": "2026-12-03T10:00:00.000Z"},
+            init={"asset_id": "BTC"},
+        ),
+        Put(
+            keys.ORDERS,
+            {
+                "pk": user,
+                "sk": f"ASSETTXN#BTC#{order_id}",
+                "asset_id": "BTC",
+                "quantity": Decimal("0.00010000"),
+                "price": Decimal("65000.00"),
+                "order_id": order_id,
+                "created_at": "2026-12-03T10:00:00.000Z",
+            },
+            NotExists(),
+        ),
+        Update(
+            keys.INVENTORY,
+            {"pk": "ASSET#BTC", "sk": "INVENTORY"},
+            add={"available": Decimal("-0.00010000"), "cash": Decimal("6.50")},
+            condition=Ge("available", Decimal("0.00010000")),
+        ),
+    ]
+
+
+def _ab_withdrawal(n: int) -> list[Op]:
+    user = f"USER#ab{n % AB_USERS:02d}"
+    txn = f"{n:012d}{uuid.uuid4().hex[:14]}"
+    return [
+        Update(
+            T,
+            {"pk": user, "sk": "BALANCE#USD"},
+            add={"available": Decimal("-0.01")},
+            condition=Ge("available", Decimal("0.01")),
+        ),
+        Put(
+            T, {"pk": user, "sk": f"TXN#{txn}", "amount": Decimal("-0.01"), "transaction_type": "withdraw"}, NotExists()
+        ),
+    ]
+
+
+AB_TRANSACTIONS: dict[str, Callable[[int], list[Op]]] = {"order": _ab_order, "withdrawal": _ab_withdrawal}
+
+
+async def _ab_prepare(store: SQLiteStore) -> None:
+    await store.create_tables()
+    seed: list[Op] = [
+        Put(
+            keys.INVENTORY, {"pk": "ASSET#BTC", "sk": "INVENTORY", "available": Decimal("1e9"), "cash": Decimal("0.00")}
+        )
+    ]
+    seed += [
+        Put(T, {"pk": f"USER#ab{u:02d}", "sk": "BALANCE#USD", "available": Decimal("1e12")}) for u in range(AB_USERS)
+    ]
+    await store.transact(seed[:50])
+    await store.transact(seed[50:])
+
+
+class BareSQLite:
+    """The statements `SQLiteStore` runs for a transaction, in one thread, bodies encoded beforehand."""
+
+    def __init__(self, path: str, shape: str) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        # What the store would read and write for transaction 0: op kinds, tables, rows.
+        self.plan: list[tuple[str, str, list[Any]]] = []
+        for op in AB_TRANSACTIONS[shape](0):
+            if isinstance(op, Put) and isinstance(op.condition, NotExists):
+                self.plan.append(("new", op.table, sqlite_engine._columns(op.item)))
+            elif isinstance(op, Update):
+                item = {**op.key, **op.set, **op.init, **{a: Decimal(v) for a, v in op.add.items()}}
+                self.plan.append(("update", op.table, sqlite_engine._columns(item)))
+            else:
+                self.plan.append(("put", op.table, sqlite_engine._columns(op.item)))
+
+    def run(self, ops: int, offset: int) -> None:
+        execute = self.conn.execute
+        for n in range(offset, offset + ops):
+            user = f"USER#ab{n % AB_USERS:02d}"
+            unique = f"{n:012d}{uuid.uuid4().hex[:14]}"
+            execute("BEGIN IMMEDIATE")
+            rows = []
+            for kind, table, row in self.plan:
+                sk = row[1]
+                if kind == "update":
+                    key = (row[0] if row[0].startswith("ASSET#") else user, sk)
+                    execute(f"SELECT body FROM {table} WHERE pk=? AND sk=?", key).fetchone()
+                    rows.append((sqlite_engine._INSERT_SQL[table], [*key, *row[2:]]))
+                else:
+                    rows.append(
+                        (sqlite_engine._INSERT_NEW_SQL[table], [user, sk[: sk.rindex("#") + 1] + unique, *row[2:]])
+                    )
+            for sql, params in rows:
+                execute(sql, params)
+            execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class ABResult:
+    shape: str
+    variant: str
+    concurrency: int
+    attempt: int
+    ops: int
+    tx_per_second: float
+    cpu_us_per_tx: float
+    batches: int | None = None
+
+
+async def _ab_store_run(
+    store: SQLiteStore, shape: str, ops: int, concurrency: int, offset: int
+) -> tuple[float, float, int]:
+    make = AB_TRANSACTIONS[shape]
+    counter = itertools.count(offset)
+    end = offset + ops
+    commits = 0
+    drain = store._drain
+
+    def counting_drain() -> None:
+        nonlocal commits
+        commits += 1
+        drain()
+
+    store._drain = counting_drain  # type: ignore[method-assign]
+
+    async def worker() -> None:
+        while (n := next(counter)) < end:
+            await store.transact(make(n))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    store._drain = drain  # type: ignore[method-assign]
+    return wall, cpu, commits
+
+
+async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[ABResult]:
+    results: list[ABResult] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = {
+            "group commit": SQLiteStore(f"{tmp}/group.db"),
+            "no group commit": SQLiteStore(f"{tmp}/single.db", group_commit=False),
+        }
+        for store in stores.values():
+            await _ab_prepare(store)
+        bare_store = SQLiteStore(f"{tmp}/bare.db")
+        await _ab_prepare(bare_store)
+        await bare_store.close()
+        bares = {shape: BareSQLite(f"{tmp}/bare.db", shape) for shape in AB_SHAPES}
+        variants = ["bare sqlite3", *stores]
+        offset = 0
+        try:
+            for store in stores.values():  # warm up
+                for shape in AB_SHAPES:
+                    await _ab_store_run(store, shape, max(100, ops // 10), 16, offset)
+                    offset += ops
+            print(f"{'shape':<10} {'variant':<16} {'conc':>4} {'attempt':>7} {'tx/s':>9} {'CPU µs/tx':>10} tx/commit")
+            for attempt in range(attempts):
+                order = variants[attempt % 3 :] + variants[: attempt % 3]  # rotate: no variant always first
+                for shape in AB_SHAPES:
+                    for concurrency in levels:
+                        for variant in order:
+                            if variant == "bare sqlite3":
+                                if concurrency != levels[0]:
+                                    continue  # one thread, no concurrency: measured once per attempt
+                                cpu, wall = time.process_time(), time.perf_counter()
+                                bares[shape].run(ops, offset)
+                                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                                commits = ops
+                                level = 1
+                            else:
+                                store = stores[variant]
+                                wall, cpu, drains = await _ab_store_run(store, shape, ops, concurrency, offset)
+                                commits = drains if store.group_commit else ops
+                                level = concurrency
+                            offset += ops
+                            result = ABResult(
+                                shape,
+                                variant,
+                                level,
+                                attempt,
+                                ops,
+                                round(ops / wall, 1),
+                                round(cpu / ops * 1e6, 1),
+                                None if variant == "bare sqlite3" else commits,
+                            )
+                            results.append(result)
+                            per_commit = f"{ops / commits:9.1f}"
+                            print(
+                                f"{shape:<10} {variant:<16} {level:>4} {attempt:>7} {result.tx_per_second:>9.1f}"
+                                f" {result.cpu_us_per_tx:>10.1f} {per_commit}",
+                                flush=True,
+                            )
+        finally:
+            for bare in bares.values():
+                bare.close()
+            for store in stores.values():
+                await store.close()
+    return results
+
+
+def ab_summary(results: list[ABResult]) -> list[dict[str, Any]]:
+    """Medians per (shape, variant, concurrency), and the ratios to bare sqlite3 and to no group commit."""
+    groups: dict[tuple[str, str, int], list[ABResult]] = {}
+    for r in results:
+        groups.setdefault((r.shape, r.variant, r.concurrency), []).append(r)
+    medians = {
+        key: (statistics.median(r.tx_per_second for r in rs), statistics.median(r.cpu_us_per_tx for r in rs))
+        for key, rs in groups.items()
+    }
+    rows = []
+    for (shape, variant, concurrency), (tps, cpu) in medians.items():
+        bare_tps, bare_cpu = medians[(shape, "bare sqlite3", 1)]
+        single = None if variant == "bare sqlite3" else medians.get((shape, "no group commit", concurrency))
+        rows.append(
+            {
+                "shape": shape,
+                "variant": variant,
+                "concurrency": concurrency,
+                "tx_per_second": round(tps, 1),
+                "cpu_us_per_tx": round(cpu, 1),
+                "tx_per_second_vs_bare": round(tps / bare_tps, 3),
+                "bare_cpu_vs_cpu": round(bare_cpu / cpu, 3),
+                "tx_per_second_vs_no_group_commit": None if single is None else round(tps / single[0], 3),
+                "cpu_vs_no_group_commit": None if single is None else round(cpu / single[1], 3),
+            }
+        )
+    return rows
+
+
+def print_ab_summary(rows: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| shape | variant | conc | tx/s | CPU µs/tx | tx/s × bare | bare CPU ÷ CPU | tx/s × no group | CPU × no group |"  # noqa: E501
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        vs_single = (
+            "" if row["tx_per_second_vs_no_group_commit"] is None else f"{row['tx_per_second_vs_no_group_commit']:.2f}"
+        )
+        cpu_single = "" if row["cpu_vs_no_group_commit"] is None else f"{row['cpu_vs_no_group_commit']:.2f}"
+        print(
+            f"| {row['shape']} | {row['variant']} | {row['concurrency']} | {row['tx_per_second']:.0f} |"
+            f" {row['cpu_us_per_tx']:.0f} | {row['tx_per_second_vs_bare']:.2f} | {row['bare_cpu_vs_cpu']:.2f} |"
+            f" {vs_single} | {cpu_single} |"
+        )
+
+
 async def run(args: argparse.Namespace) -> list[Result]:
     levels = [int(c) for c in args.concurrency.split(",")]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -304,6 +625,10 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 results += await bench_engine("sqlite", sqlite, args.ops, levels, None)
             finally:
                 await sqlite.close()
+    if "sqlite-ab" in engines:
+        args.ab_results = await bench_sqlite_ab(
+            args.ab_ops, args.ab_attempts, [int(c) for c in args.ab_concurrency.split(",")]
+        )
     if "dynamodb" in engines:
         with dynamodb_endpoint(args.endpoint) as endpoint:
             store = DynamoDBStore.for_local(endpoint, table_prefix=f"bench{uuid.uuid4().hex[:8]}")
@@ -323,7 +648,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=400, help="operations per measurement")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated concurrency levels")
-    parser.add_argument("--engines", default="sqlite,dynamodb,stub", help="of sqlite, dynamodb, stub")
+    parser.add_argument(
+        "--engines", default="sqlite-ab,sqlite,dynamodb,stub", help="of sqlite-ab, sqlite, dynamodb, stub"
+    )
+    parser.add_argument("--ab-ops", type=int, default=2000, help="transactions per sqlite-ab measurement")
+    parser.add_argument("--ab-attempts", type=int, default=3, help="alternating sqlite-ab attempts")
+    parser.add_argument("--ab-concurrency", default="1,16,64", help="sqlite-ab concurrency levels")
     parser.add_argument("--endpoint", default=None, help="a running DynamoDB (Local) endpoint")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--serve-stub", type=int, default=None, help=argparse.SUPPRESS)
@@ -332,7 +662,11 @@ def main(argv: list[str] | None = None) -> None:
         serve_stub(args.serve_stub)
         return
     started = time.time()
+    args.ab_results = []
     results = asyncio.run(run(args))
+    summary = ab_summary(args.ab_results) if args.ab_results else []
+    if summary:
+        print_ab_summary(summary)
     report = {
         "benchmark": "store",
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -346,6 +680,11 @@ def main(argv: list[str] | None = None) -> None:
             " transact = conditional balance update + ledger put"
         ),
         "results": [asdict(r) for r in results],
+        "sqlite_ab": {
+            "settings": {"ops": args.ab_ops, "attempts": args.ab_attempts, "concurrency": args.ab_concurrency},
+            "summary": summary,
+            "attempts": [asdict(r) for r in args.ab_results],
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -272,6 +272,32 @@ async def test_sort_key_ranges(store: ItemStore) -> None:
     assert [int(i["i"]) for i in from_.items] == [18, 19]
 
 
+async def test_prefix_queries_return_exactly_the_prefixed_keys_among_their_neighbours(store: ItemStore) -> None:
+    # Neighbours on both sides of each prefix in key order, characters that are wildcards
+    # elsewhere, and the highest code point; in both directions, paged.
+    sks = [
+        "H", "HOLDING", "HOLDING\"", "HOLDING#", "HOLDING#BTC", "HOLDING#ETH", "HOLDING#\U0010ffff", "HOLDING$",
+        "HOLDINGS", "I", "TX%", "TX%1", "TX_", "TX_1", "TXN", "TXN#01", "TXN#02", "TXN#03", "TXO",
+        "Z\U0010ffff", "Z\U0010ffff\U0010ffff", "Z\U0010ffffa", "\U0010ffff", "\U0010ffff\U0010ffff",
+    ]
+    await store.transact([Put(T, {"pk": "P", "sk": sk, "gsi1pk": "PFX", "gsi1sk": sk}) for sk in sks])
+    for prefix in ["HOLDING#", "HOLDING", "TX%", "TX_", "TXN#", "Z\U0010ffff", "\U0010ffff", "H", "Y"]:
+        expected = sorted((sk for sk in sks if sk.startswith(prefix)), key=lambda sk: sk.encode())
+        for index in (None, "gsi1"):
+            pk = "P" if index is None else "PFX"
+            for descending in (False, True):
+                got, cursor = [], None
+                while True:
+                    page = await store.query(
+                        T, pk, sk=SortKey.prefix(prefix), index=index, limit=2, cursor=cursor, descending=descending
+                    )
+                    got += [item["sk"] for item in page.items]
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+                assert got == (expected[::-1] if descending else expected), (prefix, index, descending)
+
+
 async def test_string_index_query_pages_across_partitions(store: ItemStore) -> None:
     for user in range(3):
         await store.transact(

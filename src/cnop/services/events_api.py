@@ -11,22 +11,39 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from cnop.common.clock import isoformat
+from cnop.common.clock import Clock, isoformat
+from cnop.common.config import Settings
+from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.events import Event, StreamConnections
+from cnop.common.events import Event, EventBus, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
 from cnop.common.web.request_user import bind_request_user
-from cnop.container import Container
-from cnop.market.prices import Tick
-from cnop.services.dependencies import ContainerDep, client_ip, current_principal
+from cnop.market.prices import PriceBook, Tick
+from cnop.services.dependencies import (
+    Accounts,
+    AppClock,
+    AppSettings,
+    Assets,
+    Holdings,
+    OrderEvents,
+    Prices,
+    PriceStreamConnections,
+    Resting,
+    Streams,
+    Tokens,
+    client_ip,
+    current_principal,
+)
+from cnop.services.order.resting import RestingOrders
 from cnop.services.user.service import Principal
 from cnop.services.web.session import session_principal
 
@@ -46,23 +63,32 @@ def price_tick(tick: Tick) -> dict[str, str]:
     return {"asset_id": tick.asset_id, "price": plain_text(tick.price), "time": isoformat(tick.at)}
 
 
-async def _assets_of_interest(container: Container, username: str) -> set[str]:
-    held = {h.asset_id for h in await container.holding_dao.get_holdings(username) if h.quantity > 0}
-    queued = {o.asset_id for o in await container.resting.queued_orders_of(username)}
-    return held | queued
+@dataclass(frozen=True, slots=True)
+class UserStreamSources:
+    """What a user's event stream reads: order events, price ticks, and what the user holds or has queued."""
+
+    events: EventBus
+    prices: PriceBook
+    holdings: HoldingDAO
+    resting: RestingOrders
+
+    async def assets_of_interest(self, username: str) -> set[str]:
+        held = {h.asset_id for h in await self.holdings.get_holdings(username) if h.quantity > 0}
+        queued = {o.asset_id for o in await self.resting.queued_orders_of(username)}
+        return held | queued
 
 
 async def event_stream(
-    container: Container, request: Request, username: str, last_event_id: int | None
+    sources: UserStreamSources, request: Request, username: str, last_event_id: int | None
 ) -> AsyncIterator[bytes]:
-    orders = container.events.listen(username)
-    prices = container.price_book.subscribe()
+    orders = sources.events.listen(username)
+    prices = sources.prices.subscribe()
     try:
         yield b"retry: 2000\n\n"
         if last_event_id is not None:
-            for missed in container.events.since(username, last_event_id):
+            for missed in sources.events.since(username, last_event_id):
                 yield sse(missed.data, missed.type, missed.id)
-        watched = await _assets_of_interest(container, username)
+        watched = await sources.assets_of_interest(username)
         order_wait: asyncio.Task[Event] = asyncio.create_task(orders.get())
         price_wait: asyncio.Task[list[Any]] = asyncio.create_task(prices.get())
         idle = 0.0
@@ -85,7 +111,7 @@ async def event_stream(
                 if order_wait in done:
                     event = order_wait.result()
                     yield sse(event.data, event.type, event.id)
-                    watched = await _assets_of_interest(container, username)
+                    watched = await sources.assets_of_interest(username)
                     order_wait = asyncio.create_task(orders.get())
                 if price_wait in done:
                     for tick in price_wait.result():
@@ -98,34 +124,39 @@ async def event_stream(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        container.events.unlisten(username, orders)
-        container.price_book.unsubscribe(prices)
+        sources.events.unlisten(username, orders)
+        sources.prices.unsubscribe(prices)
 
 
-async def stream_principal(request: Request, container: ContainerDep) -> Principal:
+async def stream_principal(request: Request, accounts: Accounts, tokens: Tokens) -> Principal:
     """The bearer token's user; without an Authorization header, the web session cookie's.
 
     A browser's EventSource cannot send headers, so the web app's pages reach this stream with
     their session cookie (HttpOnly, SameSite=Strict: a cross-site page cannot use it).
     """
     if request.headers.get("authorization") is None:
-        principal = await session_principal(request, container)
+        principal = await session_principal(request, accounts)
         if principal is not None:
             bind_request_user(request, principal.username)
             return principal
-    return await current_principal(request, container)
+    return await current_principal(request, accounts, tokens)
 
 
 @router.get("/events", response_class=StreamingResponse)
 async def events(
     request: Request,
     principal: Annotated[Principal, Depends(stream_principal)],
-    container: ContainerDep,
+    streams: Streams,
+    order_events: OrderEvents,
+    prices: Prices,
+    holdings: Holdings,
+    resting: Resting,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
-    return container.streams.response(
-        event_stream(container, request, principal.username, resume),
+    sources = UserStreamSources(order_events, prices, holdings, resting)
+    return streams.response(
+        event_stream(sources, request, principal.username, resume),
         user=principal.username,
         ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -140,18 +171,24 @@ def _tick_event(tick: Tick) -> bytes:
 
 
 async def price_stream(
-    container: Container, request: Request, assets: set[str], connections: StreamConnections, ip: str
+    prices: PriceBook,
+    clock: Clock,
+    settings: Settings,
+    request: Request,
+    assets: set[str],
+    connections: StreamConnections,
+    ip: str,
 ) -> AsyncIterator[bytes]:
-    queue = container.price_book.subscribe()
-    deadline = container.clock.timestamp() + container.settings.price_stream_max_seconds
+    queue = prices.subscribe()
+    deadline = clock.timestamp() + settings.price_stream_max_seconds
     try:
         yield b"retry: 2000\n\n"
         for asset_id in sorted(assets):
-            current = container.price_book.current(asset_id)
+            current = prices.current(asset_id)
             if current is not None:
                 yield _tick_event(current)
         idle = 0.0
-        while not await request.is_disconnected() and container.clock.timestamp() < deadline:
+        while not await request.is_disconnected() and clock.timestamp() < deadline:
             try:
                 # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a cancellation.
                 async with asyncio.timeout(DISCONNECT_CHECK_SECONDS):
@@ -167,14 +204,18 @@ async def price_stream(
                 if tick.asset_id in assets:
                     yield _tick_event(tick)
     finally:
-        container.price_book.unsubscribe(queue)
+        prices.unsubscribe(queue)
         connections.release(ip)
 
 
 @router.get("/prices/stream", response_class=StreamingResponse)
 async def prices_stream(
     request: Request,
-    container: ContainerDep,
+    settings: AppSettings,
+    clock: AppClock,
+    prices: Prices,
+    asset_records: Assets,
+    connections: PriceStreamConnections,
     assets: Annotated[str, Query(min_length=1, max_length=2000, description="comma-separated asset ids")],
 ) -> StreamingResponse:
     """Public price ticks of the named assets (SSE): the current price of each at once, then every tick.
@@ -184,7 +225,7 @@ async def prices_stream(
     `price_stream_connections_per_ip` open streams per client IP (429 beyond).
     """
     wanted = {part.strip().upper() for part in assets.split(",") if part.strip()}
-    limit = container.settings.price_stream_max_assets
+    limit = settings.price_stream_max_assets
     if not wanted:
         raise ValidationFailed.field("assets", "must name at least one asset")
     if len(wanted) > limit:
@@ -192,16 +233,15 @@ async def prices_stream(
     bad = sorted(a for a in wanted if not re.fullmatch(ASSET_ID_PATTERN, a))
     if bad:
         raise ValidationFailed.field("assets", f"{bad[0][:20]} is not an asset id")
-    known = {a.asset_id for a in await container.asset_dao.all_assets()}
+    known = {a.asset_id for a in await asset_records.all_assets()}
     unknown = sorted(wanted - known)
     if unknown:
         raise ValidationFailed.field("assets", f"unknown asset {unknown[0]}")
     ip = client_ip(request) or "unknown"
-    connections = container.price_stream_connections
     if not connections.acquire(ip):
         raise RateLimited(f"At most {connections.per_ip} open price streams per client", retry_after=5)
     return StreamingResponse(
-        price_stream(container, request, wanted, connections, ip),
+        price_stream(prices, clock, settings, request, wanted, connections, ip),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

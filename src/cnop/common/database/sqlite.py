@@ -72,6 +72,26 @@ def encode_number_key(value: Any) -> str:
     return f"{int(scaled):0{_INT_DIGITS + _FRACTION_DIGITS}d}"
 
 
+_MAX_CODE_POINT = 0x10FFFF
+_SURROGATES = range(0xD800, 0xE000)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix` (None: no such bound).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points, so `prefix <= s <
+    prefix_end(prefix)` holds exactly for the strings `s` that start with `prefix`.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if last in _SURROGATES:  # not encodable, and nothing lies between: skip to U+E000
+            last = _SURROGATES.stop
+        if last <= _MAX_CODE_POINT:
+            return "".join(chars) + chr(last)
+    return None
+
+
 _COLUMNS = [
     "pk",
     "sk",
@@ -291,8 +311,14 @@ class SQLiteStore:
             if sk.op == "begins_with":
                 if numeric:
                     raise ValueError("begins_with needs a string sort key")
-                where.append(f"substr({sk_col}, 1, ?) = ?")
-                params += [len(sk.value), sk.value]
+                # A key range, not a filter: the rows read are the prefix's, however many other
+                # items the partition holds (a user's holdings next to 100,000 ledger entries).
+                where.append(f"{sk_col} >= ?")
+                params.append(sk.value)
+                end = prefix_end(sk.value)
+                if end is not None:
+                    where.append(f"{sk_col} < ?")
+                    params.append(end)
             elif sk.op == "between":
                 where.append(f"{sk_col} BETWEEN ? AND ?")
                 params += [col_value(sk.value), col_value(sk.high)]

@@ -9,19 +9,19 @@ from starlette.requests import Request
 
 from cnop.common.entities.api_key import ApiKeyScope
 from cnop.common.web.request_user import bind_request_user
-from cnop.services.dependencies import ContainerDep, client_ip
+from cnop.services.dependencies import ApiKeys, client_ip
 from cnop.services.user.api_keys import KeyPrincipal
 
 KEY_ID_HEADER = "APCA-API-KEY-ID"
 SECRET_HEADER = "APCA-API-SECRET-KEY"
 
 
-async def key_principal(request: Request, container: ContainerDep) -> KeyPrincipal:
-    principal = await container.api_keys.authenticate(
+async def key_principal(request: Request, api_keys: ApiKeys) -> KeyPrincipal:
+    principal = await api_keys.authenticate(
         request.headers.get(KEY_ID_HEADER), request.headers.get(SECRET_HEADER), ip=client_ip(request)
     )
     bind_request_user(request, principal.username)
-    await container.api_keys.check_rate(principal.key)
+    await api_keys.check_rate(principal.key)
     return principal
 
 

@@ -21,12 +21,13 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from cnop.common.clock import isoformat
+from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.exceptions import ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.market.prices import Tick
 from cnop.services.alpaca.schemas import text
 from cnop.services.alpaca.views import find_asset
-from cnop.services.dependencies import ContainerDep
+from cnop.services.dependencies import AppClock, AppSettings, Assets, Prices
 
 router = APIRouter(prefix="/v1beta3/crypto/us")
 
@@ -72,7 +73,7 @@ def parse_timeframe(value: str) -> Timeframe:
     return Timeframe(amount, unit)
 
 
-async def _assets(container: Any, symbols: str) -> list[tuple[str, str]]:
+async def _assets(assets: AssetDAO, symbols: str) -> list[tuple[str, str]]:
     """(symbol as asked, asset id) for each known symbol; answers are keyed by the symbol as asked,
     and unknown symbols are left out, as Alpaca does."""
     names = [s for s in (part.strip() for part in symbols.split(",")) if s]
@@ -80,7 +81,7 @@ async def _assets(container: Any, symbols: str) -> list[tuple[str, str]]:
         raise ValidationFailed.field("symbols", f"name 1 to {MAX_SYMBOLS} symbols, comma-separated")
     found: list[tuple[str, str]] = []
     for name in names:
-        asset = await find_asset(container, name)
+        asset = await find_asset(assets, name)
         if asset is not None:
             found.append((name.upper(), asset.asset_id))
     return found
@@ -90,15 +91,15 @@ Symbols = Annotated[str, Query(min_length=1, max_length=4096)]
 
 
 @router.get("/latest/quotes")
-async def latest_quotes(container: ContainerDep, symbols: Symbols) -> Response:
+async def latest_quotes(assets: Assets, prices: Prices, settings: AppSettings, symbols: Symbols) -> Response:
     quotes: dict[str, Any] = {}
-    for symbol, asset_id in await _assets(container, symbols):
-        tick = container.price_book.current(asset_id)
+    for symbol, asset_id in await _assets(assets, symbols):
+        tick = prices.current(asset_id)
         if tick is None:
             continue
         # Ask size: what the house can sell now; bid size: the most one order may sell by value.
-        inventory = await container.asset_dao.house_quantity(asset_id)
-        bid_size = (container.settings.order_value_limit / tick.price).quantize(Decimal("1E-8"), ROUND_DOWN)
+        inventory = await assets.house_quantity(asset_id)
+        bid_size = (settings.order_value_limit / tick.price).quantize(Decimal("1E-8"), ROUND_DOWN)
         price = text(tick.price)
         quotes[symbol] = {
             "t": isoformat(tick.at),
@@ -111,10 +112,10 @@ async def latest_quotes(container: ContainerDep, symbols: Symbols) -> Response:
 
 
 @router.get("/latest/trades")
-async def latest_trades(container: ContainerDep, symbols: Symbols) -> Response:
+async def latest_trades(assets: Assets, prices: Prices, symbols: Symbols) -> Response:
     trades: dict[str, Any] = {}
-    for symbol, asset_id in await _assets(container, symbols):
-        tick = container.price_book.current(asset_id)
+    for symbol, asset_id in await _assets(assets, symbols):
+        tick = prices.current(asset_id)
         if tick is not None:
             trades[symbol] = {"t": isoformat(tick.at), "p": text(tick.price), "s": "0", "i": 0, "tks": "B"}
     return _json({"trades": trades})
@@ -139,14 +140,14 @@ def _bars(ticks: list[Tick], timeframe: Timeframe) -> list[dict[str, Any]]:
 
 
 @router.get("/latest/bars")
-async def latest_bars(container: ContainerDep, symbols: Symbols) -> Response:
+async def latest_bars(assets: Assets, prices: Prices, symbols: Symbols) -> Response:
     minute = Timeframe(1, "Min")
     result: dict[str, Any] = {}
-    for symbol, asset_id in await _assets(container, symbols):
-        tick = container.price_book.current(asset_id)
+    for symbol, asset_id in await _assets(assets, symbols):
+        tick = prices.current(asset_id)
         if tick is None:
             continue
-        recent = container.price_book.history(asset_id, since=minute.bucket(tick.at))
+        recent = prices.history(asset_id, since=minute.bucket(tick.at))
         bars = _bars(recent, minute)
         if bars:
             result[symbol] = bars[-1]
@@ -168,7 +169,9 @@ def _read_token(token: str) -> tuple[str, str]:
 
 @router.get("/bars")
 async def bars(
-    container: ContainerDep,
+    assets: Assets,
+    prices: Prices,
+    clock: AppClock,
     symbols: Symbols,
     timeframe: Annotated[str, Query(max_length=16)] = "1Min",
     start: datetime | None = None,
@@ -178,7 +181,7 @@ async def bars(
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     frame = parse_timeframe(timeframe)
-    now = container.clock.now()
+    now = clock.now()
     for name, moment in (("start", start), ("end", end)):
         if moment is not None and moment.tzinfo is None:
             raise ValidationFailed.field(name, "must carry a time zone (RFC 3339)")
@@ -186,8 +189,8 @@ async def bars(
     until = end or now
     resume: tuple[str, str] | None = _read_token(page_token) if page_token else None
     rows: list[tuple[str, dict[str, Any]]] = []
-    for symbol, asset_id in await _assets(container, symbols):
-        ticks = [t for t in container.price_book.history(asset_id, since=frame.bucket(since)) if t.at <= until]
+    for symbol, asset_id in await _assets(assets, symbols):
+        ticks = [t for t in prices.history(asset_id, since=frame.bucket(since)) if t.at <= until]
         series = [bar for bar in _bars(ticks, frame) if bar["t"] >= isoformat(frame.bucket(since))]
         if sort == "desc":
             series.reverse()

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cnop.common.clock import parse_isoformat
-from cnop.common.dao.order_dao import OrderFilter, order_from_item
+from cnop.common.dao.order_dao import OrderDAO, OrderFilter, order_from_item
 from cnop.common.database.store import Item
 from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderStatus, OrderType, TimeInForce
 from cnop.common.exceptions import (
@@ -24,12 +24,11 @@ from cnop.common.exceptions import (
     OrderNotFound,
     ValidationFailed,
 )
-from cnop.common.idempotency import MarkApplied
+from cnop.common.idempotency import IdempotencyRecords, MarkApplied
 from cnop.common.jsonio import dumps, loads
 from cnop.common.money import QuantityInput, round_down
 from cnop.common.web.routing import ExactJSONRoute
-from cnop.container import Container
-from cnop.services.alpaca import render, views
+from cnop.services.alpaca import render
 from cnop.services.alpaca.auth import Reader, Trader
 from cnop.services.alpaca.errors import alpaca_error
 from cnop.services.alpaca.ids import order_id_from, order_uuid
@@ -45,9 +44,11 @@ from cnop.services.alpaca.schemas import (
     Position,
 )
 from cnop.services.alpaca.symbols import compact, pair
-from cnop.services.dependencies import ContainerDep
+from cnop.services.alpaca.views import AlpacaReads, Reads
+from cnop.services.dependencies import AppClock, Assets, Idempotency, Orders, Resting, Trading
 from cnop.services.idempotent import idempotent_outcome
 from cnop.services.order.schemas import OrderEnvelope
+from cnop.services.order.service import OrderService
 
 router = APIRouter(prefix="/v2", route_class=ExactJSONRoute)
 
@@ -106,12 +107,12 @@ def _with_alpaca_names(
     return run
 
 
-async def _order_response(container: Container, username: str, status_code: int, body: bytes) -> Response:
+async def _order_response(orders: OrderDAO, username: str, status_code: int, body: bytes) -> Response:
     """An order placement's outcome (first or replayed) in Alpaca's shape."""
     if status_code >= 400:
         return Response(body, status_code=status_code, media_type="application/problem+json")
     order_id = loads(body)["data"]["order_id"]
-    order = await container.order_dao.get_order(username, order_id)
+    order = await orders.get_order(username, order_id)
     return json_response(render.order(order))
 
 
@@ -119,13 +120,13 @@ async def _order_response(container: Container, username: str, status_code: int,
 
 
 @router.get("/account", response_model=Account)
-async def get_account(principal: Reader, container: ContainerDep) -> Response:
-    return json_response(await views.account(container, principal.user))
+async def get_account(principal: Reader, reads: Reads) -> Response:
+    return json_response(await reads.account(principal.user))
 
 
 @router.get("/clock", response_model=MarketClock)
-async def get_clock(principal: Reader, container: ContainerDep) -> Response:
-    now = container.clock.now()
+async def get_clock(principal: Reader, clock: AppClock) -> Response:
+    now = clock.now()
     # Crypto trades around the clock: always open; the "next" session starts at the next UTC day.
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
     return json_response(MarketClock(timestamp=now, is_open=True, next_open=midnight, next_close=midnight))
@@ -134,22 +135,22 @@ async def get_clock(principal: Reader, container: ContainerDep) -> Response:
 @router.get("/assets", response_model=list[AlpacaAsset])
 async def list_assets(
     principal: Reader,
-    container: ContainerDep,
+    assets: Assets,
     status: Literal["active", "inactive"] | None = None,
     asset_class: Annotated[str | None, Query(max_length=32)] = None,
     exchange: Annotated[str | None, Query(max_length=32)] = None,
 ) -> Response:
     if asset_class not in (None, "crypto") or exchange not in (None, "CRYPTO"):
         return json_response([])
-    assets = [render.asset(a) for a in await container.asset_dao.all_assets()]
+    rendered = [render.asset(a) for a in await assets.all_assets()]
     if status is not None:
-        assets = [a for a in assets if a.status == status]
-    return json_response(sorted(assets, key=lambda a: a.symbol))
+        rendered = [a for a in rendered if a.status == status]
+    return json_response(sorted(rendered, key=lambda a: a.symbol))
 
 
 @router.get("/assets/{symbol_or_id:path}", response_model=AlpacaAsset)
-async def get_asset(symbol_or_id: str, principal: Reader, container: ContainerDep) -> Response:
-    return json_response(render.asset(await views.asset_by_symbol_or_id(container, symbol_or_id)))
+async def get_asset(symbol_or_id: str, principal: Reader, reads: Reads) -> Response:
+    return json_response(render.asset(await reads.asset_by_symbol_or_id(symbol_or_id)))
 
 
 # --- orders ---------------------------------------------------------------------------------
@@ -178,10 +179,18 @@ def _native_request(body: OrderRequest, asset_id: str, client_order_id: str) -> 
 
 
 @router.post("/orders", response_model=AlpacaOrder)
-async def submit_order(body: OrderRequest, request: Request, principal: Trader, container: ContainerDep) -> Response:
+async def submit_order(
+    body: OrderRequest,
+    request: Request,
+    principal: Trader,
+    reads: Reads,
+    trading: Trading,
+    orders: Orders,
+    idempotency: Idempotency,
+) -> Response:
     if (body.qty is None) == (body.notional is None):
         raise ValidationFailed.field("qty", "give exactly one of qty and notional")
-    asset = await views.find_asset(container, body.symbol)
+    asset = await reads.find_asset(body.symbol)
     if asset is None:
         raise ValidationFailed.field("symbol", f"no tradeable asset is named {body.symbol}")
     # Alpaca names every order; so do we, so that it can be found by its client id later.
@@ -192,7 +201,7 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
         if body.notional is not None:
             if body.type != "market":
                 raise ValidationFailed.field("notional", "applies to market orders only")
-            order = await container.trading.place_notional_order(
+            order = await trading.place_notional_order(
                 username,
                 render.NATIVE_TYPE[("market", body.side)],
                 asset.asset_id,
@@ -203,15 +212,15 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
             )
         else:
             native = _native_request(body, asset.asset_id, client_order_id)
-            order = await container.trading.place_order(username, native, apply_op)
+            order = await trading.place_order(username, native, apply_op)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
-        return OrderEnvelope(data=OrderResponse.of(await container.order_dao.get_order(username, order_id)))
+        return OrderEnvelope(data=OrderResponse.of(await orders.get_order(username, order_id)))
 
     outcome = await idempotent_outcome(
         request,
-        container.idempotency,
+        idempotency,
         username=username,
         scope="order",
         client_key=client_order_id,
@@ -219,7 +228,7 @@ async def submit_order(body: OrderRequest, request: Request, principal: Trader, 
         work=_with_alpaca_names(place),
         rebuild=rebuild,
     )
-    return await _order_response(container, username, outcome.status_code, outcome.body)
+    return await _order_response(orders, username, outcome.status_code, outcome.body)
 
 
 def _order_filter(
@@ -245,7 +254,8 @@ def _order_filter(
 @router.get("/orders", response_model=list[AlpacaOrder])
 async def list_orders(
     principal: Reader,
-    container: ContainerDep,
+    reads: Reads,
+    orders: Orders,
     status: Literal["open", "closed", "all"] = "open",
     limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
     after: datetime | None = None,
@@ -259,13 +269,13 @@ async def list_orders(
     if symbols:
         wanted = set()
         for symbol in symbols.split(","):
-            asset = await views.find_asset(container, symbol)
+            asset = await reads.find_asset(symbol)
             if asset is not None:
                 wanted.add(asset.asset_id)
     for name, moment in (("after", after), ("until", until)):
         if moment is not None and moment.tzinfo is None:
             raise ValidationFailed.field(name, "must carry a time zone (RFC 3339)")
-    page = await container.order_dao.get_orders_by_user(
+    page = await orders.get_orders_by_user(
         principal.username,
         limit=limit,
         matches=_order_filter(status, wanted, side, after, until),
@@ -274,14 +284,16 @@ async def list_orders(
     return json_response([render.order(order_from_item(item)) for item in page.items])
 
 
-async def _by_client_order_id(container: Container, username: str, client_order_id: str) -> Order:
-    stored = await container.idempotency.stored_response(username, "order", client_order_id)
+async def _by_client_order_id(
+    orders: OrderDAO, idempotency: IdempotencyRecords, username: str, client_order_id: str
+) -> Order:
+    stored = await idempotency.stored_response(username, "order", client_order_id)
     if stored is not None and stored.status_code < 400:
-        order = await container.order_dao.get_order(username, loads(stored.body)["data"]["order_id"])
+        order = await orders.get_order(username, loads(stored.body)["data"]["order_id"])
         if order.client_order_id == client_order_id:  # (a native Idempotency-Key shares the scope)
             return order
     # Past the idempotency window: the order itself says which client id it carries.
-    page = await container.order_dao.get_orders_by_user(
+    page = await orders.get_orders_by_user(
         username, limit=1, matches=lambda item: item.get("client_order_id") == client_order_id
     )
     if page.items:
@@ -289,17 +301,19 @@ async def _by_client_order_id(container: Container, username: str, client_order_
     # An order placed without a client id is shown with its own id in that place.
     order_id = order_id_from(client_order_id)
     if order_id is not None and order_uuid(order_id) == client_order_id.lower():
-        return await container.order_dao.get_order(username, order_id)
+        return await orders.get_order(username, order_id)
     raise OrderNotFound(f"order not found for client_order_id {client_order_id}")
 
 
 @router.get("/orders:by_client_order_id", response_model=AlpacaOrder)
 async def get_order_by_client_id(
     principal: Reader,
-    container: ContainerDep,
+    orders: Orders,
+    idempotency: Idempotency,
     client_order_id: Annotated[str, Query(min_length=1, max_length=128)],
 ) -> Response:
-    return json_response(render.order(await _by_client_order_id(container, principal.username, client_order_id)))
+    order = await _by_client_order_id(orders, idempotency, principal.username, client_order_id)
+    return json_response(render.order(order))
 
 
 def _native_id(order_id: str) -> str:
@@ -310,14 +324,14 @@ def _native_id(order_id: str) -> str:
 
 
 @router.get("/orders/{order_id}", response_model=AlpacaOrder)
-async def get_order(order_id: str, principal: Reader, container: ContainerDep) -> Response:
-    order = await container.order_dao.get_order(principal.username, _native_id(order_id))
+async def get_order(order_id: str, principal: Reader, orders: Orders) -> Response:
+    order = await orders.get_order(principal.username, _native_id(order_id))
     return json_response(render.order(order))
 
 
 @router.delete("/orders/{order_id}", status_code=204)
-async def cancel_order(order_id: str, principal: Trader, container: ContainerDep) -> Response:
-    await container.trading.cancel_order(principal.username, _native_id(order_id))
+async def cancel_order(order_id: str, principal: Trader, trading: Trading) -> Response:
+    await trading.cancel_order(principal.username, _native_id(order_id))
     return Response(status_code=204)
 
 
@@ -327,11 +341,11 @@ def _error_body(exc: CnopError) -> tuple[int, dict[str, Any]]:
 
 
 @router.delete("/orders", status_code=207, response_model=list[CancelResult])
-async def cancel_all_orders(principal: Trader, container: ContainerDep) -> Response:
+async def cancel_all_orders(principal: Trader, trading: Trading, resting: Resting) -> Response:
     results: list[CancelResult] = []
-    for order in await container.resting.queued_orders_of(principal.username):
+    for order in await resting.queued_orders_of(principal.username):
         try:
-            cancelled = await container.trading.cancel_order(principal.username, order.order_id)
+            cancelled = await trading.cancel_order(principal.username, order.order_id)
         except CnopError as exc:
             status, body = _error_body(exc)
             results.append(CancelResult(id=order_uuid(order.order_id), status=status, body=body))
@@ -345,22 +359,27 @@ async def cancel_all_orders(principal: Trader, container: ContainerDep) -> Respo
 
 
 @router.get("/positions", response_model=list[Position])
-async def list_positions(principal: Reader, container: ContainerDep) -> Response:
-    held = await views.holdings(container, principal.username)
-    return json_response([views.position(container, holding) for holding in held])
+async def list_positions(principal: Reader, reads: Reads) -> Response:
+    held = await reads.holdings(principal.username)
+    return json_response([reads.position(holding) for holding in held])
 
 
 @router.get("/positions/{symbol:path}", response_model=Position)
-async def get_position(symbol: str, principal: Reader, container: ContainerDep) -> Response:
-    _, holding = await views.holding_of(container, principal.username, symbol)
-    return json_response(views.position(container, holding))
+async def get_position(symbol: str, principal: Reader, reads: Reads) -> Response:
+    _, holding = await reads.holding_of(principal.username, symbol)
+    return json_response(reads.position(holding))
 
 
 async def _close(
-    container: Container, username: str, symbol: str, qty: Decimal | None, percentage: Decimal | None
+    reads: AlpacaReads,
+    trading: OrderService,
+    username: str,
+    symbol: str,
+    qty: Decimal | None,
+    percentage: Decimal | None,
 ) -> Order:
     """Sell (part of) a position at the market: `qty` units, or `percentage` of what is available."""
-    asset, holding = await views.holding_of(container, username, symbol)
+    asset, holding = await reads.holding_of(username, symbol)
     if qty is not None and percentage is not None:
         raise ValidationFailed.field("qty", "give qty or percentage, not both")
     if percentage is not None and not 0 < percentage <= 100:
@@ -382,7 +401,7 @@ async def _close(
     except ValidationError as exc:
         raise _validation(exc) from exc
     try:
-        return await container.trading.place_order(username, request)
+        return await trading.place_order(username, request)
     except ValidationFailed as exc:
         raise ValidationFailed(exc.detail, errors=_renamed(exc.errors)) from exc
 
@@ -391,28 +410,31 @@ async def _close(
 async def close_position(
     symbol: str,
     principal: Trader,
-    container: ContainerDep,
+    reads: Reads,
+    trading: Trading,
     qty: Annotated[QuantityInput | None, Query()] = None,
     percentage: Annotated[PercentageInput | None, Query()] = None,
 ) -> Response:
-    order = await _close(container, principal.username, symbol, qty, percentage)
+    order = await _close(reads, trading, principal.username, symbol, qty, percentage)
     return json_response(render.order(order))
 
 
 @router.delete("/positions", status_code=207, response_model=list[CloseResult])
-async def close_all_positions(principal: Trader, container: ContainerDep, cancel_orders: bool = False) -> Response:
+async def close_all_positions(
+    principal: Trader, reads: Reads, trading: Trading, resting: Resting, cancel_orders: bool = False
+) -> Response:
     username = principal.username
     if cancel_orders:
-        for order in await container.resting.queued_orders_of(username):
+        for order in await resting.queued_orders_of(username):
             try:
-                await container.trading.cancel_order(username, order.order_id)
+                await trading.cancel_order(username, order.order_id)
             except CnopError:
                 continue  # filled or cancelled meanwhile
     results: list[CloseResult] = []
-    for holding in await views.holdings(container, username):
+    for holding in await reads.holdings(username):
         symbol = compact(holding.asset_id)
         try:
-            order = await _close(container, username, pair(holding.asset_id), None, None)
+            order = await _close(reads, trading, username, pair(holding.asset_id), None, None)
         except CnopError as exc:
             status, body = _error_body(exc)
             results.append(CloseResult(order_id=None, status=status, symbol=symbol, body={**body, "symbol": symbol}))

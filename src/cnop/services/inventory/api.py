@@ -13,7 +13,7 @@ from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, ValidationFailed
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
-from cnop.services.dependencies import ContainerDep
+from cnop.services.dependencies import Assets, Inventory, Prices
 from cnop.services.inventory.schemas import (
     AssetDetailResponse,
     AssetListResponse,
@@ -29,41 +29,40 @@ INTERVALS = {"raw": None, "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 864
 
 @router.get("/assets", response_model=AssetListResponse)
 async def list_assets(
-    container: ContainerDep,
+    inventory: Inventory,
     active_only: bool = True,
     limit: Annotated[int, Query(ge=1, le=250)] = 50,
     category: Annotated[str | None, Query(max_length=50)] = None,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     try:
-        page = await container.inventory.list_assets(
-            active_only=active_only, category=category, limit=limit, cursor=cursor
-        )
+        page = await inventory.list_assets(active_only=active_only, category=category, limit=limit, cursor=cursor)
     except InvalidCursor as exc:
         raise ValidationFailed.field("cursor", "is not a cursor this service made") from exc
     return ExactJSONResponse(page)
 
 
 @router.get("/assets/{asset_id}", response_model=AssetDetailResponse)
-async def get_asset(asset_id: AssetId, container: ContainerDep) -> Response:
-    asset = await container.asset_dao.get_asset(asset_id.upper())
-    return ExactJSONResponse(AssetDetailResponse(data=container.inventory.asset_detail(asset)))
+async def get_asset(asset_id: AssetId, assets: Assets, inventory: Inventory) -> Response:
+    asset = await assets.get_asset(asset_id.upper())
+    return ExactJSONResponse(AssetDetailResponse(data=inventory.asset_detail(asset)))
 
 
 @router.get("/assets/{asset_id}/prices", response_model=PriceHistoryResponse)
 async def get_price_history(
     asset_id: AssetId,
-    container: ContainerDep,
+    assets: Assets,
+    prices: Prices,
     interval: Literal["raw", "1m", "5m", "15m", "1h", "1d"] = "1m",
     since: datetime | None = None,
 ) -> Response:
     asset_id = asset_id.upper()
-    if await container.asset_dao.find_asset(asset_id) is None:
+    if await assets.find_asset(asset_id) is None:
         raise AssetNotFound(f"Asset {asset_id} not found")
     if since is not None and since.tzinfo is None:
         raise ValidationFailed.field("since", "must carry a time zone (e.g. 2026-11-24T10:00:00Z)")
     seconds = INTERVALS[interval]
-    ticks = container.price_book.history(asset_id, since=since, interval_seconds=seconds)
+    ticks = prices.history(asset_id, since=since, interval_seconds=seconds)
     history = PriceHistory(
         asset_id=asset_id,
         interval_seconds=seconds,

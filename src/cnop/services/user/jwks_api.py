@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from cnop.common.jsonio import ExactJSONResponse
-from cnop.services.dependencies import ContainerDep
+from cnop.services.dependencies import Tokens
 
 router = APIRouter(tags=["auth"])
 # Keys change only by a deployment; a verifier may cache the set for a few minutes.
@@ -32,5 +32,5 @@ class JsonWebKeySet(BaseModel):
 
 
 @router.get("/.well-known/jwks.json", response_model=JsonWebKeySet)
-async def read_jwks(container: ContainerDep) -> ExactJSONResponse:
-    return ExactJSONResponse(container.tokens.jwks(), headers=_CACHE)
+async def read_jwks(tokens: Tokens) -> ExactJSONResponse:
+    return ExactJSONResponse(tokens.jwks(), headers=_CACHE)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from cnop.container import Container
+from cnop.common.config import Settings
+from cnop.services.user.service import AccountService
 from cnop.services.web.pages import router
 from cnop.services.web.rendering import CsrfRefused, PageRedirect, assets_dir, page, redirect
 from cnop.services.web.session import session_principal
@@ -24,8 +26,16 @@ VENDOR_FILES = {
 CACHE = "public, max-age=3600"
 
 
-def install_web(app: FastAPI, container: Container) -> None:
-    vendor_root = assets_dir(container.settings.web_assets_dir)
+class WebComponents(Protocol):
+    """What mounting the web app needs of the app's components (the composition root has them)."""
+
+    settings: Settings
+    accounts: AccountService
+
+
+def install_web(app: FastAPI, components: WebComponents) -> None:
+    vendor_root = assets_dir(components.settings.web_assets_dir)
+    accounts = components.accounts
 
     async def own_static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -47,7 +57,7 @@ def install_web(app: FastAPI, container: Container) -> None:
         return redirect(request, exc.location)
 
     async def on_csrf(request: Request, exc: Exception) -> Response:
-        principal = await session_principal(request, container)
+        principal = await session_principal(request, accounts)
         return page(
             request,
             "error.html",

@@ -1,36 +1,60 @@
 """The web app's pages: each route reads the session, calls the services' use cases, renders.
 
-No route calls the JSON API over HTTP: pages and API share the container's services, so a page
-shows exactly what the API would answer. Every POST checks the CSRF token first; every page
-with account data needs the session cookie (else: to the log-in page and back).
+No route calls the JSON API over HTTP: pages and API share the same services (each route asks
+for the ones it uses, as the API's routes do), so a page shows exactly what the API would
+answer. Every POST checks the CSRF token first; every page with account data needs the session
+cookie (else: to the log-in page and back).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cnop.common.dao.balance_dao import entry_from_item
-from cnop.common.dao.order_dao import order_from_item
-from cnop.common.database.store import InvalidCursor
+from cnop.common.config import Settings
+from cnop.common.dao.asset_dao import AssetDAO
+from cnop.common.dao.balance_dao import BalanceDAO, entry_from_item
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.order_dao import OrderDAO, order_from_item
+from cnop.common.database.store import InvalidCursor, Page
 from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN, ORDER_ID_PATTERN, OrderCreate, OrderStatus, OrderType
 from cnop.common.exceptions import CnopError, ValidationFailed
-from cnop.container import Container
 from cnop.services.admin_api import PriceSet, set_manual_price
-from cnop.services.dependencies import ContainerDep, client_ip
+from cnop.services.dependencies import (
+    Accounts,
+    AppClock,
+    AppSettings,
+    Assets,
+    Balances,
+    Holdings,
+    Insights,
+    Inventory,
+    Money,
+    Orders,
+    Portfolios,
+    PriceBusDep,
+    Prices,
+    Resting,
+    Trading,
+    Users,
+    client_ip,
+)
+from cnop.services.inventory.service import InventoryService
 from cnop.services.order.api import order_filter
 from cnop.services.order.preview import preview_order
-from cnop.services.user.login import guarded_login, guarded_password_change
+from cnop.services.order.resting import RestingOrders
+from cnop.services.user.login import Logins
 from cnop.services.user.schemas import (
     USERNAME_PATTERN,
     AmountRequest,
@@ -39,7 +63,7 @@ from cnop.services.user.schemas import (
     ProfileUpdateRequest,
     RegisterRequest,
 )
-from cnop.services.user.service import Principal
+from cnop.services.user.service import AccountService, MoneyService, Principal
 from cnop.services.web.rendering import (
     CsrfRefused,
     PageRedirect,
@@ -90,15 +114,15 @@ LEDGER_CSV_MAX_ROWS = 10_000
 # --- session helpers ------------------------------------------------------------------------------
 
 
-async def signed_in(request: Request, container: Container) -> Principal:
-    principal = await session_principal(request, container)
+async def signed_in(request: Request, accounts: AccountService) -> Principal:
+    principal = await session_principal(request, accounts)
     if principal is None:
         raise login_redirect(request)
     return principal
 
 
-async def admin_only(request: Request, container: Container) -> Principal:
-    principal = await signed_in(request, container)
+async def admin_only(request: Request, accounts: AccountService) -> Principal:
+    principal = await signed_in(request, accounts)
     if not principal.is_admin:
         raise PageRedirect("/dashboard")
     return principal
@@ -116,23 +140,36 @@ def notice(request: Request) -> str | None:
     return NOTICES.get(request.query_params.get("notice", ""))
 
 
+async def page_or_first(fetch: Callable[[str | None], Awaitable[Page]], cursor: str | None) -> Page:
+    """The page at `cursor`; the first page when the cursor is not one we made (a stale link)."""
+    try:
+        return await fetch(cursor)
+    except InvalidCursor:
+        return await fetch(None)
+
+
+async def asset_scales(assets: AssetDAO) -> dict[str, int]:
+    return {asset.asset_id: asset.scale for asset in await assets.all_assets()}
+
+
 # --- markets (public) -------------------------------------------------------------------------------
 
 
-async def _market_rows(container: Container, category: str | None, search: str) -> list[dict[str, Any]]:
-    assets = await container.asset_dao.all_assets()
+async def _market_rows(
+    assets: AssetDAO, inventory: InventoryService, prices: Prices, clock: AppClock, category: str | None, search: str
+) -> list[dict[str, Any]]:
     needle = search.strip().lower()
-    since = container.clock.now() - timedelta(hours=24)
+    since = clock.now() - timedelta(hours=24)
     rows = []
-    for asset in assets:
+    for asset in await assets.all_assets():
         if not asset.is_active:
             continue
         if category and (asset.category or "").lower() != category.lower():
             continue
         if needle and needle not in asset.asset_id.lower() and needle not in asset.name.lower():
             continue
-        data = container.inventory.asset_data(asset)
-        history = container.price_book.history(asset.asset_id, since=since, interval_seconds=1800)
+        data = inventory.asset_data(asset)
+        history = prices.history(asset.asset_id, since=since, interval_seconds=1800)
         rows.append({"asset": data, "spark": [t.price for t in history][-SPARK_POINTS:]})
     return rows
 
@@ -140,14 +177,18 @@ async def _market_rows(container: Container, category: str | None, search: str) 
 @router.get("/")
 async def markets(
     request: Request,
-    container: ContainerDep,
+    accounts: Accounts,
+    assets: Assets,
+    inventory: Inventory,
+    prices: Prices,
+    clock: AppClock,
     category: Annotated[str | None, Query(max_length=50)] = None,
     q: Annotated[str, Query(max_length=50)] = "",
 ) -> Response:
-    principal = await session_principal(request, container)
+    principal = await session_principal(request, accounts)
     category = category or None
-    rows = await _market_rows(container, category, q)
-    categories = sorted({a.category for a in await container.asset_dao.all_assets() if a.category and a.is_active})
+    rows = await _market_rows(assets, inventory, prices, clock, category, q)
+    categories = sorted({a.category for a in await assets.all_assets() if a.category and a.is_active})
     template = (
         "_market_rows.html"
         if is_htmx(request) and request.headers.get("hx-target") == "market-rows"
@@ -172,14 +213,14 @@ SIGNUP_FIELDS = ("username", "email", "password", "first_name", "last_name", "ph
 
 
 @router.get("/signup")
-async def signup_page(request: Request, container: ContainerDep) -> Response:
-    if await session_principal(request, container) is not None:
+async def signup_page(request: Request, accounts: Accounts) -> Response:
+    if await session_principal(request, accounts) is not None:
         return redirect(request, "/dashboard")
     return page(request, "signup.html", values={}, errors={})
 
 
 @router.post("/signup")
-async def signup(request: Request, container: ContainerDep) -> Response:
+async def signup(request: Request, accounts: Accounts, logins: Logins) -> Response:
     form = await posted(request)
     values = {name: form.get(name, "") for name in SIGNUP_FIELDS if name != "password"}
     body: dict[str, Any] = non_empty(form, SIGNUP_FIELDS)
@@ -188,8 +229,8 @@ async def signup(request: Request, container: ContainerDep) -> Response:
     body["marketing_emails_consent"] = form.get("marketing_emails_consent") == "on"
     try:
         registration = RegisterRequest.model_validate(body)
-        await container.accounts.register(registration, ip=client_ip(request))
-        token = await guarded_login(container, registration.username, registration.password, client_ip(request))
+        await accounts.register(registration, ip=client_ip(request))
+        token = await logins.login(registration.username, registration.password, client_ip(request))
     except ValidationError as exc:
         return page(request, "signup.html", status_code=422, values=values, errors=field_errors(exc, SIGNUP_FIELDS))
     except CnopError as exc:
@@ -210,14 +251,14 @@ def _account_errors(exc: CnopError, fields: tuple[str, ...]) -> dict[str, str]:
 
 
 @router.get("/login")
-async def login_page(request: Request, container: ContainerDep, next: str | None = None) -> Response:
-    if await session_principal(request, container) is not None:
+async def login_page(request: Request, accounts: Accounts, next: str | None = None) -> Response:
+    if await session_principal(request, accounts) is not None:
         return redirect(request, safe_next(next))
     return page(request, "login.html", values={}, errors={}, next=safe_next(next), notice=notice(request))
 
 
 @router.post("/login")
-async def login(request: Request, container: ContainerDep) -> Response:
+async def login(request: Request, logins: Logins) -> Response:
     form = await posted(request)
     target = safe_next(form.get("next"))
     values = {"username": form.get("username", "")}
@@ -225,7 +266,7 @@ async def login(request: Request, container: ContainerDep) -> Response:
         credentials = LoginRequest.model_validate(
             {"username": form.get("username", ""), "password": form.get("password", "")}
         )
-        token = await guarded_login(container, credentials.username, credentials.password, client_ip(request))
+        token = await logins.login(credentials.username, credentials.password, client_ip(request))
     except ValidationError as exc:
         errors = field_errors(exc, ("username", "password"))
         return page(request, "login.html", status_code=422, values=values, errors=errors, next=target, notice=None)
@@ -245,11 +286,11 @@ async def login(request: Request, container: ContainerDep) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, container: ContainerDep) -> Response:
+async def logout(request: Request, accounts: Accounts) -> Response:
     await posted(request)
-    principal = await session_principal(request, container)
+    principal = await session_principal(request, accounts)
     if principal is not None:
-        await container.accounts.logout(principal, ip=client_ip(request))
+        await accounts.logout(principal, ip=client_ip(request))
     response = redirect(request, "/login?notice=logged_out")
     clear_session(response, request)
     return response
@@ -259,13 +300,21 @@ async def logout(request: Request, container: ContainerDep) -> Response:
 
 
 @router.get("/dashboard")
-async def dashboard(request: Request, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
-    portfolio = await container.portfolio.portfolio(principal.username)
-    insight = await container.insights.portfolio_insight(principal.username)
-    ledger = await container.balance_dao.get_user_transactions(principal.username, limit=8)
-    orders = await container.order_dao.get_orders_by_user(principal.username, limit=5)
-    scales = await _scales(container)
+async def dashboard(
+    request: Request,
+    accounts: Accounts,
+    portfolios: Portfolios,
+    insights: Insights,
+    balances: Balances,
+    orders: Orders,
+    assets: Assets,
+) -> Response:
+    principal = await signed_in(request, accounts)
+    portfolio = await portfolios.portfolio(principal.username)
+    insight = await insights.portfolio_insight(principal.username)
+    ledger = await balances.get_user_transactions(principal.username, limit=8)
+    recent = await orders.get_orders_by_user(principal.username, limit=5)
+    scales = await asset_scales(assets)
     slices: list[tuple[str, Decimal]] = [
         (row.asset_id, row.percentage) for row in portfolio.assets if row.percentage is not None and row.percentage > 0
     ]
@@ -281,7 +330,7 @@ async def dashboard(request: Request, container: ContainerDep) -> Response:
         portfolio=portfolio,
         insight=insight,
         ledger=[entry_from_item(item) for item in ledger.items],
-        orders=[order_from_item(item) for item in orders.items],
+        orders=[order_from_item(item) for item in recent.items],
         slices=slices,
         total_cost=cost,
         total_pnl=pnl,
@@ -291,17 +340,64 @@ async def dashboard(request: Request, container: ContainerDep) -> Response:
     )
 
 
-async def _scales(container: Container) -> dict[str, int]:
-    return {asset.asset_id: asset.scale for asset in await container.asset_dao.all_assets()}
-
-
 # --- asset page and order ticket -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class AssetView:
+    """The asset page: its detail and live price, the order ticket, the caller's holding and cash."""
+
+    assets: AssetDAO
+    inventory: InventoryService
+    holdings: HoldingDAO
+    balances: BalanceDAO
+
+    async def render(
+        self,
+        request: Request,
+        principal: Principal | None,
+        asset_id: str,
+        *,
+        ticket: dict[str, str],
+        errors: dict[str, str],
+        problem: dict[str, str] | None,
+        status_code: int = 200,
+    ) -> Response:
+        asset = await self.assets.get_asset(asset_id)
+        detail = self.inventory.asset_detail(asset)
+        holding = None
+        balance = None
+        if principal is not None:
+            holding = await self.holdings.get_holding(principal.username, asset_id)
+            balance = await self.balances.get_balance(principal.username)
+        return page(
+            request,
+            "asset.html",
+            principal=principal,
+            asset=detail,
+            holding=holding,
+            balance=balance,
+            ticket=ticket,
+            errors=errors,
+            problem=problem,
+            kinds=ORDER_KINDS,
+            stream_assets=asset_id,
+            status_code=status_code,
+            notice=notice(request),
+        )
+
+
+async def asset_view(assets: Assets, inventory: Inventory, holdings: Holdings, balances: Balances) -> AssetView:
+    return AssetView(assets, inventory, holdings, balances)
+
+
+AssetViewDep = Annotated[AssetView, Depends(asset_view)]
+
+
 @router.get("/assets/{asset_id}")
-async def asset_page(request: Request, asset_id: AssetId, container: ContainerDep) -> Response:
-    principal = await session_principal(request, container)
-    asset = await container.asset_dao.find_asset(asset_id.upper())
+async def asset_page(request: Request, asset_id: AssetId, accounts: Accounts, view: AssetViewDep) -> Response:
+    principal = await session_principal(request, accounts)
+    asset = await view.assets.find_asset(asset_id.upper())
     if asset is None:
         return page(
             request,
@@ -311,42 +407,7 @@ async def asset_page(request: Request, asset_id: AssetId, container: ContainerDe
             title="No such asset",
             message=f"There is no asset {asset_id.upper()}.",
         )
-    return await _asset_view(request, container, principal, asset.asset_id, ticket={}, errors={}, problem=None)
-
-
-async def _asset_view(
-    request: Request,
-    container: Container,
-    principal: Principal | None,
-    asset_id: str,
-    *,
-    ticket: dict[str, str],
-    errors: dict[str, str],
-    problem: dict[str, str] | None,
-    status_code: int = 200,
-) -> Response:
-    asset = await container.asset_dao.get_asset(asset_id)
-    detail = container.inventory.asset_detail(asset)
-    holding = None
-    balance = None
-    if principal is not None:
-        holding = await container.holding_dao.get_holding(principal.username, asset_id)
-        balance = await container.balance_dao.get_balance(principal.username)
-    return page(
-        request,
-        "asset.html",
-        principal=principal,
-        asset=detail,
-        holding=holding,
-        balance=balance,
-        ticket=ticket,
-        errors=errors,
-        problem=problem,
-        kinds=ORDER_KINDS,
-        stream_assets=asset_id,
-        status_code=status_code,
-        notice=notice(request),
-    )
+    return await view.render(request, principal, asset.asset_id, ticket={}, errors={}, problem=None)
 
 
 def order_request(asset_id: str, form: dict[str, str]) -> OrderCreate:
@@ -403,8 +464,8 @@ def field_list(exc: ValidationError) -> list[dict[str, str]]:
 
 
 @router.post("/assets/{asset_id}/preview")
-async def order_preview(request: Request, asset_id: AssetId, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def order_preview(request: Request, asset_id: AssetId, accounts: Accounts, trading: Trading) -> Response:
+    principal = await signed_in(request, accounts)
     form = await posted(request)
     try:
         order = order_request(asset_id.upper(), form)
@@ -412,7 +473,7 @@ async def order_preview(request: Request, asset_id: AssetId, container: Containe
         return page(
             request, "_preview.html", principal=principal, preview=None, errors=field_errors(exc, TICKET_FIELDS)
         )
-    preview = await preview_order(container.trading, principal.username, order)
+    preview = await preview_order(trading, principal.username, order)
     return page(
         request,
         "_preview.html",
@@ -424,39 +485,26 @@ async def order_preview(request: Request, asset_id: AssetId, container: Containe
 
 
 @router.post("/assets/{asset_id}/orders")
-async def place_order(request: Request, asset_id: AssetId, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def place_order(
+    request: Request, asset_id: AssetId, accounts: Accounts, trading: Trading, view: AssetViewDep
+) -> Response:
+    principal = await signed_in(request, accounts)
     form = await posted(request)
     asset_id = asset_id.upper()
     ticket = {name: form.get(name, "") for name in TICKET_FIELDS}
+    problem = None
     try:
         order = order_request(asset_id, form)
-        placed = await container.trading.place_order(principal.username, order)
+        placed = await trading.place_order(principal.username, order)
     except ValidationFailed as exc:
-        return await _asset_view(
-            request,
-            container,
-            principal,
-            asset_id,
-            ticket=ticket,
-            errors=field_errors(exc, TICKET_FIELDS),
-            problem=None,
-            status_code=422,
-        )
+        errors, status_code = field_errors(exc, TICKET_FIELDS), 422
     except CnopError as exc:
-        return await _asset_view(
-            request,
-            container,
-            principal,
-            asset_id,
-            ticket=ticket,
-            errors={},
-            problem=refusal(exc),
-            status_code=exc.status,
-        )
-    if placed.status is OrderStatus.COMPLETED:
+        errors, problem, status_code = {}, refusal(exc), exc.status
+    else:
         return redirect(request, f"/orders?notice=placed&highlight={placed.order_id}")
-    return redirect(request, f"/orders?notice=placed&highlight={placed.order_id}")
+    return await view.render(
+        request, principal, asset_id, ticket=ticket, errors=errors, problem=problem, status_code=status_code
+    )
 
 
 # --- orders -----------------------------------------------------------------------------------------------
@@ -464,17 +512,59 @@ async def place_order(request: Request, asset_id: AssetId, container: ContainerD
 STATUS_CHOICES = ("all", "completed", "cancelled", "expired", "failed")
 
 
+@dataclass(frozen=True, slots=True)
+class OrdersView:
+    """The orders page: the open orders, then the history under the filters."""
+
+    resting: RestingOrders
+    orders: OrderDAO
+    assets: AssetDAO
+
+    async def context(
+        self, principal: Principal, status: str, asset_id: str, order_type: str, cursor: str | None
+    ) -> dict[str, Any]:
+        open_orders = await self.resting.queued_orders_of(principal.username)
+        # History is the closed orders (open ones are listed above it), or those of one final status.
+        wanted_status: Any = OrderStatus(status) if status in STATUS_CHOICES and status != "all" else "closed"
+        kind = OrderType(order_type) if order_type in {t.value for t in OrderType} else None
+        asset = asset_id.upper() if asset_id and asset_id.isalnum() else None
+        matches = order_filter(asset, kind, wanted_status)
+        history = await page_or_first(
+            lambda at: self.orders.get_orders_by_user(principal.username, limit=25, cursor=at, matches=matches),
+            cursor,
+        )
+        query = {"status": status, "asset_id": asset or "", "order_type": kind.value if kind else ""}
+        return {
+            "open_orders": open_orders,
+            "history": [order_from_item(item) for item in history.items],
+            "next_cursor": history.next_cursor,
+            "filters": query,
+            "status_choices": STATUS_CHOICES,
+            "order_types": [t.value for t in OrderType],
+            "scales": await asset_scales(self.assets),
+            "stream_assets": ",".join(sorted({o.asset_id for o in open_orders})),
+        }
+
+
+async def orders_view(resting: Resting, orders: Orders, assets: Assets) -> OrdersView:
+    return OrdersView(resting, orders, assets)
+
+
+OrdersViewDep = Annotated[OrdersView, Depends(orders_view)]
+
+
 @router.get("/orders")
 async def orders_page(
     request: Request,
-    container: ContainerDep,
+    accounts: Accounts,
+    view: OrdersViewDep,
     status: Annotated[str, Query(max_length=20)] = "all",
     asset_id: Annotated[str, Query(max_length=10)] = "",
     order_type: Annotated[str, Query(max_length=30)] = "",
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
-    principal = await signed_in(request, container)
-    context = await _orders_context(container, principal, status, asset_id, order_type, cursor)
+    principal = await signed_in(request, accounts)
+    context = await view.context(principal, status, asset_id, order_type, cursor)
     template = (
         "_orders_live.html" if is_htmx(request) and request.headers.get("hx-target") == "orders-live" else "orders.html"
     )
@@ -488,42 +578,16 @@ async def orders_page(
     )
 
 
-async def _orders_context(
-    container: Container, principal: Principal, status: str, asset_id: str, order_type: str, cursor: str | None
-) -> dict[str, Any]:
-    open_orders = await container.resting.queued_orders_of(principal.username)
-    # History is the closed orders (open ones are listed above it), or those of one final status.
-    wanted_status: Any = OrderStatus(status) if status in STATUS_CHOICES and status != "all" else "closed"
-    kind = OrderType(order_type) if order_type in {t.value for t in OrderType} else None
-    asset = asset_id.upper() if asset_id and asset_id.isalnum() else None
-    matches = order_filter(asset, kind, wanted_status)
-    try:
-        history = await container.order_dao.get_orders_by_user(
-            principal.username, limit=25, cursor=cursor, matches=matches
-        )
-    except InvalidCursor:
-        history = await container.order_dao.get_orders_by_user(principal.username, limit=25, matches=matches)
-    query = {"status": status, "asset_id": asset or "", "order_type": kind.value if kind else ""}
-    return {
-        "open_orders": open_orders,
-        "history": [order_from_item(item) for item in history.items],
-        "next_cursor": history.next_cursor,
-        "filters": query,
-        "status_choices": STATUS_CHOICES,
-        "order_types": [t.value for t in OrderType],
-        "scales": await _scales(container),
-        "stream_assets": ",".join(sorted({o.asset_id for o in open_orders})),
-    }
-
-
 @router.post("/orders/{order_id}/cancel")
-async def cancel_order(request: Request, order_id: OrderId, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def cancel_order(
+    request: Request, order_id: OrderId, accounts: Accounts, trading: Trading, view: OrdersViewDep
+) -> Response:
+    principal = await signed_in(request, accounts)
     await posted(request)
     try:
-        await container.trading.cancel_order(principal.username, order_id)
+        await trading.cancel_order(principal.username, order_id)
     except CnopError as exc:
-        context = await _orders_context(container, principal, "all", "", "", None)
+        context = await view.context(principal, "all", "", "", None)
         return page(
             request,
             "orders.html",
@@ -547,32 +611,29 @@ def _ledger_type(value: str) -> TransactionType | None:
 @router.get("/ledger")
 async def ledger_page(
     request: Request,
-    container: ContainerDep,
+    accounts: Accounts,
+    balances: Balances,
+    holdings: Holdings,
+    assets: Assets,
     transaction_type: Annotated[str, Query(max_length=30)] = "",
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     asset_id: Annotated[str, Query(max_length=10)] = "",
     asset_cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
-    principal = await signed_in(request, container)
+    principal = await signed_in(request, accounts)
     kind = _ledger_type(transaction_type)
-    try:
-        entries = await container.balance_dao.get_user_transactions(
-            principal.username, limit=25, cursor=cursor, transaction_type=kind
-        )
-    except InvalidCursor:
-        entries = await container.balance_dao.get_user_transactions(principal.username, limit=25, transaction_type=kind)
-    holdings = await container.holding_dao.get_holdings(principal.username)
-    held_assets = sorted(h.asset_id for h in holdings)
+    entries = await page_or_first(
+        lambda at: balances.get_user_transactions(principal.username, limit=25, cursor=at, transaction_type=kind),
+        cursor,
+    )
+    held_assets = sorted(h.asset_id for h in await holdings.get_holdings(principal.username))
     chosen = asset_id.upper() if asset_id.upper() in held_assets else (held_assets[0] if held_assets else "")
     asset_rows: list[dict[str, Any]] = []
     asset_next = None
     if chosen:
-        try:
-            asset_page_ = await container.holding_dao.get_asset_transactions(
-                principal.username, chosen, limit=25, cursor=asset_cursor
-            )
-        except InvalidCursor:
-            asset_page_ = await container.holding_dao.get_asset_transactions(principal.username, chosen, limit=25)
+        asset_page_ = await page_or_first(
+            lambda at: holdings.get_asset_transactions(principal.username, chosen, limit=25, cursor=at), asset_cursor
+        )
         asset_rows = asset_page_.items
         asset_next = asset_page_.next_cursor
     return page(
@@ -587,15 +648,19 @@ async def ledger_page(
         chosen_asset=chosen,
         asset_rows=asset_rows,
         asset_next=asset_next,
-        scales=await _scales(container),
+        scales=await asset_scales(assets),
     )
 
 
 @router.get("/ledger.csv")
 async def ledger_csv(
-    request: Request, container: ContainerDep, transaction_type: Annotated[str, Query(max_length=30)] = ""
+    request: Request,
+    accounts: Accounts,
+    balances: Balances,
+    clock: AppClock,
+    transaction_type: Annotated[str, Query(max_length=30)] = "",
 ) -> Response:
-    principal = await signed_in(request, container)
+    principal = await signed_in(request, accounts)
     kind = _ledger_type(transaction_type)
 
     async def rows() -> AsyncIterator[str]:
@@ -607,7 +672,7 @@ async def ledger_csv(
         cursor = None
         written = 0
         while written < LEDGER_CSV_MAX_ROWS:
-            batch = await container.balance_dao.get_user_transactions(
+            batch = await balances.get_user_transactions(
                 principal.username, limit=100, cursor=cursor, transaction_type=kind
             )
             for item in batch.items:
@@ -631,7 +696,7 @@ async def ledger_csv(
             if cursor is None:
                 break
 
-    stamp = container.clock.now().strftime("%Y%m%d")
+    stamp = clock.now().strftime("%Y%m%d")
     return StreamingResponse(
         rows(),
         media_type="text/csv; charset=utf-8",
@@ -645,72 +710,73 @@ async def ledger_csv(
 # --- cash ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class CashView:
+    """The cash page: the balance, today's use of the daily limits, the deposit and withdraw forms."""
+
+    balances: BalanceDAO
+    money: MoneyService
+
+    async def render(
+        self,
+        request: Request,
+        principal: Principal,
+        *,
+        errors: dict[str, dict[str, str]],
+        values: dict[str, str],
+        status_code: int = 200,
+    ) -> Response:
+        balance = await self.balances.get_balance(principal.username)
+        usage = await self.money.daily_usage(principal.username)
+        return page(
+            request,
+            "cash.html",
+            principal=principal,
+            balance=balance,
+            usage=usage,
+            errors=errors,
+            values=values,
+            problem=None,
+            status_code=status_code,
+            notice=notice(request),
+        )
+
+
+async def cash_view(balances: Balances, money: Money) -> CashView:
+    return CashView(balances, money)
+
+
+CashViewDep = Annotated[CashView, Depends(cash_view)]
+
+
 @router.get("/cash")
-async def cash_page(request: Request, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
-    return await _cash_view(request, container, principal, errors={}, values={}, problem=None)
-
-
-async def _cash_view(
-    request: Request,
-    container: Container,
-    principal: Principal,
-    *,
-    errors: dict[str, dict[str, str]],
-    values: dict[str, str],
-    problem: dict[str, str] | None,
-    status_code: int = 200,
-) -> Response:
-    balance = await container.balance_dao.get_balance(principal.username)
-    usage = await container.money.daily_usage(principal.username)
-    return page(
-        request,
-        "cash.html",
-        principal=principal,
-        balance=balance,
-        usage=usage,
-        errors=errors,
-        values=values,
-        problem=problem,
-        status_code=status_code,
-        notice=notice(request),
-    )
+async def cash_page(request: Request, accounts: Accounts, view: CashViewDep) -> Response:
+    principal = await signed_in(request, accounts)
+    return await view.render(request, principal, errors={}, values={})
 
 
 @router.post("/cash/{kind}")
-async def move_cash(request: Request, kind: str, container: ContainerDep) -> Response:
+async def move_cash(request: Request, kind: str, accounts: Accounts, view: CashViewDep) -> Response:
     if kind not in ("deposit", "withdraw"):
         return page(request, "error.html", status_code=404, title="Not found", message="There is no such page.")
-    principal = await signed_in(request, container)
+    principal = await signed_in(request, accounts)
     form = await posted(request)
     amount_text = form.get("amount", "").strip()
     try:
         if not amount_text:
             raise ValidationFailed.field("amount", "is required")
         body = AmountRequest.model_validate({"amount": amount_text})
-        move = container.money.deposit if kind == "deposit" else container.money.withdraw
+        move = view.money.deposit if kind == "deposit" else view.money.withdraw
         await move(principal.username, body.amount)
     except (ValidationError, ValidationFailed) as exc:
-        return await _cash_view(
-            request,
-            container,
-            principal,
-            errors={kind: field_errors(exc, ("amount",))},
-            values={kind: amount_text},
-            problem=None,
-            status_code=422,
-        )
+        errors, status_code = field_errors(exc, ("amount",)), 422
     except CnopError as exc:
-        return await _cash_view(
-            request,
-            container,
-            principal,
-            errors={kind: {"amount": f"{refusal(exc)['title']}: {exc.detail}"}},
-            values={kind: amount_text},
-            problem=None,
-            status_code=exc.status,
-        )
-    return redirect(request, f"/cash?notice={'deposited' if kind == 'deposit' else 'withdrawn'}")
+        errors, status_code = {"amount": f"{refusal(exc)['title']}: {exc.detail}"}, exc.status
+    else:
+        return redirect(request, f"/cash?notice={'deposited' if kind == 'deposit' else 'withdrawn'}")
+    return await view.render(
+        request, principal, errors={kind: errors}, values={kind: amount_text}, status_code=status_code
+    )
 
 
 # --- profile and password --------------------------------------------------------------------------------
@@ -719,8 +785,8 @@ PROFILE_FIELDS = ("first_name", "last_name", "email", "phone", "date_of_birth")
 
 
 @router.get("/profile")
-async def profile_page(request: Request, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def profile_page(request: Request, accounts: Accounts) -> Response:
+    principal = await signed_in(request, accounts)
     return _profile_view(request, principal, values=_profile_values(principal), errors={}, password_errors={})
 
 
@@ -758,8 +824,8 @@ def _profile_view(
 
 
 @router.post("/profile")
-async def update_profile(request: Request, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def update_profile(request: Request, accounts: Accounts) -> Response:
+    principal = await signed_in(request, accounts)
     form = await posted(request)
     values = {name: form.get(name, "") for name in PROFILE_FIELDS}
     values["marketing_emails_consent"] = "on" if form.get("marketing_emails_consent") == "on" else ""
@@ -769,31 +835,19 @@ async def update_profile(request: Request, container: ContainerDep) -> Response:
     body["marketing_emails_consent"] = form.get("marketing_emails_consent") == "on"
     try:
         update = ProfileUpdateRequest.model_validate(body)
-        await container.accounts.update_profile(principal, update)
+        await accounts.update_profile(principal, update)
     except ValidationError as exc:
-        return _profile_view(
-            request,
-            principal,
-            values=values,
-            errors=field_errors(exc, PROFILE_FIELDS),
-            password_errors={},
-            status_code=422,
-        )
+        errors, status_code = field_errors(exc, PROFILE_FIELDS), 422
     except CnopError as exc:
-        return _profile_view(
-            request,
-            principal,
-            values=values,
-            errors=_account_errors(exc, PROFILE_FIELDS),
-            password_errors={},
-            status_code=exc.status,
-        )
-    return redirect(request, "/profile?notice=profile")
+        errors, status_code = _account_errors(exc, PROFILE_FIELDS), exc.status
+    else:
+        return redirect(request, "/profile?notice=profile")
+    return _profile_view(request, principal, values=values, errors=errors, password_errors={}, status_code=status_code)
 
 
 @router.post("/profile/password")
-async def change_password(request: Request, container: ContainerDep) -> Response:
-    principal = await signed_in(request, container)
+async def change_password(request: Request, accounts: Accounts, logins: Logins) -> Response:
+    principal = await signed_in(request, accounts)
     form = await posted(request)
     fields = ("current_password", "new_password", "confirm_password")
     errors: dict[str, str] = {}
@@ -807,62 +861,72 @@ async def change_password(request: Request, container: ContainerDep) -> Response
             raise ValidationFailed(
                 "The passwords do not match", errors=[{"field": k, "message": v} for k, v in errors.items()]
             )
-        token = await guarded_password_change(container, principal, change, client_ip(request))
+        token = await logins.change_password(principal, change, client_ip(request))
     except (ValidationError, ValidationFailed) as exc:
-        errors = {**field_errors(exc, fields), **errors}
-        return _profile_view(
-            request, principal, values=_profile_values(principal), errors={}, password_errors=errors, status_code=422
-        )
+        errors, status_code = {**field_errors(exc, fields), **errors}, 422
     except CnopError as exc:
         where = "current_password" if exc.code == "invalid_credentials" else "new_password"
-        return _profile_view(
-            request,
-            principal,
-            values=_profile_values(principal),
-            errors={},
-            password_errors={where: exc.detail},
-            status_code=exc.status,
-        )
-    response = redirect(request, "/profile?notice=password")
-    set_session(response, request, token)
-    return response
+        errors, status_code = {where: exc.detail}, exc.status
+    else:
+        response = redirect(request, "/profile?notice=password")
+        set_session(response, request, token)
+        return response
+    values = _profile_values(principal)
+    return _profile_view(request, principal, values=values, errors={}, password_errors=errors, status_code=status_code)
 
 
 # --- admin -----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class AdminView:
+    """The admin page: every asset with its state and price, and (manual source) the price form."""
+
+    assets: AssetDAO
+    inventory: InventoryService
+    settings: Settings
+
+    async def render(
+        self,
+        request: Request,
+        principal: Principal,
+        *,
+        errors: dict[str, str],
+        values: dict[str, str],
+        status_code: int = 200,
+    ) -> Response:
+        rows = [self.inventory.asset_data(a) for a in await self.assets.all_assets()]
+        return page(
+            request,
+            "admin/assets.html",
+            principal=principal,
+            assets=rows,
+            manual=self.settings.price_source == "manual",
+            errors=errors,
+            values=values,
+            status_code=status_code,
+            notice=notice(request),
+        )
+
+
+async def admin_view(assets: Assets, inventory: Inventory, settings: AppSettings) -> AdminView:
+    return AdminView(assets, inventory, settings)
+
+
+AdminViewDep = Annotated[AdminView, Depends(admin_view)]
+
+
 @router.get("/admin")
-async def admin_page(request: Request, container: ContainerDep) -> Response:
-    principal = await admin_only(request, container)
-    return await _admin_view(request, container, principal, errors={}, values={})
-
-
-async def _admin_view(
-    request: Request,
-    container: Container,
-    principal: Principal,
-    *,
-    errors: dict[str, str],
-    values: dict[str, str],
-    status_code: int = 200,
-) -> Response:
-    assets = [container.inventory.asset_data(a) for a in await container.asset_dao.all_assets()]
-    return page(
-        request,
-        "admin/assets.html",
-        principal=principal,
-        assets=assets,
-        manual=container.settings.price_source == "manual",
-        errors=errors,
-        values=values,
-        status_code=status_code,
-        notice=notice(request),
-    )
+async def admin_page(request: Request, accounts: Accounts, view: AdminViewDep) -> Response:
+    principal = await admin_only(request, accounts)
+    return await view.render(request, principal, errors={}, values={})
 
 
 @router.post("/admin/assets/{asset_id}/{action}")
-async def admin_asset(request: Request, asset_id: AssetId, action: str, container: ContainerDep) -> Response:
-    principal = await admin_only(request, container)
+async def admin_asset(
+    request: Request, asset_id: AssetId, action: str, accounts: Accounts, view: AdminViewDep
+) -> Response:
+    principal = await admin_only(request, accounts)
     await posted(request)
     if action not in ("activate", "deactivate"):
         return page(
@@ -875,55 +939,52 @@ async def admin_asset(request: Request, asset_id: AssetId, action: str, containe
         )
     try:
         if action == "activate":
-            await container.asset_dao.activate_asset(asset_id.upper())
+            await view.assets.activate_asset(asset_id.upper())
         else:
-            await container.asset_dao.deactivate_asset(asset_id.upper())
+            await view.assets.deactivate_asset(asset_id.upper())
     except CnopError as exc:
-        return await _admin_view(
-            request, container, principal, errors={"_form": exc.detail}, values={}, status_code=exc.status
-        )
+        return await view.render(request, principal, errors={"_form": exc.detail}, values={}, status_code=exc.status)
     return redirect(request, "/admin?notice=asset")
 
 
 @router.post("/admin/prices")
-async def admin_price(request: Request, container: ContainerDep) -> Response:
-    principal = await admin_only(request, container)
+async def admin_price(
+    request: Request, accounts: Accounts, view: AdminViewDep, prices: PriceBusDep, clock: AppClock
+) -> Response:
+    principal = await admin_only(request, accounts)
     form = await posted(request)
     values = {"asset_id": form.get("asset_id", ""), "price": form.get("price", "")}
     try:
         body = PriceSet.model_validate({"asset_id": values["asset_id"].strip(), "price": values["price"].strip()})
-        await set_manual_price(container, body)
+        await set_manual_price(view.settings, view.assets, prices, clock, body)
     except ValidationError as exc:
-        errors = field_errors(exc, ("asset_id", "price"))
-        return await _admin_view(request, container, principal, errors=errors, values=values, status_code=422)
+        errors, status_code = field_errors(exc, ("asset_id", "price")), 422
     except CnopError as exc:
-        where = "asset_id" if exc.code == "asset_not_found" else "_form"
-        return await _admin_view(
-            request, container, principal, errors={where: exc.detail}, values=values, status_code=exc.status
-        )
-    return redirect(request, "/admin?notice=price")
+        errors, status_code = {"asset_id" if exc.code == "asset_not_found" else "_form": exc.detail}, exc.status
+    else:
+        return redirect(request, "/admin?notice=price")
+    return await view.render(request, principal, errors=errors, values=values, status_code=status_code)
 
 
 @router.get("/admin/ledger")
 async def admin_ledger(
     request: Request,
-    container: ContainerDep,
+    accounts: Accounts,
+    users: Users,
+    balances: Balances,
     username: Annotated[str, Query(max_length=30)] = "",
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
-    principal = await admin_only(request, container)
+    principal = await admin_only(request, accounts)
     entries: list[Any] = []
     next_cursor = None
     error = None
     name = username.strip().lower()
     if name:
-        if not USERNAME_PATTERN.match(name) or await container.user_dao.find_user(name) is None:
+        if not USERNAME_PATTERN.match(name) or await users.find_user(name) is None:
             error = "No user of that name"
         else:
-            try:
-                found = await container.balance_dao.get_user_transactions(name, limit=50, cursor=cursor)
-            except InvalidCursor:
-                found = await container.balance_dao.get_user_transactions(name, limit=50)
+            found = await page_or_first(lambda at: balances.get_user_transactions(name, limit=50, cursor=at), cursor)
             entries = [entry_from_item(item) for item in found.items]
             next_cursor = found.next_cursor
     return page(

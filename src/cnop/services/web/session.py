@@ -22,8 +22,7 @@ from starlette.responses import Response
 
 from cnop.common.exceptions import AuthenticationRequired
 from cnop.common.security import AccessToken
-from cnop.container import Container
-from cnop.services.user.service import Principal
+from cnop.services.user.service import AccountService, Principal
 
 SESSION_COOKIE = "cnop_session"
 CSRF_COOKIE = "cnop_csrf"
@@ -58,7 +57,7 @@ def session_token(request: Request) -> str | None:
     return token if token and len(token) < 4096 else None
 
 
-async def session_principal(request: Request, container: Container) -> Principal | None:
+async def session_principal(request: Request, accounts: AccountService) -> Principal | None:
     """The signed-in user of the session cookie, or None (no cookie, expired, revoked)."""
     cached = request.scope.setdefault("state", {}).get("web_principal")
     if isinstance(cached, Principal):
@@ -67,7 +66,7 @@ async def session_principal(request: Request, container: Container) -> Principal
     if token is None:
         return None
     try:
-        principal = await container.accounts.authenticate(token)
+        principal = await accounts.authenticate(token)
     except AuthenticationRequired:
         return None
     request.scope["state"]["web_principal"] = principal

@@ -1,0 +1,210 @@
+"""A fleet on one machine for the multi-process tests: Redis, one store, API processes and workers.
+
+What an operator runs when the README's AWS section says "more than one process": N `cnop serve`
+API processes with `CNOP_TRIGGER_ENGINE=false` and M `cnop serve worker` processes, all on one
+store (a SQLite file, or DynamoDB Local) and one Redis (`CNOP_REDIS_URL`), every one on
+127.0.0.1. Tokens are EdDSA (every API process signs with the same key, every process verifies),
+so the workers, which run the cloud shape's worker role, accept them too.
+
+The test owns Redis (`tests.support.redis_server.RedisServer`, which can stop and start again
+on the same port, for the outage test) and passes its URL. Each process writes to
+`WORKDIR/logs/NAME.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from cnop.dev import STOP_TIMEOUT_SECONDS, Member
+from tests.support.cnop_server import free_port
+
+PASSWORD = "Str0ng!Passw0rd"
+ADMIN = "fleet_admin"
+READY_SECONDS = 120.0
+
+
+@dataclass
+class Fleet:
+    workdir: Path
+    store: str
+    redis_url: str
+    apis: int = 2
+    workers: int = 2
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.private_key = self.workdir / "keys" / "signing" / "jwt.key"
+        self.public_keys = self.workdir / "keys" / "public"
+        for index in range(self.workers):
+            self.members.append(Member(f"worker-{index + 1}", "worker", free_port(), {}))
+        for index in range(self.apis):
+            env = {"CNOP_TRIGGER_ENGINE": "false", "CNOP_JWT_PRIVATE_KEY_FILE": str(self.private_key)}
+            self.members.append(Member(f"api-{index + 1}", "api", free_port(), env))
+
+    # --- environment -----------------------------------------------------------------------
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CNOP_")}
+        env.update(
+            {
+                "CNOP_STORE": self.store,
+                "CNOP_REDIS_URL": self.redis_url,
+                "CNOP_JWT_ALGORITHM": "EdDSA",
+                "CNOP_JWT_PUBLIC_KEYS_DIR": str(self.public_keys),
+                "CNOP_TRUSTED_PROXIES": "127.0.0.1",
+                "CNOP_LOG_JSON": "true",
+                "CNOP_PASSWORD_HASH_WORKERS": "1",
+                **self.extra_env,
+            }
+        )
+        return env
+
+    def cnop(self, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """A one-shot `cnop` command with the fleet's environment (db init, user create, audit)."""
+        return subprocess.run(
+            [sys.executable, "-m", "cnop", *args],
+            env=self.base_env(),
+            cwd=self.workdir,
+            input=stdin,
+            capture_output=True,
+            check=check,
+            timeout=120,
+        )
+
+    # --- members ---------------------------------------------------------------------------
+
+    def member(self, name: str) -> Member:
+        return next(m for m in self.members if m.name == name)
+
+    def api_urls(self) -> list[str]:
+        return [m.url for m in self.members if m.role == "api"]
+
+    def worker_names(self) -> list[str]:
+        return [m.name for m in self.members if m.role == "worker"]
+
+    def start_member(self, member: Member) -> None:
+        if member.process is not None and member.process.poll() is None:
+            raise RuntimeError(f"{member.name} is already running")
+        command = ["serve"] if member.role == "api" else ["serve", member.role]
+        member.log = (self.workdir / "logs" / f"{member.name}.log").open("ab")
+        member.process = subprocess.Popen(
+            [sys.executable, "-m", "cnop", *command, "--host", "127.0.0.1", "--port", str(member.port)],
+            env={**self.base_env(), **member.env},
+            cwd=self.workdir,
+            stdout=member.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, members: list[Member], timeout: float = READY_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(members)
+        while waiting:
+            for member in list(waiting):
+                assert member.process is not None
+                if member.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{member.name} exited with {member.process.returncode}:\n{self.log(member.name)}"
+                    )
+                with contextlib.suppress(httpx2.HTTPError):
+                    if httpx2.get(f"{member.url}/health/ready", timeout=2, trust_env=False).status_code == 200:
+                        waiting.remove(member)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout:g} s: {', '.join(m.name for m in waiting)}")
+            if waiting:
+                time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one member (the crash tests)."""
+        member = self.member(name)
+        if member.process is not None:
+            member.process.kill()
+            member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        if member.log is not None:
+            member.log.close()
+            member.log = None
+
+    def log(self, name: str) -> str:
+        return (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")[-8000:]
+
+    # --- the whole fleet -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Keys, `db init`, an admin, the workers and the API processes; each ready."""
+        try:
+            self.cnop("keys", "generate", "--private-key", str(self.private_key), "--public-key",
+                      str(self.public_keys / "jwt.pem"))  # fmt: skip
+            self.cnop("db", "init")
+            self.cnop("user", "create", ADMIN, "--email", f"{ADMIN}@example.com", "--admin", "--password-stdin",
+                      stdin=PASSWORD.encode())  # fmt: skip
+            workers = [m for m in self.members if m.role == "worker"]
+            apis = [m for m in self.members if m.role == "api"]
+            for member in workers + apis:
+                self.start_member(member)
+            self.wait_ready(workers + apis)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for member in self.members:
+            if member.process is not None and member.process.poll() is None:
+                member.process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for member in self.members:
+            if member.process is None:
+                continue
+            try:
+                member.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            if member.log is not None:
+                member.log.close()
+                member.log = None
+
+    def __enter__(self) -> Fleet:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_fleet(workdir: Path, store: str, redis_url: str, **env: str) -> Iterator[Fleet]:
+    with Fleet(workdir, store, redis_url, extra_env=env) as fleet:
+        yield fleet
+
+
+def client(url: str) -> httpx2.Client:
+    return httpx2.Client(base_url=url, timeout=30, trust_env=False)
+
+
+def login(http: httpx2.Client, username: str, password: str = PASSWORD) -> dict[str, str]:
+    r = http.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def register(http: httpx2.Client, username: str) -> None:
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD,
+            "first_name": "Ada", "last_name": "Lovelace"}  # fmt: skip
+    r = http.post("/api/v1/auth/register", json=body)
+    assert r.status_code == 201, r.text
+
+
+def json_of(response: httpx2.Response) -> Any:
+    assert response.status_code < 300, (response.status_code, response.text)
+    return response.json()
