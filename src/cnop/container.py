@@ -12,7 +12,7 @@ from typing import Any
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
-from cnop.common.counters import counter_store
+from cnop.common.counters import CounterStore, counter_store
 from cnop.common.dao.api_key_dao import ApiKeyDAO
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
@@ -21,14 +21,16 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
 from cnop.common.database.store import ItemStore
-from cnop.common.events import EventBus, StreamConnections
+from cnop.common.events import EventBus, InProcessEventBus, StreamConnections
 from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
+from cnop.common.shared.invalidation import ALL, TOKEN, USER, Invalidations, invalidations_for
 from cnop.common.shared.lease import FencedLease
-from cnop.common.shared.redis import SharedRedis, open_redis
+from cnop.common.shared.redis import SharedRedis, open_redis, watch_redis
+from cnop.common.shared.redis_events import RedisEventBus
 from cnop.market.bus import LocalPriceBus, PriceBus, RedisPriceBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
@@ -57,6 +59,11 @@ class Container:
     tokens: TokenManager
     audit: AuditLogger
     metrics: Metrics
+    # Shared state (common/shared): the Redis client (None without CNOP_REDIS_URL), the counters
+    # of rate limits and the login guard, and the cache-invalidation channel, each chosen once here.
+    redis: SharedRedis | None
+    counters: CounterStore
+    invalidations: Invalidations
     login_guard: LoginGuard
     account_throttle: AccountThrottle
     streams: StreamSlots
@@ -84,9 +91,7 @@ class Container:
     price_stream_connections: StreamConnections
     # How ticks reach this process's book: in-process, or a Redis stream every process follows.
     price_bus: PriceBus
-    # The shared-state Redis (None without CNOP_REDIS_URL), and the price lease if this process
-    # competes to be the fleet's one price publisher.
-    redis: SharedRedis | None = None
+    # The price lease if this process competes to be the fleet's one price publisher (Redis only).
     price_lease: FencedLease | None = None
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
@@ -114,8 +119,11 @@ def build_container(
     tokens = TokenManager(settings, clock=clock)
     audit = AuditLogger()
     metrics = Metrics()
+    redis = open_redis(settings)
+    counters = counter_store(settings, clock)
+    invalidations = invalidations_for(redis)
     catalogue = list(load_catalogue())
-    shared = open_redis(settings)
+    shared = redis
     price_bus: PriceBus
     if shared is None:
         price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
@@ -141,18 +149,17 @@ def build_container(
     )
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
-    asset_dao = AssetDAO(store, clock)
+    asset_dao = AssetDAO(store, clock, invalidations=invalidations)
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
-    events = EventBus(clock)
+    # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
+    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     api_key_dao = ApiKeyDAO(store, clock)
-    api_keys = ApiKeyService(
-        api_key_dao, user_dao, ApiKeyHasher(settings), audit, counter_store(settings, clock), settings, clock
-    )
+    api_keys = ApiKeyService(api_key_dao, user_dao, ApiKeyHasher(settings), audit, counters, settings, clock)
     container = Container(
         settings=settings,
         clock=clock,
@@ -161,8 +168,11 @@ def build_container(
         tokens=tokens,
         audit=audit,
         metrics=metrics,
-        login_guard=login_guard_from_settings(settings, clock),
-        account_throttle=AccountThrottle.from_settings(settings, counter_store(settings, clock), clock),
+        redis=redis,
+        counters=counters,
+        invalidations=invalidations,
+        login_guard=login_guard_from_settings(settings, clock, counters if redis is not None else None),
+        account_throttle=AccountThrottle.from_settings(settings, counters, clock),
         streams=StreamSlots(settings.max_streams_per_user, settings.max_streams_per_ip),
         idempotency=IdempotencyRecords(store, clock, settings),
         catalogue=catalogue,
@@ -175,7 +185,17 @@ def build_container(
         order_dao=order_dao,
         api_key_dao=api_key_dao,
         api_keys=api_keys,
-        accounts=AccountService(store, user_dao, balance_dao, passwords, tokens, audit, clock, api_keys=api_keys),
+        accounts=AccountService(
+            store,
+            user_dao,
+            balance_dao,
+            passwords,
+            tokens,
+            audit,
+            clock,
+            api_keys=api_keys,
+            invalidations=invalidations,
+        ),
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,
         trading=OrderService(
@@ -199,9 +219,14 @@ def build_container(
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
         price_bus=price_bus,
-        redis=shared,
     )
     metrics.watch_price_age(_price_age(price_book, clock))
+    invalidations.subscribe(TOKEN, lambda jti: tokens.forget_all() if jti == ALL else tokens.forget_token(jti))
+    invalidations.subscribe(USER, lambda user: tokens.forget_all() if user == ALL else tokens.forget_subject(user))
+    container.background.append(invalidations.run)
+    if redis is not None:
+        redis_url = redis.url
+        container.background.append(lambda: watch_redis(redis_url, metrics))
     if settings.trigger_engine:
         metrics.watch_trigger_engine_lag(container.triggers.lag_seconds)
     container.startup.append(inventory.load_catalogue)

@@ -27,7 +27,7 @@ from cnop import __version__
 from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
-from cnop.common.shared.redis import ping_redis, watch_redis
+from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
@@ -143,8 +143,6 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Tables and the catalogue are the `cnop db init` job's, not every replica's.
         running = [asyncio.create_task(task()) for task in container.background]
-        if settings.redis_url:
-            running.append(asyncio.create_task(watch_redis(settings.redis_url, container.metrics)))
         _log.info("role_started", role=role.name, store=settings.store)
         try:
             yield
@@ -153,7 +151,10 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await container.events.close()
             await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
 
     app = FastAPI(
         title=f"cnop {role.name}",
@@ -177,13 +178,7 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
     health.add("store", container.store.ping, critical=False, readiness=True)
     if role.prices:
         health.add("prices", fresh_price_check(container), critical=False, readiness=True)
-    if settings.redis_url:
-        redis_url = settings.redis_url
-
-        async def redis() -> None:
-            await ping_redis(redis_url)
-
-        health.add("redis", redis, critical=False, readiness=True)
+    add_redis_health(health, settings)
     health.add("draining", not_draining, liveness=False, readiness=True)
     app.include_router(health_router(health))
 

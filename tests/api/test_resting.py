@@ -15,7 +15,7 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.market.triggers import TriggerEngine
 from cnop.services.order.resting import RestingOrders
@@ -336,7 +336,7 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
     other = TriggerEngine(
         c.price_book,
         RestingOrders(other_store, OrderDAO(other_store, c.clock), BalanceDAO(other_store, c.clock),
-                      HoldingDAO(other_store, c.clock), c.settings, c.clock, EventBus(c.clock),
+                      HoldingDAO(other_store, c.clock), c.settings, c.clock, InProcessEventBus(c.clock),
                       Settlement(other_store, BalanceDAO(other_store, c.clock), HoldingDAO(other_store, c.clock),
                                  AssetDAO.house_trade_op)),
         c.settings,

@@ -435,7 +435,7 @@ async def test_order_events_carry_the_wire_order_with_exact_strings(api: Api) ->
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.01", price="50500")
     assert r.status_code == 201
-    (event,) = api.container.events.since(username, 0)
+    (event,) = await api.container.events.since(username, "0")
     assert event.type == "order.completed"
     wire = jsonio.loads(jsonio.dumps(event.data))
     assert wire == read(r)["data"]

@@ -1,5 +1,5 @@
-"""The cloud shape as real processes on 127.0.0.1: DynamoDB Local, two gateways, user, order,
-inventory, insights and a worker (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
+"""The cloud shape as real processes on 127.0.0.1: DynamoDB Local, Redis, two gateways, user,
+order, inventory, insights and a worker (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
 
 One black-box journey through a gateway, the token rules across processes, one request id in
 the gateway's and the service's logs, and a kill -9 of the order service during a burst of
@@ -50,12 +50,12 @@ def prices() -> Iterator[FakePrices]:
 
 @pytest.fixture(scope="module")
 def cloud(
-    tmp_path_factory: pytest.TempPathFactory, dynamodb_endpoint: str, prices: FakePrices
+    tmp_path_factory: pytest.TempPathFactory, dynamodb_endpoint: str, prices: FakePrices, redis_url: str
 ) -> Iterator[CloudOnOneMachine]:
     # An order whose process died before applying it holds its client_order_id for the lease:
     # a short one keeps the kill test's retries short.
     env = {"CNOP_IDEMPOTENCY_LEASE_SECONDS": "5"}
-    with running_cloud(tmp_path_factory.mktemp("cloud"), dynamodb_endpoint, prices, env) as shape:
+    with running_cloud(tmp_path_factory.mktemp("cloud"), dynamodb_endpoint, prices, env, redis_url=redis_url) as shape:
         yield shape
 
 

@@ -28,16 +28,27 @@ WORKERS = 1
 
 @contextmanager
 def running_cloud(
-    workdir: Path, dynamodb_endpoint: str, prices: FakePrices, extra_env: Mapping[str, str] | None = None
+    workdir: Path,
+    dynamodb_endpoint: str,
+    prices: FakePrices,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    redis_url: str | None = None,
 ) -> Iterator[CloudOnOneMachine]:
-    """Two gateways, user, order, inventory and insights, and the workers, ready; stopped after."""
+    """Two gateways, user, order, inventory and insights, and the workers, ready; stopped after.
+
+    With `redis_url` every process shares its state through that Redis, under a key prefix of
+    this shape's own.
+    """
     shape = CloudOnOneMachine(
         workdir,
         "dynamodb",
         base_port=free_base_port(),
         gateways=2,
         workers=WORKERS,
+        redis_url=redis_url,
         extra_env={
+            "CNOP_REDIS_PREFIX": f"cloud{uuid.uuid4().hex[:8]}:",
             "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
             "AWS_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "local",

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     price_source: str = "simulated"
     price_tick_seconds: float = Field(default=1.0, gt=0)
     price_seed: int = 42
+    # `replay:PATH.csv` starts the file again from the top when it ends (a demo that never goes stale).
+    price_replay_loop: bool = False
     # Also read from CNOP_MAX_PRICE_AGE, the name the trading issue uses.
     max_price_age_seconds: float = Field(
         default=30.0,

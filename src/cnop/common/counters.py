@@ -1,12 +1,17 @@
 """Expiring counters behind one small interface: rate limits and the login guard count on it.
 
-The in-process `MemoryCounters` serves the local shape; `counter_store` picks Redis (through
-`limits`) when `redis_url` is set, so every gateway process shares the counts.
+Two implementations of the port, picked once by `counter_store(settings)`:
+- `MemoryCounters`: one process (the local shape, and tests);
+- `FallbackCounters` over `limits`' Redis storage when `CNOP_REDIS_URL` is set: every process
+  shares the counts, and while Redis fails each process counts on its own `MemoryCounters`
+  (limits are never switched off), logging once when it falls back and once when it is back.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from limits.aio.storage import Storage as AsyncStorage
 from limits.errors import ConfigurationError
@@ -14,7 +19,11 @@ from limits.storage import storage_from_string
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
+from cnop.common.logging import get_logger
 from cnop.common.shared.redis import client_options
+
+_log = get_logger("cnop.counters")
+T = TypeVar("T")
 
 
 class CounterStore(Protocol):
@@ -91,16 +100,73 @@ class MemoryCounters:
             del self._counters[next(iter(self._counters))]
 
 
-def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStore:
-    """Counters for rate limits and the login guard: Redis when `redis_url` is set, else in-process.
+class FallbackCounters:
+    """Shared counters (Redis) that fall back to this process's own while the shared ones fail.
 
-    In Redis the counters are `limits`' (its redis-py implementation): an increment is one Lua
-    script (INCRBY, and EXPIRE on the first), so a counter can never be left without its expiry.
-    Keys are `{CNOP_REDIS_PREFIX}LIMITS/...` (the prefix's trailing `:` is `limits`' separator).
+    Any error from `shared` (Redis down, a timeout, a refused command) sends the call to
+    `local` instead, and for the next `retry_seconds` every call goes straight to `local`
+    (a dead Redis costs one failed attempt per interval, not one per request); then `shared`
+    is tried again, and the first success switches back. Each switch is logged once. Counts
+    made locally stay local: after an outage the shared counts resume where Redis left them.
     """
-    if not settings.redis_url:
-        return MemoryCounters(clock)
+
+    def __init__(self, shared: CounterStore, local: CounterStore | None = None, *, retry_seconds: float = 1.0) -> None:
+        self.shared = shared
+        self.local = local if local is not None else MemoryCounters()
+        self.retry_seconds = retry_seconds
+        self._down = False
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True while counting locally because the shared counters failed."""
+        return self._down
+
+    async def _call(self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
+        if self._down and time.monotonic() < self._retry_at:
+            return await local()
+        try:
+            result = await shared()
+        except Exception as exc:
+            self._retry_at = time.monotonic() + self.retry_seconds
+            if not self._down:
+                self._down = True
+                _log.warning(
+                    "shared_counters_unavailable",
+                    fallback="per-process counting",
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+            return await local()
+        if self._down:
+            self._down = False
+            _log.warning("shared_counters_restored")
+        return result
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return await self._call(
+            lambda: self.shared.incr(key, expiry, amount), lambda: self.local.incr(key, expiry, amount)
+        )
+
+    async def get(self, key: str) -> int:
+        return await self._call(lambda: self.shared.get(key), lambda: self.local.get(key))
+
+    async def get_expiry(self, key: str) -> float:
+        return await self._call(lambda: self.shared.get_expiry(key), lambda: self.local.get_expiry(key))
+
+    async def clear(self, key: str) -> None:
+        await self._call(lambda: self.shared.clear(key), lambda: self.local.clear(key))
+
+
+def redis_counters(settings: Settings) -> CounterStore:
+    """`limits`' Redis storage (its redis-py implementation) for `settings.redis_url`, no fallback.
+
+    An increment is one Lua script (INCRBY, and EXPIRE on the first), so a counter can never be
+    left without its expiry; reads are GET and TTL. Keys are `{CNOP_REDIS_PREFIX}LIMITS/...`
+    (the prefix's trailing `:` is `limits`' own separator).
+    """
     url = settings.redis_url
+    if not url:
+        raise ValueError("CNOP_REDIS_URL is not set")
     try:
         storage = storage_from_string(
             f"async+{url}",
@@ -113,6 +179,17 @@ def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStor
     if not isinstance(storage, AsyncStorage):  # pragma: no cover - the async+ scheme guarantees it
         raise RuntimeError("the Redis URL did not give an async storage")
     return storage
+
+
+def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStore:
+    """The counters of one process: Redis with a per-process fallback when `redis_url` is set, else in-process.
+
+    Build it once per process (the composition root does) and share it: every call makes a new
+    connection pool and a new fallback.
+    """
+    if not settings.redis_url:
+        return MemoryCounters(clock)
+    return FallbackCounters(redis_counters(settings), MemoryCounters(clock))
 
 
 def limits_client_options(settings: Settings) -> dict[str, float | str | bool]:

@@ -1,8 +1,20 @@
-"""Per-user events (order updates) for the Server-Sent Events stream, in process.
+"""Per-user events (order updates) for the Server-Sent Events stream: the event bus port.
 
-Each event has an id that increases per process; a client reconnecting with `Last-Event-ID`
-gets every retained event after it. Retention is bounded per user (count and age), so a client
-away longer than that window resumes from what is still kept.
+A service publishes `(username, type, data)`; the user's `GET /api/v1/events` stream listens,
+and a client reconnecting with `Last-Event-ID` first gets every retained event after that id.
+Retention is bounded per user, by count and by age, so a client away longer than the window
+resumes from what is still kept.
+
+Two implementations pass the same conformance tests (`tests/conformance/test_event_bus.py`):
+- `InProcessEventBus` (the local shape): ids are integers increasing per process (`"17"` on the
+  wire); events live as long as the process.
+- `RedisEventBus` (`cnop.common.shared.redis_events`, chosen by `CNOP_REDIS_URL`): a Redis
+  stream per user, ids are the stream ids (`"1733212345678-0"`), so any process can serve the
+  stream and resume it, also after a restart (decision 0020).
+
+Publishing never blocks and never raises: the trade that publishes is already committed, and a
+lost notification must not turn it into an error. A listener whose bus loses its feed (Redis
+down) receives `None`, and the stream ends with a retry hint so the client comes back later.
 """
 
 from __future__ import annotations
@@ -10,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -21,54 +33,157 @@ from cnop.common.entities.order import Order, OrderResponse
 RETAINED_PER_USER = 500
 RETENTION_SECONDS = 300.0
 QUEUE_SIZE = 256
+SWEEP_EVERY = 1000
+
+
+class EventsUnavailable(Exception):
+    """The bus cannot read events now (its Redis is down): end the stream with a retry hint."""
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    id: int
+    """One event. `id` is its wire form; `position` orders events of one user's stream."""
+
+    id: str
     type: str
     data: Any
     at: float
+    position: tuple[int, int]
 
 
-class EventBus:
-    def __init__(self, clock: Clock) -> None:
+@dataclass(eq=False, slots=True)
+class Listener:
+    """One stream's subscription: events as they are published; `None` when the feed is lost."""
+
+    username: str
+    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE))
+
+    def offer(self, item: Event | None) -> None:
+        """Queue `item`; a slow reader loses its oldest event, the publisher never waits."""
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(item)
+
+
+class EventBus(Protocol):
+    def publish(self, username: str, event_type: str, data: Any) -> None:
+        """Publish `data` (an `Order` travels as the API's order object); never blocks or raises."""
+        ...
+
+    async def since(self, username: str, last_id: str) -> list[Event]:
+        """The retained events after `last_id` (a wire id), oldest first.
+
+        An id that is not one of this bus's (another format) is answered with no events: the
+        stream then starts from now, as for a client without `Last-Event-ID`. Raises
+        `EventsUnavailable` when the events cannot be read now.
+        """
+        ...
+
+    async def listen(self, username: str) -> Listener:
+        """Subscribe to `username`'s events published from now on (or raise `EventsUnavailable`)."""
+        ...
+
+    def unlisten(self, listener: Listener) -> None: ...
+
+    async def close(self) -> None:
+        """Stop background work (deliver what is still pending, within a bounded time)."""
+        ...
+
+
+def wire_payload(data: Any) -> Any:
+    """An event's data in its wire form: an `Order` as the API's order object (decision 0008)."""
+    if isinstance(data, Order):
+        data = OrderResponse.of(data)
+    payload = data.model_dump(mode="python") if isinstance(data, BaseModel) else data
+    if isinstance(payload, dict):
+        payload.pop("username", None)
+    return payload
+
+
+class Listeners:
+    """The listeners of each user in one process, and the fan-out to them."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, set[Listener]] = {}
+
+    def add(self, listener: Listener) -> bool:
+        """Register `listener`; True if it is its user's first."""
+        group = self._by_user.setdefault(listener.username, set())
+        group.add(listener)
+        return len(group) == 1
+
+    def remove(self, listener: Listener) -> bool:
+        """Unregister `listener`; True if its user has none left."""
+        group = self._by_user.get(listener.username)
+        if group is None:
+            return False
+        group.discard(listener)
+        if group:
+            return False
+        del self._by_user[listener.username]
+        return True
+
+    def users(self) -> list[str]:
+        return list(self._by_user)
+
+    def deliver(self, username: str, item: Event | None) -> None:
+        for listener in tuple(self._by_user.get(username, ())):
+            listener.offer(item)
+
+    def deliver_all(self, item: Event | None) -> None:
+        for username in self.users():
+            self.deliver(username, item)
+
+
+class InProcessEventBus:
+    """The local shape's bus: events in memory, ids increasing per process."""
+
+    def __init__(
+        self, clock: Clock, *, retained_per_user: int = RETAINED_PER_USER, retention_seconds: float = RETENTION_SECONDS
+    ) -> None:
         self.clock = clock
+        self.retained_per_user = retained_per_user
+        self.retention_seconds = retention_seconds
         self._ids = itertools.count(1)
+        self._published = 0
         self._retained: dict[str, deque[Event]] = {}
-        self._listeners: dict[str, set[asyncio.Queue[Event]]] = {}
+        self._listeners = Listeners()
 
-    def publish(self, username: str, event_type: str, data: Any) -> Event:
-        """Publish `data` in its wire form: an `Order` as the API's order object (decision 0008)."""
-        if isinstance(data, Order):
-            data = OrderResponse.of(data)
-        payload = data.model_dump(mode="python") if isinstance(data, BaseModel) else data
-        if isinstance(payload, dict):
-            payload.pop("username", None)
-        event = Event(next(self._ids), event_type, payload, self.clock.timestamp())
-        kept = self._retained.setdefault(username, deque(maxlen=RETAINED_PER_USER))
+    def publish(self, username: str, event_type: str, data: Any) -> None:
+        number = next(self._ids)
+        event = Event(str(number), event_type, wire_payload(data), self.clock.timestamp(), (number, 0))
+        kept = self._retained.setdefault(username, deque(maxlen=self.retained_per_user))
         kept.append(event)
-        for queue in self._listeners.get(username, ()):
-            if queue.full():
-                queue.get_nowait()  # a slow reader loses the oldest event, never blocks the publisher
-            queue.put_nowait(event)
-        return event
+        self._drop_expired(username, kept)
+        self._listeners.deliver(username, event)
 
-    def since(self, username: str, last_id: int) -> list[Event]:
-        horizon = self.clock.timestamp() - RETENTION_SECONDS
-        return [e for e in self._retained.get(username, ()) if e.id > last_id and e.at >= horizon]
+    def _drop_expired(self, username: str, kept: deque[Event]) -> None:
+        horizon = self.clock.timestamp() - self.retention_seconds
+        while kept and kept[0].at < horizon:
+            kept.popleft()
+        self._published += 1
+        if self._published % SWEEP_EVERY == 0:
+            # Users who went quiet keep nothing once their last event ages out (memory stays bounded).
+            for quiet in [u for u, events in self._retained.items() if not events or events[-1].at < horizon]:
+                del self._retained[quiet]
 
-    def listen(self, username: str) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._listeners.setdefault(username, set()).add(queue)
-        return queue
+    async def since(self, username: str, last_id: str) -> list[Event]:
+        if not last_id.isdigit() or len(last_id) > 19:
+            return []
+        after = int(last_id)
+        horizon = self.clock.timestamp() - self.retention_seconds
+        return [e for e in self._retained.get(username, ()) if e.position[0] > after and e.at >= horizon]
 
-    def unlisten(self, username: str, queue: asyncio.Queue[Event]) -> None:
-        listeners = self._listeners.get(username)
-        if listeners is not None:
-            listeners.discard(queue)
-            if not listeners:
-                del self._listeners[username]
+    async def listen(self, username: str) -> Listener:
+        listener = Listener(username)
+        self._listeners.add(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    async def close(self) -> None:
+        return None
 
 
 class StreamConnections:

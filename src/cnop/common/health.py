@@ -7,7 +7,9 @@ as `"check failed"` or `"timed out"` (the exception goes to the log), unless the
 
 - `/health`: 200 `healthy` when every liveness check passes, 200 `degraded` when only
   non-critical ones fail, 503 `unhealthy` when a critical one fails.
-- `/health/ready`: 200 `healthy` when every readiness check passes, else 503 `unhealthy`.
+- `/health/ready`: 200 `healthy` when every readiness check passes, else 503 `unhealthy`;
+  a check added with `required=False` is shown but does not make the process unready (200
+  `degraded`): the shared-state Redis, which the process can do without for a while.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _Check:
     critical: bool
     liveness: bool
     readiness: bool
+    required: bool
 
 
 class HealthCheck:
@@ -75,12 +78,14 @@ class HealthCheck:
         liveness: bool = True,
         readiness: bool = True,
         timeout: float | None = None,
+        required: bool = True,
     ) -> None:
-        """Register `probe`; `critical` makes its failure turn `/health` into a 503."""
+        """Register `probe`; `critical` makes its failure turn `/health` into a 503, `required=False`
+        keeps a failing readiness check from making `/health/ready` a 503."""
         if name in self._checks:
             raise ValueError(f"health check {name!r} is already registered")
         self._checks[name] = _Check(
-            name, probe, self.default_timeout if timeout is None else timeout, critical, liveness, readiness
+            name, probe, self.default_timeout if timeout is None else timeout, critical, liveness, readiness, required
         )
 
     async def liveness(self) -> tuple[int, dict[str, Any]]:
@@ -97,9 +102,12 @@ class HealthCheck:
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """The `/health/ready` status code and body."""
-        results = await self._run([c for c in self._checks.values() if c.readiness])
-        ready = all(r["status"] == "ok" for r in results.values())
-        return (200 if ready else 503), self._body("healthy" if ready else "unhealthy", results)
+        checks = [c for c in self._checks.values() if c.readiness]
+        results = await self._run(checks)
+        failed = [c for c in checks if results[c.name]["status"] == "fail"]
+        if any(c.required for c in failed):
+            return 503, self._body("unhealthy", results)
+        return 200, self._body("degraded" if failed else "healthy", results)
 
     def _body(self, status: HealthStatus, results: dict[str, dict[str, str]]) -> dict[str, Any]:
         return {"status": status, "service": self.service, "version": self.version, "checks": results}

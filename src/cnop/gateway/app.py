@@ -18,6 +18,7 @@ from cnop.common.config import Settings, get_settings
 from cnop.common.exceptions import CnopError
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.logging import configure_logging
+from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
@@ -94,7 +95,10 @@ def create_app(
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await container.events.close()
             await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
 
     app = FastAPI(
         title="Cloud Native Order Processor",
@@ -111,6 +115,7 @@ def create_app(
     health = HealthCheck(service="cnop-gateway", version=__version__)
     health.add("store", container.store.ping, critical=True, readiness=True)
     health.add("prices", _price_feed_check(container), critical=False, readiness=True)
+    add_redis_health(health, settings)
     app.include_router(health_router(health))
 
     if settings.metrics_enabled:
@@ -134,7 +139,9 @@ def create_app(
         app.router.routes.extend(router.routes)
     mount_alpaca(app, container)
     install_web(app, container)
-    install_middleware(app, settings, container.metrics, _identify_user(container))
+    install_middleware(
+        app, settings, container.metrics, _identify_user(container), rate_limit_storage=container.counters
+    )
     # Outermost, so that it sees every answer under /alpaca, the middleware's own refusals included.
     app.add_middleware(AlpacaErrorShape)
     return app

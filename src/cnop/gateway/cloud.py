@@ -30,7 +30,7 @@ from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics
 from cnop.common.security import TokenClaims, TokenManager
-from cnop.common.shared.redis import watch_redis
+from cnop.common.shared.redis import add_redis_health, watch_redis
 from cnop.common.web.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
@@ -156,6 +156,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     health = HealthCheck(service="cnop-gateway", version=__version__, default_timeout=_READY_TIMEOUT_SECONDS + 0.5)
     for name, upstream in sorted(proxy.upstreams.items()):
         health.add(f"upstream:{name}", _upstream_ready(upstream), critical=False, readiness=False)
+    add_redis_health(health, settings)
     health.add("draining", not_draining, liveness=False, readiness=True)
     app.include_router(health_router(health))
 

@@ -22,7 +22,7 @@ from cnop.common.clock import Clock, isoformat
 from cnop.common.config import Settings
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.events import Event, EventBus, StreamConnections
+from cnop.common.events import Event, EventBus, EventsUnavailable, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
@@ -51,9 +51,11 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 HEARTBEAT_SECONDS = 15.0
 DISCONNECT_CHECK_SECONDS = 0.5
 DRAINING_HINT = b"retry: 1000\n\n"
+# The events cannot be read now (Redis down): the stream ends, the client retries a bit later.
+UNAVAILABLE_HINT = b"retry: 5000\n\n"
 
 
-def sse(data: Any, event: str, event_id: int | None = None) -> bytes:
+def sse(data: Any, event: str, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + dumps(data) + b"\n\n"
 
@@ -79,17 +81,30 @@ class UserStreamSources:
 
 
 async def event_stream(
-    sources: UserStreamSources, request: Request, username: str, last_event_id: int | None
+    sources: UserStreamSources, request: Request, username: str, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    orders = sources.events.listen(username)
+    yield b"retry: 2000\n\n"
+    try:
+        # Listen first, then replay: nothing published in between is missed; what both deliver
+        # is sent once (the replay's positions bound what the live queue may still send).
+        orders = await sources.events.listen(username)
+    except EventsUnavailable:
+        yield UNAVAILABLE_HINT
+        return
     prices = sources.prices.subscribe()
     try:
-        yield b"retry: 2000\n\n"
-        if last_event_id is not None:
-            for missed in sources.events.since(username, last_event_id):
-                yield sse(missed.data, missed.type, missed.id)
+        sent: tuple[int, int] | None = None
+        if last_event_id:
+            try:
+                missed = await sources.events.since(username, last_event_id)
+            except EventsUnavailable:
+                yield UNAVAILABLE_HINT
+                return
+            for event in missed:
+                yield sse(event.data, event.type, event.id)
+                sent = event.position
         watched = await sources.assets_of_interest(username)
-        order_wait: asyncio.Task[Event] = asyncio.create_task(orders.get())
+        order_wait: asyncio.Task[Event | None] = asyncio.create_task(orders.queue.get())
         price_wait: asyncio.Task[list[Any]] = asyncio.create_task(prices.get())
         idle = 0.0
         draining = getattr(request.app.state, "draining", None)
@@ -109,10 +124,15 @@ async def event_stream(
                     continue
                 idle = 0.0
                 if order_wait in done:
-                    event = order_wait.result()
-                    yield sse(event.data, event.type, event.id)
-                    watched = await sources.assets_of_interest(username)
-                    order_wait = asyncio.create_task(orders.get())
+                    update = order_wait.result()
+                    if update is None:
+                        yield UNAVAILABLE_HINT  # the bus lost its feed: come back with Last-Event-ID
+                        return
+                    if sent is None or update.position > sent:
+                        yield sse(update.data, update.type, update.id)
+                        sent = update.position
+                        watched = await sources.assets_of_interest(username)
+                    order_wait = asyncio.create_task(orders.queue.get())
                 if price_wait in done:
                     for tick in price_wait.result():
                         if tick.asset_id in watched:
@@ -124,7 +144,7 @@ async def event_stream(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        sources.events.unlisten(username, orders)
+        sources.events.unlisten(orders)
         sources.prices.unsubscribe(prices)
 
 
@@ -151,12 +171,15 @@ async def events(
     prices: Prices,
     holdings: Holdings,
     resting: Resting,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
-    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    """The user's events; `Last-Event-ID` (an id this bus issued) first replays the retained ones after it.
+
+    An id in another format, or one the bus never issued, replays nothing: the stream starts from now.
+    """
     sources = UserStreamSources(order_events, prices, holdings, resting)
     return streams.response(
-        event_stream(sources, request, principal.username, resume),
+        event_stream(sources, request, principal.username, last_event_id),
         user=principal.username,
         ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

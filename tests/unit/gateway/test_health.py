@@ -69,6 +69,23 @@ def test_a_failing_non_critical_check_degrades_liveness_but_fails_readiness() ->
     assert body["status"] == "unhealthy"
 
 
+def test_a_check_not_required_for_readiness_is_named_but_keeps_the_process_ready() -> None:
+    # The shared-state Redis: while it is down the process serves on its own (degraded), so a
+    # load balancer must not take every replica out of service.
+    health = HealthCheck(service="gateway")
+    health.add("store", ok, critical=True)
+    health.add("redis", stale, critical=False, readiness=True, required=False)
+
+    assert fetch(health, "/health")[1]["status"] == "degraded"
+    status, body = fetch(health, "/health/ready")
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["redis"] == {"status": "fail", "detail": "last price tick 45 s ago"}
+
+    health.add("prices", stale)  # a required one failing still makes it unready
+    assert fetch(health, "/health/ready")[0] == 503
+
+
 def test_a_failing_critical_check_is_503_and_hides_the_exception() -> None:
     health = HealthCheck(service="gateway")
     health.add("store", broken, critical=True)

@@ -12,6 +12,7 @@ from cnop.common.database import keys
 from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
 from cnop.common.entities.asset import Asset
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
+from cnop.common.shared.invalidation import ALL, ASSET, Invalidations, LocalInvalidations
 
 _DECIMAL_FIELDS = (
     "min_quantity",
@@ -78,16 +79,26 @@ def asset_from_item(item: Item) -> Asset:
 class AssetDAO:
     """Assets change rarely and are read on every order, so reads are cached for `cache_seconds`.
 
-    Writes through this DAO clear the cache at once; in the cloud shape another process's change
-    is seen within `cache_seconds`.
+    Writes through this DAO clear the cache at once and publish the change on `invalidations`
+    (topic `asset`), so with Redis every other process drops the asset within milliseconds; if
+    a message is lost (Redis down), the entry still expires after `cache_seconds`.
     """
 
-    def __init__(self, store: ItemStore, clock: Clock, *, cache_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: ItemStore,
+        clock: Clock,
+        *,
+        cache_seconds: float = 2.0,
+        invalidations: Invalidations | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Asset | None]] = {}
         self._all: tuple[float, list[Asset]] | None = None
+        self._invalidations = invalidations if invalidations is not None else LocalInvalidations()
+        self._invalidations.subscribe(ASSET, self.forget)
 
     def create_asset_ops(self, asset: Asset, house_quantity: Decimal) -> list[Op]:
         return [
@@ -111,7 +122,7 @@ class AssetDAO:
             await self.store.transact(self.create_asset_ops(asset, house_quantity))
         except ConditionFailed:
             return False
-        self._forget(asset.asset_id)
+        await self._changed(asset.asset_id)
         return True
 
     async def get_asset(self, asset_id: str) -> Asset:
@@ -141,11 +152,18 @@ class AssetDAO:
             )
         except ConditionFailed as exc:
             raise AssetNotFound() from exc
-        self._forget(asset_id)
+        await self._changed(asset_id)
         return updated
 
-    def _forget(self, asset_id: str) -> None:
-        self._cache.pop(asset_id, None)
+    async def _changed(self, asset_id: str) -> None:
+        await self._invalidations.publish(ASSET, asset_id)
+
+    def forget(self, asset_id: str) -> None:
+        """Drop the cached asset (`ALL`: every asset), so the next read goes to the store."""
+        if asset_id == ALL:
+            self._cache.clear()
+        else:
+            self._cache.pop(asset_id, None)
         self._all = None
 
     async def activate_asset(self, asset_id: str) -> Asset:

@@ -18,21 +18,23 @@ It never locks an account: the owner waits at most the maximum delay, and a succ
 It counts on a `CounterStore` (in-process, or Redis when `redis_url` is set), so swapping the
 counters swaps it too.
 
-Two implementations of the per-IP guard: `InMemoryLoginGuard` (one process; time from the injected `Clock`; memory
-bounded; a sliding window) and `SharedLoginGuard` (on a `CounterStore`: Redis through `limits`
-when `redis_url` is set, so every gateway process shares it; failures are counted in a fixed
-window that opens at the first failure, and expiry is kept by the store).
+One implementation of the per-IP guard, `SharedLoginGuard`, on a `CounterStore`: failures are
+counted in a fixed window that opens at the first failure, the block is a counter that expires
+after the block period, and expiry is kept by the store. Two stores: `InMemoryLoginGuard` puts
+it on `MemoryCounters` (one process; time from the injected `Clock`; memory bounded); with
+`redis_url` set the composition root gives it the process's shared counters (Redis through
+`limits`, falling back to per-process counting while Redis fails: see `cnop.common.counters`),
+so failures spread over every gateway process block the address on all of them.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Protocol
 
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
-from cnop.common.counters import CounterStore, counter_store
+from cnop.common.counters import CounterStore, MemoryCounters, counter_store
 from cnop.common.exceptions import LoginBlocked, LoginThrottled
 
 
@@ -57,85 +59,6 @@ def _blocked(seconds_left: float) -> LoginBlocked:
     )
 
 
-class InMemoryLoginGuard:
-    """The guard for one process. Memory: at most `max_tracked` addresses, expired entries swept."""
-
-    def __init__(
-        self,
-        clock: Clock,
-        *,
-        failures: int = 5,
-        window_seconds: float = 300,
-        block_seconds: float = 300,
-        max_tracked: int = 100_000,
-    ) -> None:
-        if failures < 1:
-            raise ValueError("failures must be at least 1")
-        self._clock = clock
-        self._limit = failures
-        self._window = window_seconds
-        self._block = block_seconds
-        self._max_tracked = max_tracked
-        # Insertion order is last-activity order (entries are re-inserted when touched), so the
-        # first entries are the ones to drop when full.
-        self._failures: dict[str, deque[float]] = {}
-        self._blocked_until: dict[str, float] = {}
-        self._next_sweep = clock.timestamp() + min(window_seconds, block_seconds)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock) -> InMemoryLoginGuard:
-        return cls(
-            clock,
-            failures=settings.login_guard_failures,
-            window_seconds=settings.login_guard_window_seconds,
-            block_seconds=settings.login_guard_block_seconds,
-        )
-
-    async def check(self, ip: str) -> None:
-        until = self._blocked_until.get(ip)
-        if until is None:
-            return
-        now = self._clock.timestamp()
-        if now < until:
-            raise _blocked(until - now)
-        del self._blocked_until[ip]
-
-    async def record_failure(self, ip: str) -> None:
-        now = self._clock.timestamp()
-        self._sweep(now)
-        # Only the latest `limit` failures can matter, so the deque never grows past that.
-        recent = self._failures.pop(ip, None) or deque(maxlen=self._limit)
-        recent.append(now)
-        while recent and recent[0] <= now - self._window:
-            recent.popleft()
-        if len(recent) >= self._limit:
-            self._blocked_until.pop(ip, None)
-            self._blocked_until[ip] = now + self._block
-            self._trim(self._blocked_until)
-        else:
-            self._failures[ip] = recent
-            self._trim(self._failures)
-
-    async def record_success(self, ip: str) -> None:
-        return None
-
-    def tracked(self) -> int:
-        """How many addresses the guard holds state for (failures or blocks)."""
-        return len(self._failures) + len(self._blocked_until)
-
-    def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + min(self._window, self._block)
-        cutoff = now - self._window
-        self._failures = {ip: times for ip, times in self._failures.items() if times and times[-1] > cutoff}
-        self._blocked_until = {ip: until for ip, until in self._blocked_until.items() if until > now}
-
-    def _trim(self, entries: dict[str, deque[float]] | dict[str, float]) -> None:
-        while len(entries) > self._max_tracked:
-            del entries[next(iter(entries))]
-
-
 class SharedLoginGuard:
     """The guard on a `limits` storage (Redis in the cloud shape), shared by every process."""
 
@@ -146,7 +69,7 @@ class SharedLoginGuard:
         failures: int = 5,
         window_seconds: int = 300,
         block_seconds: int = 300,
-        namespace: str = "cnop/login_guard",
+        namespace: str = "login_guard",
         clock: Clock | None = None,
     ) -> None:
         if failures < 1:
@@ -187,6 +110,37 @@ class SharedLoginGuard:
         return None
 
 
+class InMemoryLoginGuard(SharedLoginGuard):
+    """The guard for one process: the same rules on `MemoryCounters` (at most `max_tracked` counters)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        failures: int = 5,
+        window_seconds: int = 300,
+        block_seconds: int = 300,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self._counters = MemoryCounters(clock, max_keys=max_tracked, sweep_seconds=min(window_seconds, block_seconds))
+        super().__init__(
+            self._counters, failures=failures, window_seconds=window_seconds, block_seconds=block_seconds, clock=clock
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> InMemoryLoginGuard:  # type: ignore[override]
+        return cls(
+            clock,
+            failures=settings.login_guard_failures,
+            window_seconds=settings.login_guard_window_seconds,
+            block_seconds=settings.login_guard_block_seconds,
+        )
+
+    def tracked(self) -> int:
+        """How many counters (failures or blocks) the guard holds."""
+        return len(self._counters)
+
+
 def login_guard_from_settings(settings: Settings, clock: Clock, storage: CounterStore | None = None) -> LoginGuard:
     """The shared guard when a storage is given or `redis_url` is set, else the in-memory one."""
     if storage is None and not settings.redis_url:
@@ -207,7 +161,7 @@ class AccountThrottle:
         base_delay_seconds: float = 1.0,
         max_delay_seconds: float = 60.0,
         window_seconds: int = 3600,
-        namespace: str = "cnop/login_account",
+        namespace: str = "login_account",
         clock: Clock | None = None,
     ) -> None:
         if free_failures < 1:

@@ -128,6 +128,9 @@ class TokenManager:
         self._public_keys: dict[str, AllowedPublicKeys] = {}
         self._signing_kid: str | None = None
         self._verified: dict[str, TokenClaims] = {}
+        # Who each remembered token belongs to, so a logout or password change can forget it.
+        self._by_jti: dict[str, str] = {}
+        self._by_subject: dict[str, set[str]] = {}
         #: True when no `jwt_secret` was configured and a random one was made: tokens die with the process.
         self.generated_secret = False
         #: The local shape's secret file, when the secret came from one (see `secret_file`).
@@ -259,7 +262,9 @@ class TokenManager:
 
         A token string that verified once is remembered (bounded), so a client's next requests
         cost a dictionary lookup instead of a signature check; expiry is checked every time.
-        Revocation is the caller's check against the store, on every request.
+        Revocation is the caller's check against the store, on every request (so a revoked token
+        is refused by every process at once); `forget_token`/`forget_subject`, called through the
+        invalidation channel on logout and password change, drop the remembered entries too.
         """
         claims = self._verified.get(token)
         if claims is None:
@@ -274,11 +279,46 @@ class TokenManager:
             )
             if len(self._verified) >= _VERIFIED_CACHE_SIZE:
                 self._verified.clear()
+                self._by_jti.clear()
+                self._by_subject.clear()
             self._verified[token] = claims
+            self._by_jti[claims.jti] = token
+            self._by_subject.setdefault(claims.sub, set()).add(token)
         elif self._has_expired(claims.exp.timestamp()):
-            del self._verified[token]
+            self._forget(token)
             raise InvalidToken("Token has expired")
         return claims
+
+    def forget_token(self, jti: str) -> None:
+        """Forget the remembered verification of the token `jti` (it was revoked: logout)."""
+        token = self._by_jti.get(jti)
+        if token is not None:
+            self._forget(token)
+
+    def forget_subject(self, subject: str) -> None:
+        """Forget every remembered token of `subject` (its tokens were revoked: password change)."""
+        for token in list(self._by_subject.get(subject, ())):
+            self._forget(token)
+
+    def remembered(self) -> int:
+        """How many verified tokens are remembered."""
+        return len(self._verified)
+
+    def forget_all(self) -> None:
+        self._verified.clear()
+        self._by_jti.clear()
+        self._by_subject.clear()
+
+    def _forget(self, token: str) -> None:
+        claims = self._verified.pop(token, None)
+        if claims is None:
+            return
+        self._by_jti.pop(claims.jti, None)
+        tokens = self._by_subject.get(claims.sub)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._by_subject[claims.sub]
 
     def decode_token_payload(self, token: str) -> dict[str, Any]:
         """The token's raw claims after full verification (expiry included); raises `InvalidToken`."""

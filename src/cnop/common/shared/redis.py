@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cnop.common.config import Settings
+from cnop.common.health import CheckFailed, HealthCheck
 from cnop.common.metrics import Metrics
 
 #: The exit code of `cnop serve` (any role) when Redis is configured but does not answer.
@@ -151,6 +153,24 @@ async def watch_redis(url: str, metrics: Metrics, every_seconds: float = 5.0) ->
         else:
             metrics.redis_up.set(1)
         await asyncio.sleep(every_seconds)
+
+
+def redis_health_probe(url: str) -> Callable[[], Awaitable[None]]:
+    """A health check: passes while Redis answers PING (on a connection of its own)."""
+
+    async def check() -> None:
+        try:
+            await ping_redis(url)
+        except (RedisUnavailable, ValueError) as exc:
+            raise CheckFailed("Redis does not answer: limits count per process, caches expire by age") from exc
+
+    return check
+
+
+def add_redis_health(health: HealthCheck, settings: Settings) -> None:
+    """Name Redis in `/health` (down: `degraded`) and `/health/ready` (shown, not required), when set."""
+    if settings.redis_url:
+        health.add("redis", redis_health_probe(settings.redis_url), critical=False, readiness=True, required=False)
 
 
 def startup_problem(settings: Settings) -> str | None:

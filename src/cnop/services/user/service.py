@@ -28,6 +28,7 @@ from cnop.common.exceptions import (
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
+from cnop.common.shared.invalidation import TOKEN, USER, Invalidations, LocalInvalidations
 from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.schemas import (
     MoneyMovementResponse,
@@ -64,10 +65,13 @@ class AccountService:
         audit: AuditLogger,
         clock: Clock,
         api_keys: ApiKeyService | None = None,
+        invalidations: Invalidations | None = None,
     ) -> None:
         self.store = store
         self.users = users
         self.api_keys = api_keys
+        # Logout and password change are announced, so every process forgets the revoked tokens.
+        self.invalidations = invalidations if invalidations is not None else LocalInvalidations()
         self.balances = balances
         self.passwords = passwords
         self.tokens = tokens
@@ -142,6 +146,7 @@ class AccountService:
         )
         self.audit.log_logout(principal.username, ip_address=ip)
         self.audit.log_token_revoked(principal.username, claims.jti, reason="logout")
+        await self.invalidations.publish(TOKEN, claims.jti)
 
     async def update_profile(self, principal: Principal, request: ProfileUpdateRequest) -> User:
         changes: dict[str, Any] = {}
@@ -167,6 +172,7 @@ class AccountService:
         await self.users.change_password(principal.user, new_hash, principal.claims.jti)
         self.audit.log_password_change(principal.username, ip_address=ip)
         self.audit.log_token_revoked(principal.username, "all-other-tokens", reason="password_change")
+        await self.invalidations.publish(USER, principal.username)
         if self.api_keys is not None:
             # The generation moved on, so every key is dead already; this removes them from the store.
             await self.api_keys.revoke_all(principal.username, reason="password_change")
