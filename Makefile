@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run cloud test lint bench bench-store bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
+.PHONY: install run cloud test lint bench bench-store bench-scale bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
   audit-deps sbom soak bench-durability deps-redis
 
 install: $(STAMP) web-assets
@@ -55,6 +55,9 @@ bench: install
 
 bench-store: install deps-dynamodb
 	$(BIN)/python -m benchmarks.store_bench
+
+bench-scale: install
+	$(BIN)/python -m benchmarks.scale_bench
 
 bench-ticks: install
 	$(BIN)/python -m benchmarks.tick_bench

@@ -6,8 +6,9 @@
                                                [--ab-concurrency 1,16,64]
 
 `sqlite-ab` (part of `make bench-store`) compares, in one run and alternating their order every
-attempt, three ways of committing the same transactions on SQLite: the store with group commit
-(the default), the store without it (one `BEGIN IMMEDIATE ... COMMIT` each), and **bare
+attempt, several ways of committing the same transactions on SQLite: the store with group commit
+(the default), the store without it (one `BEGIN IMMEDIATE ... COMMIT` each), the store with group
+commit but the item encoder before msgspec (simplejson: "simplejson writes"), and **bare
 `sqlite3`** running the very statements the store runs, with bodies encoded once, in one thread
 with no event loop, codec or conditions (the floor of the engine). Two transaction shapes: a
 market order's six ops (order, guarded balance, ledger entry, holding, asset transaction, guarded
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import simplejson
 from botocore.config import Config
 
 from cnop.common.database import keys
@@ -419,6 +421,14 @@ async def _ab_prepare(store: SQLiteStore) -> None:
     await store.transact(seed[50:])
 
 
+_msgspec_dumps = sqlite_engine._dumps
+
+
+def _simplejson_dumps(item: Any) -> str:
+    """The item encoder before msgspec: the same text, non-ASCII escaped."""
+    return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
+
+
 class BareSQLite:
     """The statements `SQLiteStore` runs for a transaction, in one thread, bodies encoded beforehand."""
 
@@ -514,6 +524,7 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
         await _ab_prepare(bare_store)
         await bare_store.close()
         bares = {shape: BareSQLite(f"{tmp}/bare.db", shape) for shape in AB_SHAPES}
+        stores["simplejson writes"] = stores["group commit"]  # the same store, the encoder before
         variants = ["bare sqlite3", *stores]
         offset = 0
         try:
@@ -523,7 +534,8 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
                     offset += ops
             print(f"{'shape':<10} {'variant':<16} {'conc':>4} {'attempt':>7} {'tx/s':>9} {'CPU µs/tx':>10} tx/commit")
             for attempt in range(attempts):
-                order = variants[attempt % 3 :] + variants[: attempt % 3]  # rotate: no variant always first
+                shift = attempt % len(variants)
+                order = variants[shift:] + variants[:shift]  # rotate: no variant always first
                 for shape in AB_SHAPES:
                     for concurrency in levels:
                         for variant in order:
@@ -537,7 +549,12 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
                                 level = 1
                             else:
                                 store = stores[variant]
-                                wall, cpu, drains = await _ab_store_run(store, shape, ops, concurrency, offset)
+                                if variant == "simplejson writes":
+                                    sqlite_engine._dumps = _simplejson_dumps  # type: ignore[assignment]
+                                try:
+                                    wall, cpu, drains = await _ab_store_run(store, shape, ops, concurrency, offset)
+                                finally:
+                                    sqlite_engine._dumps = _msgspec_dumps
                                 commits = drains if store.group_commit else ops
                                 level = concurrency
                             offset += ops
@@ -561,7 +578,7 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
         finally:
             for bare in bares.values():
                 bare.close()
-            for store in stores.values():
+            for store in set(stores.values()):
                 await store.close()
     return results
 

@@ -32,7 +32,9 @@ class AuditReport:
 
 
 async def all_usernames(store: ItemStore) -> list[str]:
-    return [item["username"] async for item in query_all(store, keys.USERS, keys.USERS_INDEX_PK, index="gsi1")]
+    return [
+        item["username"] async for item in query_all(store, keys.USERS, keys.USERS_INDEX_PK, index=keys.USERS_INDEX)
+    ]
 
 
 UserCheck = Callable[[ItemStore, str, AuditReport], Awaitable[None]]
@@ -122,7 +124,7 @@ async def check_conservation(store: ItemStore, usernames: list[str], report: Aud
                 user_trade_cash += entry["available_change"] + entry["held_change"]
     house_cash = Decimal(0)
     assets = 0
-    async for asset in query_all(store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1"):
+    async for asset in query_all(store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX):
         house = await store.get(keys.INVENTORY, keys.house_inventory_key(asset["asset_id"]))
         if house is None:
             report.violations.append(f"{asset['asset_id']}: no house inventory")

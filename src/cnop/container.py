@@ -139,22 +139,24 @@ def build_container(
             stream_maxlen=settings.price_stream_maxlen,
             block_seconds=min(1.0, settings.redis_socket_timeout_seconds / 2),
         )
-    # `manual` prices come from the admin endpoint (published on the bus); no feed runs. With
-    # Redis, only a process that competes for the price lease opens a source at all.
+    # With `manual`, the admin endpoint feeds the manual source, and the feed publishes its prices
+    # on the bus (with Redis: from whichever process the admin used). Any other source runs, with
+    # Redis, only in a process that competes for the price lease (never in an API process).
+    manual = settings.price_source.strip().lower() == "manual"
     publisher = settings.trigger_engine if settings.price_publisher is None else settings.price_publisher
     price_source = (
-        None
-        if settings.price_source == "manual" or (shared is not None and not publisher)
-        else open_price_source(settings.price_source, catalogue, settings, clock)
+        open_price_source(settings.price_source, catalogue, settings, clock)
+        if shared is None or manual or publisher
+        else None
     )
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
-    asset_dao = AssetDAO(store, clock, invalidations=invalidations)
+    asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
-    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock)
+    events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock, metrics=metrics)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
     resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
@@ -241,7 +243,7 @@ def build_container(
         )
         container.startup.append(recorder.restore)
         container.background.append(recorder.run)
-    if price_source is not None and shared is None:
+    if price_source is not None and (shared is None or manual):
         container.background.append(PriceFeed(price_source, price_bus).run)
     elif price_source is not None and shared is not None:
         holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

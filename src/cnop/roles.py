@@ -20,13 +20,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
 
 from cnop import __version__
 from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging, get_logger
+from cnop.common.metrics import metrics_router
 from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
@@ -178,15 +177,12 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
     health.add("store", container.store.ping, critical=False, readiness=True)
     if role.prices:
         health.add("prices", fresh_price_check(container), critical=False, readiness=True)
-    add_redis_health(health, settings)
+    add_redis_health(health, settings, lambda: container.invalidations.connected)
     health.add("draining", not_draining, liveness=False, readiness=True)
     app.include_router(health_router(health))
 
     if settings.metrics_enabled:
-
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics(request: Request) -> Response:
-            return container.metrics.metrics_response()
+        app.router.routes.extend(metrics_router(container.metrics).routes)
 
     for router in role.routers:
         app.router.routes.extend(router.routes)

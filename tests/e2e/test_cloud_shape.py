@@ -1,7 +1,8 @@
 """The cloud shape as real processes on 127.0.0.1: DynamoDB Local, Redis, two gateways, user,
 order, inventory, insights and a worker (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
 
-One black-box journey through a gateway, the token rules across processes, one request id in
+One black-box journey through a gateway (a worker's fill reaching the user's event stream through
+Redis), the token rules across processes, one request id in
 the gateway's and the service's logs, and a kill -9 of the order service during a burst of
 orders (the gateway's breaker and retries, and idempotent orders, keep every answer honest).
 """
@@ -38,6 +39,7 @@ from tests.support.cloud import (
 )
 from tests.support.cloud import client as gateway_client
 from tests.support.fake_prices import FakePrices, serve_fake_prices
+from tests.support.sse import EventStream
 
 pytestmark = pytest.mark.system
 
@@ -87,19 +89,27 @@ def test_a_journey_through_a_gateway(cloud: CloudOnOneMachine, prices: FakePrice
         sold = r.json()["data"]
         assert sold["status"] == "completed"
 
-        # A limit buy below the market rests; when the market falls through it, a worker fills it.
+        # A limit buy below the market rests; when the market falls through it, a worker fills it,
+        # and the user's event stream (held by the order service, through the gateway) hears of it.
         prices.set("BTC", Decimal("50000"))
         poll(lambda: _price(client, "BTC"), lambda price: price == Decimal("50000"))
-        r = client.post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.01",
-                                                "price": "49000"}, headers=auth)  # fmt: skip
-        assert r.status_code == 201, r.text
-        resting = r.json()["data"]
-        assert resting["status"] == "queued"
-        prices.set("BTC", Decimal("48000"))
-        filled = poll(lambda: client.get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"],
-                       lambda order: order["status"] == "completed")  # fmt: skip
-        assert Decimal(str(filled["executed_price"])) == Decimal("48000")
-        assert Decimal(str(filled["total_amount"])) == Decimal("480.00")
+        with EventStream(cloud.gateway_urls()[0], auth) as events:
+            r = client.post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.01",
+                                                    "price": "49000"}, headers=auth)  # fmt: skip
+            assert r.status_code == 201, r.text
+            resting = r.json()["data"]
+            assert resting["status"] == "queued"
+            prices.set("BTC", Decimal("48000"))
+            filled = poll(lambda: client.get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"],
+                           lambda order: order["status"] == "completed")  # fmt: skip
+            assert Decimal(str(filled["executed_price"])) == Decimal("48000")
+            assert Decimal(str(filled["total_amount"])) == Decimal("480.00")
+            completed = events.wait_for(
+                lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == resting["order_id"]
+            )
+            assert completed["data"] == filled
+            kinds = [e["event"] for e in events.order_events() if e["data"]["order_id"] == resting["order_id"]]
+            assert kinds == ["order.queued", "order.completed"]
 
         # Another far below the market, cancelled: its hold comes back.
         r = client.post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.01",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx2 as httpx
@@ -12,8 +14,10 @@ import pytest
 import uvicorn
 
 from cnop.common.jsonio import loads
+from cnop.common.shared.redis_events import STREAM_ID
 from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.redis_server import RedisServer
 
 
 def free_port() -> int:
@@ -22,19 +26,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def served(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, str]]:
-    api, lifespan = await open_api(store_factory)
+@contextlib.asynccontextmanager
+async def serve(store_factory: StoreFactory, **overrides: Any) -> AsyncIterator[tuple[Api, str]]:
+    """The whole app on a real socket (127.0.0.1, a free port), stopped after."""
+    api, lifespan = await open_api(store_factory, **overrides)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield api, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
-    await api.client.aclose()
-    await lifespan.__aexit__(None, None, None)
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        yield api, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture(params=["in-process", "redis"])
+async def served(store_factory: StoreFactory, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Api, str]]:
+    overrides: dict[str, Any] = {}
+    if request.param == "redis":
+        overrides = {
+            "redis_url": request.getfixturevalue("redis_url"),
+            "redis_prefix": request.getfixturevalue("redis_prefix"),
+        }
+    async with serve(store_factory, **overrides) as served:
+        yield served
+
+
+def position(event_id: str) -> tuple[int, ...]:
+    """An event id's order: `17` in process, `1733212345678-0` (a stream id) with Redis."""
+    return tuple(int(part) for part in event_id.split("-"))
 
 
 async def read_events(lines: AsyncIterator[str], count: int) -> list[dict[str, Any]]:
@@ -89,6 +113,151 @@ async def test_order_events_and_price_ticks_stream_and_resume(served: tuple[Api,
             assert missed["event"] == "order.cancelled" and missed["data"]["order_id"] == order_id
             assert missed["data"] == loads(r.content)["data"]
             assert missed["data"]["status"] == "cancelled" and missed["data"]["held_amount"] == "400.00"
-            assert int(missed["id"]) > int(queued["id"])
+            assert position(missed["id"]) > position(queued["id"])
         r = await http.get("/api/v1/events")
         assert r.status_code == 401
+
+
+# --- with Redis: any process serves the stream and resumes it --------------------------------
+
+
+async def test_with_redis_a_stream_on_one_app_hears_another_and_resumes_on_a_third(
+    store_factory: StoreFactory, redis_url: str, redis_prefix: str
+) -> None:
+    """Two apps over one store and one Redis: events of one reach a stream held by the other, and
+    `Last-Event-ID` resumes on a third app started after them (a restart), exactly once each, in order."""
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix}
+    async with serve(store_factory, **shared) as (one, _), serve(store_factory, **shared) as (_, two_base):
+        _, headers = await one.register()
+        await one.deposit(headers, "10000")
+        one.set_price("BTC", "50000")
+        async with httpx.AsyncClient(base_url=two_base, timeout=10) as http:
+            async with http.stream("GET", "/api/v1/events", headers=headers) as stream:
+                assert stream.status_code == 200
+                lines = stream.aiter_lines()
+                bought = await one.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.01")
+                assert bought.status_code == 201
+                (completed,) = await asyncio.wait_for(read_events(lines, 1), 10)
+                assert completed["event"] == "order.completed" and completed["data"] == loads(bought.content)["data"]
+            # Away: two more orders happen on the first app.
+            placed = await one.order(headers, order_type="limit_buy", asset_id="BTC", quantity="0.01", price="40000")
+            assert placed.status_code == 201
+            order_id = placed.json()["data"]["order_id"]
+            cancelled = await one.client.delete(f"/api/v1/orders/{order_id}", headers=headers)
+            assert cancelled.status_code == 200
+    # Both apps are gone; a new one (a restarted process) resumes from the stream in Redis.
+    resume = {**headers, "Last-Event-ID": completed["id"]}
+    async with (
+        serve(store_factory, **shared) as (three, three_base),
+        httpx.AsyncClient(base_url=three_base, timeout=10) as http,
+        http.stream("GET", "/api/v1/events", headers=resume) as stream,
+    ):
+        lines = stream.aiter_lines()
+        missed = await asyncio.wait_for(read_events(lines, 2), 10)
+        later = await three.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.02")
+        assert later.status_code == 201
+        (live,) = await asyncio.wait_for(read_events(lines, 1), 10)
+    assert [e["event"] for e in missed] == ["order.queued", "order.cancelled"]
+    assert missed[0]["data"] == loads(placed.content)["data"] and missed[1]["data"] == loads(cancelled.content)["data"]
+    assert live["event"] == "order.completed" and live["data"] == loads(later.content)["data"]
+    ids = [completed["id"], missed[0]["id"], missed[1]["id"], live["id"]]
+    assert all(STREAM_ID.fullmatch(i) for i in ids) and sorted(ids, key=position) == ids and len(set(ids)) == 4
+
+
+async def test_with_redis_a_local_shape_id_or_garbage_replays_nothing(
+    store_factory: StoreFactory, redis_url: str, redis_prefix: str
+) -> None:
+    async with serve(store_factory, redis_url=redis_url, redis_prefix=redis_prefix) as (api, base):
+        _, headers = await api.register()
+        await api.deposit(headers, "1000")
+        api.set_price("BTC", "50000")
+        assert (await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.001")).status_code == 201
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            for foreign in ("1", "abc", "0-x"):
+                async with http.stream("GET", "/api/v1/events", headers={**headers, "Last-Event-ID": foreign}) as s:
+                    assert s.status_code == 200
+                    lines = s.aiter_lines()
+                    sold = await api.order(headers, order_type="market_sell", asset_id="BTC", quantity="0.0001")
+                    assert sold.status_code == 201
+                    # The first event is the one published after connecting: nothing was replayed.
+                    (first,) = await asyncio.wait_for(read_events(lines, 1), 10)
+                    assert first["data"] == loads(sold.content)["data"], foreign
+            r = await http.get("/api/v1/events", headers={**headers, "Last-Event-ID": "9" * 65})
+            assert r.status_code == 422
+
+
+async def read_to_end(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
+
+
+async def test_with_redis_down_streams_end_with_a_retry_hint_trades_go_on_and_events_flow_again(
+    store_factory: StoreFactory, restartable_redis: RedisServer, redis_prefix: str
+) -> None:
+    # The edge's rate limits are another part's outage story; this test isolates the events.
+    settings = {"redis_url": restartable_redis.url, "redis_prefix": redis_prefix, "rate_limit_enabled": False}
+    async with serve(store_factory, **settings) as (api, base):
+        username, headers = await api.register()
+        await api.deposit(headers, "10000")
+        api.set_price("BTC", "50000")
+        async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+            async with http.stream("GET", "/api/v1/events", headers=headers) as stream:
+                lines = stream.aiter_lines()
+                first = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.01")
+                (before,) = await asyncio.wait_for(read_events(lines, 1), 10)
+                assert before["data"] == loads(first.content)["data"]
+                restartable_redis.stop()
+                # The open stream ends (200 already sent) with a retry hint, not an error.
+                rest = await asyncio.wait_for(read_to_end(lines), 15)
+                assert [line for line in rest if line] == ["retry: 5000"]
+            # A trade while Redis is down is not failed by its notification.
+            during = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.02")
+            assert during.status_code == 201, during.text
+            r = await http.get("/api/v1/balance", headers=headers)
+            assert r.status_code == 200, r.text
+            balance = r.json()
+            assert during.json()["data"]["status"] == "completed"
+            assert Decimal(balance["available_balance"]) == Decimal("10000") - Decimal("500.00") - Decimal("1000.00")
+            # A reconnect while it is down gets the hint at once, again a 200.
+            resume = {**headers, "Last-Event-ID": before["id"]}
+            async with http.stream("GET", "/api/v1/events", headers=resume) as again:
+                assert again.status_code == 200
+                assert [line for line in await asyncio.wait_for(read_to_end(again.aiter_lines()), 15) if line] == [
+                    "retry: 2000",
+                    "retry: 5000",
+                ]
+            restartable_redis.restart()
+            # Back (empty): the outbox delivers the notification held during the outage, and the
+            # client resuming from its last id receives it; nothing restarted in the app.
+            async with asyncio.timeout(20):
+                while True:
+                    async with http.stream("GET", "/api/v1/events", headers=resume) as back:
+                        assert back.status_code == 200
+                        lines = back.aiter_lines()
+                        got = await read_events_or_end(lines)
+                        if got is not None:
+                            break
+                    await asyncio.sleep(0.2)
+            assert got["event"] == "order.completed" and got["data"] == loads(during.content)["data"]
+            assert position(got["id"]) > position(before["id"])
+            # The retries were counted where an operator looks.
+            metrics = (await http.get("/metrics")).text
+            assert 'cnop_event_bus_problems_total{kind="publish_retry"}' in metrics
+            assert 'cnop_event_bus_problems_total{kind="dropped"}' not in metrics
+    assert api.container.events.counters.publish_failures >= 1  # type: ignore[attr-defined]
+    assert api.container.events.counters.dropped == 0  # type: ignore[attr-defined]
+    assert username
+
+
+async def read_events_or_end(lines: AsyncIterator[str]) -> dict[str, Any] | None:
+    """The next event, or None if the stream ends (with a retry hint) before one comes."""
+    current: dict[str, Any] = {}
+    async for line in lines:
+        if line.startswith(":") or line.startswith("retry:"):
+            continue
+        if not line:
+            if current:
+                return current
+            continue
+        name, _, value = line.partition(": ")
+        current[name] = loads(value) if name == "data" else value
+    return None

@@ -9,18 +9,26 @@ this is the integrated proof. Every "within" is polled with a generous deadline,
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
 
 import httpx2
 import pytest
 
-from tests.support.fleet import PASSWORD, Fleet, client, login, register
+from tests.support.fleet import ADMIN, PASSWORD, Fleet, client, login, register
 from tests.support.redis_server import RedisServer
+from tests.support.sse import EventStream
 
 pytestmark = pytest.mark.system
 
-USER_LIMIT = 40  # per user and minute, for the whole fleet
+USER_LIMIT = 40  # per user and minute, for the whole fleet (the other tests stay well below it)
+DEADLINE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +46,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Itera
         "CNOP_RATE_LIMIT_PER_IP": "100000/minute",
         "CNOP_RATE_LIMIT_PER_USER": f"{USER_LIMIT}/minute",
         "CNOP_REDIS_PREFIX": f"fleet{uuid.uuid4().hex[:8]}:",
+        # Assets cached for an hour: only the invalidation channel can make a change show elsewhere.
+        "CNOP_ASSET_CACHE_SECONDS": "3600",
     }
     with Fleet(workdir, f"sqlite:///{workdir / 'fleet.db'}", redis.url, extra_env=env) as running:
         yield running
@@ -97,3 +107,180 @@ def test_failed_logins_spread_over_both_processes_block_the_ip_on_both(
         elsewhere = {"X-Forwarded-For": "192.0.2.10"}
         r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD}, headers=elsewhere)
         assert r.status_code == 200, r.text
+
+
+def _poll(fetch: Callable[[], Any], until: Callable[[Any], bool], deadline: float = DEADLINE) -> Any:
+    """`fetch()` until `until(value)`; fails with the last value after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = fetch()
+        if until(value):
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met in {deadline:g} s; last: {value}")
+        time.sleep(0.5)
+
+
+def test_a_logout_on_one_process_makes_the_token_fail_on_the_other(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    _username, auth = _new_user(apis[0])
+    assert apis[1].get("/api/v1/balance", headers=auth).status_code == 200  # known (and verified) there
+    r = apis[0].post("/api/v1/auth/logout", headers=auth)
+    assert r.status_code == 200, r.text
+    for http in reversed(apis):
+        r = http.get("/api/v1/balance", headers=auth)
+        assert r.status_code == 401, r.text
+
+
+def test_an_asset_deactivated_on_one_process_is_refused_on_the_other(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    _username, auth = _new_user(apis[1])
+    admin = login(apis[0], ADMIN)
+    r = apis[1].post("/api/v1/balance/deposit", json={"amount": "1000"}, headers=auth)
+    assert r.status_code == 201, r.text
+    order = {"order_type": "market_buy", "asset_id": "LTC", "quantity": "0.1"}
+    assert apis[1].post("/api/v1/orders", json=order, headers=auth).status_code == 201  # API 2 knows LTC active
+    r = apis[0].post("/api/v1/admin/assets/LTC/deactivate", headers=admin)
+    assert r.status_code == 200, r.text
+    try:
+        refused = _poll(
+            lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code != 201
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "asset_not_tradeable"
+    finally:
+        r = apis[0].post("/api/v1/admin/assets/LTC/activate", headers=admin)
+        assert r.status_code == 200, r.text
+    _poll(lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code == 201)
+    orders = apis[1].get("/api/v1/orders", headers=auth).json()["data"]
+    cash = Decimal(str(apis[1].get("/api/v1/balance", headers=auth).json()["available_balance"]))
+    assert cash == Decimal("1000") - sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+
+
+def _market_buy(http: httpx2.Client, auth: dict[str, str], asset: str = "DOGE", quantity: str = "10") -> dict[str, Any]:
+    r = http.post("/api/v1/orders", json={"order_type": "market_buy", "asset_id": asset, "quantity": quantity},
+                  headers=auth)  # fmt: skip
+    assert r.status_code == 201, r.text
+    order: dict[str, Any] = r.json()["data"]
+    assert order["status"] == "completed"
+    return order
+
+
+def _of(order: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == order["order_id"]
+
+
+def test_order_events_reach_a_stream_held_by_the_other_process_and_resume_on_either(
+    fleet: Fleet, apis: tuple[httpx2.Client, httpx2.Client]
+) -> None:
+    _username, auth = _new_user(apis[0])
+    assert apis[0].post("/api/v1/balance/deposit", json={"amount": "1000"}, headers=auth).status_code == 201
+    first_url, second_url = fleet.api_urls()
+    with EventStream(second_url, auth) as held_on_two:
+        first = _market_buy(apis[0], auth)
+        seen = held_on_two.wait_for(_of(first), DEADLINE)
+        assert seen["data"] == first
+    last_id = seen["id"]
+    # Disconnected: two more orders (one through each process), then resume on API 1.
+    missed = [_market_buy(apis[0], auth), _market_buy(apis[1], auth)]
+    with EventStream(first_url, auth, last_event_id=last_id) as resumed:
+        for order in missed:
+            resumed.wait_for(_of(order), DEADLINE)
+        third = _market_buy(apis[1], auth)  # and it goes on live
+        resumed.wait_for(_of(third), DEADLINE)
+        events = resumed.order_events()
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids)), ids  # each once
+    completed = [e["data"]["order_id"] for e in events if e["event"] == "order.completed"]
+    assert completed == [o["order_id"] for o in [*missed, third]]  # exactly the missed ones, in order
+    assert all(e["data"]["order_id"] != first["order_id"] for e in events)
+
+
+# --- last: Redis goes away for a while (the module's Redis is this module's own) -------------------
+
+OUTAGE_SECONDS = 10.0
+DOCUMENTED_503 = {"price_unavailable", "service_unavailable"}
+
+
+def _health(http: httpx2.Client) -> dict[str, Any]:
+    r = http.get("/health")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_redis_stopped_for_a_while_under_light_load(
+    fleet: Fleet, redis: RedisServer, apis: tuple[httpx2.Client, httpx2.Client]
+) -> None:
+    """No 5xx but documented 503s while Redis is away, /health says degraded, and the fleet
+    recovers by itself: events flow again, also the ones made while Redis was away."""
+    _username, auth = _new_user(apis[0])
+    assert apis[0].post("/api/v1/balance/deposit", json={"amount": "5000"}, headers=auth).status_code == 201
+    assert all(_health(http)["status"] == "healthy" for http in apis)
+    first_url, second_url = fleet.api_urls()
+    with EventStream(second_url, auth) as before:
+        last_id = before.wait_for(_of(_market_buy(apis[0], auth)), DEADLINE)["id"]
+
+    answers: list[tuple[float, httpx2.Response]] = []  # (when it was sent, the answer)
+    stop = threading.Event()
+
+    def light_load() -> None:
+        with client(first_url) as one, client(second_url) as two:
+            for index in itertools.count():
+                if stop.is_set():
+                    return
+                http = (one, two)[index % 2]
+                order = {"order_type": "market_buy", "asset_id": "DOGE", "quantity": "10"}
+                # One order and one public read a second: light, and within the per-user limit.
+                answers.append((time.monotonic(), http.post("/api/v1/orders", json=order, headers=auth)))
+                answers.append((time.monotonic(), http.get("/api/v1/inventory/assets/DOGE")))
+                time.sleep(1.0)
+
+    with ThreadPoolExecutor(1) as pool:
+        load = pool.submit(light_load)
+        try:
+            time.sleep(1)
+            redis.stop()
+            stopped = time.monotonic()
+            for http in apis:
+                health = _poll(lambda: _health(http), lambda h: h["status"] == "degraded")  # noqa: B023
+                assert health["checks"]["redis"]["status"] == "fail", health
+            time.sleep(OUTAGE_SECONDS)
+            during = len(answers)
+            redis.restart()
+            for http in apis:
+                _poll(lambda: _health(http), lambda h: h["status"] == "healthy")  # noqa: B023
+            _poll(lambda: len(answers), lambda n: n >= during + 4)  # some load after the return too
+        finally:
+            stop.set()
+            load.result()
+
+    unexpected = [
+        (r.status_code, r.text)
+        for _, r in answers
+        if r.status_code >= 500 and not (r.status_code == 503 and r.json().get("code") in DOCUMENTED_503)
+    ]
+    assert not unexpected, unexpected
+    made = [r.json()["data"] for _, r in answers if r.request.method == "POST" and r.status_code == 201]
+    since_stop = [r.json()["data"] for at, r in answers if at > stopped and r.request.method == "POST" and r.status_code == 201]  # fmt: skip
+    assert since_stop, [r.status_code for _, r in answers]
+
+    # Events flow again: every order made since Redis went away (the ones made while it was away
+    # were kept and sent when it came back) is on the user's stream, after the last event seen
+    # before the outage, and live ones follow. (The restarted Redis is empty: what it held before
+    # is gone with it, as with any Redis that keeps nothing on disk.) The client is what a browser
+    # is: if the stream ends with a retry hint, it connects again with the last id it received.
+    with EventStream(first_url, auth, last_event_id=last_id, reconnect=True) as after:
+        for order in since_stop:
+            after.wait_for(_of(order), 2 * DEADLINE)
+        live = _market_buy(apis[1], auth)
+        after.wait_for(_of(live), DEADLINE)
+    # Money: the deposit less every order, nothing lost, and the store is consistent.
+    orders = apis[0].get("/api/v1/orders", params={"limit": 100}, headers=auth).json()["data"]
+    assert {o["order_id"] for o in orders} >= {o["order_id"] for o in [*made, live]}
+    cash = Decimal(str(apis[1].get("/api/v1/balance", headers=auth).json()["available_balance"]))
+    assert cash == Decimal("5000") - sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+    audit = fleet.cnop("audit", check=False)
+    assert audit.returncode == 0, audit.stdout.decode() + audit.stderr.decode()

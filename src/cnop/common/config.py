@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     # `cnop serve` and the workers wait this long for a first PING before refusing to start.
     redis_startup_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long a process trusts its cached copy of an asset. Changes made through the API are
+    # announced on the invalidation channel, so with Redis other processes drop them at once;
+    # this bounds staleness only when a message is lost (Redis down).
+    asset_cache_seconds: float = Field(default=2.0, ge=0)
     # rediss:// only: a CA bundle to verify the server with (default: the system's trust store).
     redis_tls_ca_file: str | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from limits.aio.storage import Storage as AsyncStorage
 from limits.errors import ConfigurationError
@@ -105,9 +105,10 @@ class FallbackCounters:
 
     Any error from `shared` (Redis down, a timeout, a refused command) sends the call to
     `local` instead, and for the next `retry_seconds` every call goes straight to `local`
-    (a dead Redis costs one failed attempt per interval, not one per request); then `shared`
-    is tried again, and the first success switches back. Each switch is logged once. Counts
-    made locally stay local: after an outage the shared counts resume where Redis left them.
+    (a dead Redis costs one failed attempt per interval, not one per request); then one call
+    tries `shared` again while the others stay local, and the first success switches back. Each
+    switch is logged once. Counts made locally stay local: after an outage the shared counts
+    resume where Redis left them.
     """
 
     def __init__(self, shared: CounterStore, local: CounterStore | None = None, *, retry_seconds: float = 1.0) -> None:
@@ -123,8 +124,13 @@ class FallbackCounters:
         return self._down
 
     async def _call(self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
-        if self._down and time.monotonic() < self._retry_at:
-            return await local()
+        if self._down:
+            now = time.monotonic()
+            if now < self._retry_at:
+                return await local()
+            # This call probes Redis; concurrent ones stay local meanwhile (a stalled Redis then
+            # delays one request per interval by its timeout, not every request in flight).
+            self._retry_at = now + self.retry_seconds
         try:
             result = await shared()
         except Exception as exc:
@@ -192,8 +198,6 @@ def counter_store(settings: Settings, clock: Clock | None = None) -> CounterStor
     return FallbackCounters(redis_counters(settings), MemoryCounters(clock))
 
 
-def limits_client_options(settings: Settings) -> dict[str, float | str | bool]:
-    """The client options `limits` passes to redis-py (the same timeouts as every other client)."""
-    return {
-        key: value for key, value in client_options(settings).items() if isinstance(value, float | int | str | bool)
-    }
+def limits_client_options(settings: Settings) -> dict[str, Any]:
+    """The client options `limits` passes to redis-py: the same timeouts and retries as every other client."""
+    return client_options(settings)

@@ -123,6 +123,9 @@ class Listeners:
         del self._by_user[listener.username]
         return True
 
+    def has(self, username: str) -> bool:
+        return username in self._by_user
+
     def users(self) -> list[str]:
         return list(self._by_user)
 

@@ -147,6 +147,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.event_bus_problems = Counter(
+            "event_bus_problems",
+            "Order events the shared bus could not handle at once, by kind: publish_retry (a batch "
+            "Redis did not take, sent again), dropped (lost: the outbox overflowed), read (a read failed).",
+            ("kind",),
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         # Resolved label children, so the hot path is one dict lookup instead of `.labels()`.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 

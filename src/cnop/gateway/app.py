@@ -9,8 +9,6 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Scope
 
 from cnop import __version__
@@ -18,6 +16,7 @@ from cnop.common.config import Settings, get_settings
 from cnop.common.exceptions import CnopError
 from cnop.common.health import HealthCheck, health_router
 from cnop.common.logging import configure_logging
+from cnop.common.metrics import metrics_router
 from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
 from cnop.container import Container, build_container
@@ -115,14 +114,11 @@ def create_app(
     health = HealthCheck(service="cnop-gateway", version=__version__)
     health.add("store", container.store.ping, critical=True, readiness=True)
     health.add("prices", _price_feed_check(container), critical=False, readiness=True)
-    add_redis_health(health, settings)
+    add_redis_health(health, settings, lambda: container.invalidations.connected)
     app.include_router(health_router(health))
 
     if settings.metrics_enabled:
-
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics(request: Request) -> Response:
-            return container.metrics.metrics_response()
+        app.router.routes.extend(metrics_router(container.metrics).routes)
 
     # Routes go straight onto the app, hottest first: FastAPI matches candidates one by one, and
     # each included router adds a level of bookkeeping per request (measured: routing was over

@@ -18,8 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,7 +26,7 @@ from cnop.common.config import Settings
 from cnop.common.exceptions import AuthenticationRequired, CnopError
 from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging
-from cnop.common.metrics import Metrics
+from cnop.common.metrics import Metrics, metrics_router
 from cnop.common.security import TokenClaims, TokenManager
 from cnop.common.shared.redis import add_redis_health, watch_redis
 from cnop.common.web.problems import install_exception_handlers, scope_problem_response
@@ -161,10 +159,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     app.include_router(health_router(health))
 
     if settings.metrics_enabled:
-
-        @app.get("/metrics", include_in_schema=False)
-        async def read_metrics(request: Request) -> Response:
-            return metrics.metrics_response()
+        app.router.routes.extend(metrics_router(metrics).routes)
 
     app.router.routes.append(Mount("", app=proxy))
     app.add_middleware(EdgeAuthentication, tokens=tokens, public_prefixes=PUBLIC_PREFIXES)

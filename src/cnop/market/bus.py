@@ -186,6 +186,11 @@ def _valid(tick: Tick) -> bool:
     return tick.price.is_finite() and MIN_MARKET_PRICE <= tick.price <= MAX_MARKET_PRICE
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class RedisPriceBus:
     """The shared bus (see the module): a Redis stream every process's book follows."""
 
@@ -343,7 +348,13 @@ class RedisPriceBus:
             await self.load(history=False)
 
     async def _read_once(self) -> None:
-        reply: Any = await self.shared.client.xread({self.stream_key: self.last_id}, count=500, block=self.block_ms)
+        read = asyncio.ensure_future(
+            self.shared.client.xread({self.stream_key: self.last_id}, count=500, block=self.block_ms)
+        )
+        read.add_done_callback(_retrieve)
+        # A cancelled blocking XREAD can leave the client waiting on its connection for good; let
+        # the read end by itself (within `block_ms`) and stop waiting for it instead.
+        reply: Any = await asyncio.shield(read)
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 batch = decode_ticks(fields.get("t", ""))

@@ -8,26 +8,22 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from cnop.common.clock import Clock
-from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.exceptions import AssetNotFound, Conflict
+from cnop.common.exceptions import AssetNotFound, Conflict, PriceUnavailable
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.money import Price, PriceInput
 from cnop.common.web.routing import ExactJSONRoute
-from cnop.market.bus import PriceBus
-from cnop.market.prices import Tick
+from cnop.market.prices import PriceSource
+from cnop.market.sources.manual import ManualPriceSource
 from cnop.services.dependencies import (
     AdminUser,
-    AppClock,
-    AppSettings,
     Assets,
     Balances,
     Inventory,
     PagingDep,
-    PriceBusDep,
+    PriceSourceDep,
     Users,
     fetch_page,
 )
@@ -50,24 +46,27 @@ class PriceSetResponse(BaseModel):
 
 
 @router.post("/prices", response_model=PriceSetResponse)
-async def set_price(
-    body: PriceSet, admin: AdminUser, settings: AppSettings, assets: Assets, prices: PriceBusDep, clock: AppClock
-) -> Response:
+async def set_price(body: PriceSet, admin: AdminUser, source: PriceSourceDep, assets: Assets) -> Response:
     """Set a price by hand; only when the price source is `manual`."""
-    asset_id = await set_manual_price(settings, assets, prices, clock, body)
+    asset_id = await set_manual_price(source, assets, body)
     return ExactJSONResponse(PriceSetResponse(asset_id=asset_id, price=body.price, source="manual"))
 
 
-async def set_manual_price(settings: Settings, assets: AssetDAO, prices: PriceBus, clock: Clock, body: PriceSet) -> str:
-    """Publish an admin's price on the price bus (manual source only); returns the asset id."""
-    if settings.price_source != "manual":
+async def set_manual_price(source: PriceSource | None, assets: AssetDAO, body: PriceSet) -> str:
+    """Hand an admin's price to the manual price source; return once the feed has applied it.
+
+    Returns the asset id. Only when the price source is `manual` (409 otherwise).
+    """
+    if not isinstance(source, ManualPriceSource):
         raise Conflict("Prices can be set by hand only when CNOP_PRICE_SOURCE is manual")
-    asset_id = body.asset_id.upper()
-    if await assets.find_asset(asset_id) is None:
-        raise AssetNotFound(f"Asset {asset_id} not found")
-    # Published on the price bus: with Redis every process's book applies it, in stream order.
-    await prices.publish([Tick(asset_id, body.price, clock.now())])
-    return asset_id
+    asset = await assets.get_asset(body.asset_id.upper())
+    try:
+        await source.set_prices_applied({asset.asset_id: body.price})
+    except ValueError as exc:  # an asset the catalogue does not list
+        raise AssetNotFound(f"Asset {asset.asset_id} not found") from exc
+    except (TimeoutError, RuntimeError) as exc:
+        raise PriceUnavailable("The price feed did not apply the price; try again") from exc
+    return asset.asset_id
 
 
 @router.post("/assets/{asset_id}/activate", response_model=AssetDetailResponse)

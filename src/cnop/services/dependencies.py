@@ -32,7 +32,6 @@ from cnop.common.security import AuditLogger, TokenClaims, TokenManager
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard
 from cnop.common.web.request_user import bind_request_user
 from cnop.container import Container
-from cnop.market.bus import PriceBus
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
@@ -77,7 +76,6 @@ ApiKeyRecords = Annotated[ApiKeyDAO, Depends(provide("api_key_dao"))]
 
 # --- market data --------------------------------------------------------------------------------
 Prices = Annotated[PriceBook, Depends(provide("price_book"))]
-PriceBusDep = Annotated[PriceBus, Depends(provide("price_bus"))]
 PriceSourceDep = Annotated[PriceSource | None, Depends(provide("price_source"))]
 
 # --- the services, one per domain ---------------------------------------------------------------

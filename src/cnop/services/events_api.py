@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from cnop.common.clock import Clock, isoformat
 from cnop.common.config import Settings
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.events import Event, EventBus, EventsUnavailable, StreamConnections
+from cnop.common.events import Event, EventBus, EventsUnavailable, Listener, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
 from cnop.common.jsonio import dumps
 from cnop.common.money import plain_text
@@ -81,18 +82,20 @@ class UserStreamSources:
 
 
 async def event_stream(
-    sources: UserStreamSources, request: Request, username: str, last_event_id: str | None
+    sources: UserStreamSources, request: Request, orders: Listener | None, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
+    """The stream of `orders` (listening since before the response began: nothing is missed).
+
+    `None` for `orders`: the bus cannot be read now; the stream is only a retry hint.
+    """
     yield b"retry: 2000\n\n"
-    try:
-        # Listen first, then replay: nothing published in between is missed; what both deliver
-        # is sent once (the replay's positions bound what the live queue may still send).
-        orders = await sources.events.listen(username)
-    except EventsUnavailable:
+    if orders is None:
         yield UNAVAILABLE_HINT
         return
+    username = orders.username
     prices = sources.prices.subscribe()
     try:
+        # What the replay sent bounds what the live queue may still send: each event goes once.
         sent: tuple[int, int] | None = None
         if last_event_id:
             try:
@@ -144,7 +147,6 @@ async def event_stream(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
-        sources.events.unlisten(orders)
         sources.prices.unsubscribe(prices)
 
 
@@ -178,11 +180,17 @@ async def events(
     An id in another format, or one the bus never issued, replays nothing: the stream starts from now.
     """
     sources = UserStreamSources(order_events, prices, holdings, resting)
+    # Listen before answering: once the client has the 200, every later event reaches it.
+    try:
+        orders: Listener | None = await order_events.listen(principal.username)
+    except EventsUnavailable:
+        orders = None
     return streams.response(
-        event_stream(sources, request, principal.username, last_event_id),
+        event_stream(sources, request, orders, last_event_id),
         user=principal.username,
         ip=client_ip(request) or "unknown",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        on_close=None if orders is None else functools.partial(order_events.unlisten, orders),
     )
 
 

@@ -8,7 +8,7 @@ so the slot is freed however the stream ends (client gone, server stopping, erro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -54,10 +54,20 @@ class StreamSlots:
         ip: str,
         media_type: str = "text/event-stream",
         headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> StreamingResponse:
-        """A streaming response holding a slot (taken now; raises when none is free) until it ends."""
-        self.acquire(user, ip)
-        return _SlotResponse(self, user, ip, content, media_type=media_type, headers=headers)
+        """A streaming response holding a slot (taken now; raises when none is free) until it ends.
+
+        `on_close` runs once the response ends however it ends (also if it never started, and
+        when no slot is free), for what the caller took before the stream began.
+        """
+        try:
+            self.acquire(user, ip)
+        except BaseException:
+            if on_close is not None:
+                on_close()
+            raise
+        return _SlotResponse(self, user, ip, content, media_type=media_type, headers=headers, on_close=on_close)
 
 
 class _SlotResponse(StreamingResponse):
@@ -70,17 +80,21 @@ class _SlotResponse(StreamingResponse):
         *,
         media_type: str,
         headers: Mapping[str, str] | None,
+        on_close: Callable[[], None] | None,
     ) -> None:
         super().__init__(content, media_type=media_type, headers=headers)
         self._slots = slots
         self._user = user
         self._ip = ip
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             self._slots.release(self._user, self._ip)
+            if self._on_close is not None:
+                self._on_close()
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

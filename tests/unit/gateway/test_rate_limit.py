@@ -7,8 +7,10 @@ import time
 import pytest
 from starlette.testclient import TestClient
 from starlette.types import Scope
+from structlog.testing import capture_logs
 
 from cnop.common.clock import FakeClock
+from cnop.common.counters import FallbackCounters
 from cnop.gateway.middleware import MemoryCounters, RateLimitMiddleware
 
 from .conftest import GatewayApp, build_app, make_settings
@@ -151,6 +153,42 @@ def test_a_failing_counter_store_lets_requests_through() -> None:
 
     assert response.status_code == 200
     assert "X-RateLimit-Limit" not in response.headers
+
+
+def test_with_the_shared_counters_failing_the_process_counts_on_its_own() -> None:
+    """Redis down: the limit still holds (per process), with its headers; never off, never a 5xx."""
+
+    class DownStorage:
+        async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+            raise ConnectionError("redis is down")
+
+        async def get(self, key: str) -> int:
+            raise ConnectionError("redis is down")
+
+        async def get_expiry(self, key: str) -> float:
+            raise ConnectionError("redis is down")
+
+        async def clear(self, key: str) -> None:
+            raise ConnectionError("redis is down")
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/x")
+    async def x() -> dict[str, bool]:
+        return {"ok": True}
+
+    counters = FallbackCounters(DownStorage(), MemoryCounters())  # type: ignore[arg-type]
+    limited = RateLimitMiddleware(app, make_settings(rate_limit_per_ip="2/minute"), storage=counters)
+    with capture_logs() as logs, TestClient(limited) as client:
+        responses = [client.get("/x") for _ in range(3)]
+
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["1", "0", "0"]
+    assert responses[2].json()["code"] == "rate_limited"
+    assert counters.degraded
+    assert [entry["event"] for entry in logs].count("shared_counters_unavailable") == 1
 
 
 def test_disabled_rate_limiting_sends_no_rate_headers() -> None:

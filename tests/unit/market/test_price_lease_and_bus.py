@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.config import Settings
 from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import SharedRedis, open_redis
+from cnop.container import build_container
 from cnop.market.bus import LocalPriceBus, RedisPriceBus
 from cnop.market.catalogue import load_catalogue
 from cnop.market.leader import LeasedPriceFeed
@@ -241,3 +243,62 @@ async def test_the_shared_state_stays_bounded(shared: SharedRedis) -> None:
     minutes, hours = prices.history_keys.values()
     assert await shared.client.hlen(minutes) <= 1440
     assert await shared.client.hlen(hours) <= 720
+
+
+# --- the composition root ----------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, redis_url: str, redis_prefix: str, **overrides: object) -> Settings:
+    return Settings(
+        store=f"sqlite:///{tmp_path / 'cnop.db'}",
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+async def test_with_redis_only_a_publisher_opens_a_source_and_api_processes_follow(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    api = build_container(_settings(tmp_path, redis_url, redis_prefix, trigger_engine=False))
+    worker = build_container(_settings(tmp_path, redis_url, redis_prefix, trigger_engine=True))
+    local = build_container(Settings(store=f"sqlite:///{tmp_path / 'local.db'}"))
+    try:
+        assert api.price_source is None and api.price_lease is None
+        assert isinstance(api.price_bus, RedisPriceBus)
+        assert worker.price_source is not None and worker.price_lease is not None
+        assert isinstance(local.price_bus, LocalPriceBus) and local.price_lease is None
+        assert local.price_source is not None
+    finally:
+        for container in (api, worker, local):
+            await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
+
+
+async def test_an_admin_price_on_one_api_process_is_the_quote_on_the_other(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    settings = _settings(tmp_path, redis_url, redis_prefix, trigger_engine=False, price_source="manual")
+    one, two = build_container(settings), build_container(settings)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for container in (one, two):
+            await container.price_bus.start()
+            tasks.extend(asyncio.create_task(task()) for task in container.background)
+        assert isinstance(one.price_source, ManualPriceSource)
+
+        for price in ("70000.01", "69999.5", "71000"):
+            await one.price_source.set_prices_applied({"BTC": Decimal(price)})
+            # Read-your-write on the process the admin used; the other follows within a moment.
+            assert _price(one.price_book, "BTC") == Decimal(price)
+            await eventually(lambda: _true(two.price_book.current("BTC") == one.price_book.current("BTC")), price)
+        assert one.price_book.stats("BTC") == two.price_book.stats("BTC")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for container in (one, two):
+            await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()

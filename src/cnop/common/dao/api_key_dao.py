@@ -40,8 +40,8 @@ KNOWN_IPS = 8
 def api_key_to_item(key: ApiKey) -> Item:
     return {
         **keys.api_key_key(key.key_id),
-        "gsi1pk": keys.api_keys_index_pk(key.username),
-        "gsi1sk": key.key_id,
+        keys.GSI1.pk_attr: keys.api_keys_index_pk(key.username),
+        keys.GSI1.sk_attr: key.key_id,
         "key_id": key.key_id,
         "username": key.username,
         "label": key.label,

@@ -35,8 +35,8 @@ def _rank_key(asset: Asset) -> str:
 def asset_to_item(asset: Asset) -> Item:
     item: Item = {
         **keys.asset_key(asset.asset_id),
-        "gsi1pk": keys.ASSETS_INDEX_PK,
-        "gsi1sk": _rank_key(asset),
+        keys.GSI1.pk_attr: keys.ASSETS_INDEX_PK,
+        keys.GSI1.sk_attr: _rank_key(asset),
         "asset_id": asset.asset_id,
         "name": asset.name,
         "symbol": asset.symbol,
@@ -145,7 +145,7 @@ class AssetDAO:
         current = await self.get_asset(asset_id)
         updated = current.model_copy(update={**changes, "updated_at": self.clock.now()})
         item = asset_to_item(updated)
-        fields = {name: item[name] for name in (*changes, "updated_at", "gsi1sk")}
+        fields = {name: item[name] for name in (*changes, "updated_at", keys.GSI1.sk_attr)}
         try:
             await self.store.transact(
                 [Update(keys.INVENTORY, keys.asset_key(asset_id), set=fields, condition=Exists())]
@@ -174,14 +174,16 @@ class AssetDAO:
 
     async def get_assets(self, *, limit: int = 50, cursor: str | None = None) -> Page:
         """Assets in market-cap rank order, then id."""
-        return await self.store.query(keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1", limit=limit, cursor=cursor)
+        return await self.store.query(
+            keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX, limit=limit, cursor=cursor
+        )
 
     async def all_assets(self) -> list[Asset]:
         """Every asset in rank order (the catalogue is small: tens of assets); cached like `find_asset`."""
         now = time.monotonic()
         if self._all is not None and now - self._all[0] < self.cache_seconds:
             return self._all[1]
-        items = query_all(self.store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index="gsi1")
+        items = query_all(self.store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX)
         assets = [asset_from_item(item) async for item in items]
         self._all = (now, assets)
         return assets

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
@@ -22,8 +23,8 @@ from cnop.common.security.password_manager import PasswordManager
 def user_to_item(user: User) -> Item:
     return {
         **keys.user_key(user.username),
-        "gsi1pk": keys.USERS_INDEX_PK,
-        "gsi1sk": user.username,
+        keys.GSI1.pk_attr: keys.USERS_INDEX_PK,
+        keys.GSI1.sk_attr: user.username,
         "username": user.username,
         "email": user.email,
         "first_name": user.first_name,
@@ -93,6 +94,23 @@ class UserDAO:
         if item is None:
             raise UserNotFound()
         return user_from_item(item)
+
+    async def find_user_with_live_token(self, username: str, jti: str) -> User | None:
+        """The user, or None when there is none or token id `jti` is revoked (one read of both)."""
+        found = await self.store.batch_get(keys.USERS, [keys.user_key(username), keys.revoked_token_key(jti)])
+        profile = next((item for item in found if keys.is_profile(item)), None)
+        if profile is None or len(found) > 1:
+            return None
+        return user_from_item(profile)
+
+    async def revoke_token(self, username: str, jti: str, until: datetime) -> None:
+        """Revoke token id `jti` of `username` until `until` (its expiry), when the record expires too."""
+        record = {
+            **keys.revoked_token_key(jti),
+            "username": username,
+            "expires_at": Decimal(int(until.timestamp()) + 1),
+        }
+        await self.store.transact([Put(keys.USERS, record)])
 
     async def find_user(self, username: str) -> User | None:
         item = await self.store.get(keys.USERS, keys.user_key(username.lower()))

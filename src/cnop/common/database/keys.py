@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # Logical tables, one per service.
 USERS = "users"
@@ -44,6 +45,16 @@ def user_pk(username: str) -> str:
 
 def user_key(username: str) -> dict[str, str]:
     return key(user_pk(username), PROFILE)
+
+
+def is_profile(item: Mapping[str, Any]) -> bool:
+    """True for a user's profile item (among others read with it, e.g. by `batch_get`)."""
+    return item.get("sk") == PROFILE
+
+
+def sort_key_of(key_or_item: Mapping[str, Any]) -> Any:
+    """The sort key of a key (or an item, or a decoded cursor); KeyError when it has none."""
+    return key_or_item["sk"]
 
 
 def email_key(email: str) -> dict[str, str]:
@@ -99,6 +110,7 @@ def api_key_count_key(username: str) -> dict[str, str]:
 
 # Users index (GSI1 on the users table): every profile, for the audit and admin listings.
 USERS_INDEX_PK = "USERS"
+USERS_INDEX = GSI1.name
 
 # --- orders table -----------------------------------------------------------------------------
 
@@ -138,6 +150,7 @@ EXPIRY_INDEX_PK = "EXPIRY"
 # --- inventory table --------------------------------------------------------------------------
 
 ASSETS_INDEX_PK = "ASSETS"
+ASSETS_INDEX = GSI1.name
 
 
 def asset_key(asset_id: str) -> dict[str, str]:

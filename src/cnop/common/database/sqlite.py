@@ -28,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import simplejson
 
 from cnop.common.database import keys
@@ -124,12 +125,23 @@ def _columns(item: Item) -> list[Any]:
     return columns
 
 
+# Bodies are JSON with every number written exactly as its Decimal's text (`1000.10`, `1E-18`)
+# and read back as Decimals, ints included. msgspec writes them (one C pass, about 4x quicker than
+# simplejson's encoder, which wrote the same text but escaped non-ASCII characters); simplejson's
+# decoder reads them, since msgspec's would read `5` as an int and `-0` without its sign.
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+_DECODER = simplejson.JSONDecoder(parse_float=Decimal, parse_int=Decimal)
+
+
 def _dumps(item: Item) -> str:
-    return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
+    try:
+        return _ENCODER.encode(item).decode()
+    except (msgspec.EncodeError, ValueError) as exc:  # NaN or an infinity: no engine stores them
+        raise ValueError(f"not stored: {exc}") from None
 
 
 def _loads(body: str) -> Item:
-    result: Item = simplejson.loads(body, use_decimal=True, parse_int=Decimal)
+    result: Item = _DECODER.decode(body)
     return result
 
 

@@ -105,7 +105,7 @@ class LocalInvalidations:
 class RedisInvalidations:
     """`Invalidations` shared by every process through one Redis pub/sub channel (see the module)."""
 
-    def __init__(self, redis: SharedRedis, *, retry_seconds: float = 0.5, max_retry_seconds: float = 5.0) -> None:
+    def __init__(self, redis: SharedRedis, *, retry_seconds: float = 0.2, max_retry_seconds: float = 2.0) -> None:
         self._redis = redis
         self._handlers = _Handlers()
         self.channel = redis.key("invalidate")

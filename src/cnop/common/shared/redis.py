@@ -30,7 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, RedisError
 
 from cnop.common.config import Settings
 from cnop.common.health import CheckFailed, HealthCheck
@@ -71,6 +73,12 @@ def client_options(settings: Settings) -> dict[str, Any]:
         # failover) closed is replaced instead of failing the next command.
         "health_check_interval": 30,
         "client_name": "cnop",
+        # A pooled connection that died with the server (restart, failover) fails its next command
+        # with a ConnectionError: retried on a fresh connection, twice at most, quickly. Timeouts
+        # are not retried (the command may have run: an increment would count twice).
+        "retry": Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2, supported_errors=(ConnectionError,)
+        ),
     }
     if settings.redis_url and settings.redis_url.startswith("rediss://") and settings.redis_tls_ca_file:
         options["ssl_ca_certs"] = settings.redis_tls_ca_file
@@ -155,22 +163,26 @@ async def watch_redis(url: str, metrics: Metrics, every_seconds: float = 5.0) ->
         await asyncio.sleep(every_seconds)
 
 
-def redis_health_probe(url: str) -> Callable[[], Awaitable[None]]:
-    """A health check: passes while Redis answers PING (on a connection of its own)."""
+def redis_health_probe(url: str, listening: Callable[[], bool] | None = None) -> Callable[[], Awaitable[None]]:
+    """A health check: passes while Redis answers PING (on a connection of its own) and, when
+    `listening` is given, while this process's subscriptions (cache invalidation) are live."""
 
     async def check() -> None:
         try:
             await ping_redis(url)
         except (RedisUnavailable, ValueError) as exc:
             raise CheckFailed("Redis does not answer: limits count per process, caches expire by age") from exc
+        if listening is not None and not listening():
+            raise CheckFailed("Redis answers, the invalidation listener is reconnecting")
 
     return check
 
 
-def add_redis_health(health: HealthCheck, settings: Settings) -> None:
+def add_redis_health(health: HealthCheck, settings: Settings, listening: Callable[[], bool] | None = None) -> None:
     """Name Redis in `/health` (down: `degraded`) and `/health/ready` (shown, not required), when set."""
     if settings.redis_url:
-        health.add("redis", redis_health_probe(settings.redis_url), critical=False, readiness=True, required=False)
+        probe = redis_health_probe(settings.redis_url, listening)
+        health.add("redis", probe, critical=False, readiness=True, required=False)
 
 
 def startup_problem(settings: Settings) -> str | None:

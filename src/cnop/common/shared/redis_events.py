@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from cnop.common.events import (
 )
 from cnop.common.jsonio import dumps, loads
 from cnop.common.logging import get_logger
+from cnop.common.metrics import Metrics
 from cnop.common.shared.redis import SharedRedis
 
 _log = get_logger("cnop.events")
@@ -49,6 +52,8 @@ BATCH_SIZE = 200
 # never loses an event to a burst.
 READ_COUNT = 100
 BLOCK_SECONDS = 1.0
+# `listen` and `since` first wait this long at most for this process's own outbox to be sent.
+FLUSH_WAIT_SECONDS = 1.0
 BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # Keys live this much longer than the retention window (clock skew between processes).
 TTL_MARGIN_SECONDS = 60.0
@@ -66,6 +71,11 @@ return id
 """
 
 
+def _background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task of the bus's own, outside the request that happened to start it (its log context)."""
+    return asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+
+
 def position_of(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq)
@@ -80,12 +90,23 @@ class _Pending:
 
 
 class EventCounters:
-    """What went wrong with the bus, for `/metrics` and tests (read them, never reset)."""
+    """What went wrong with the bus (also `cnop_event_bus_problems_total` in `/metrics`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics
         self.publish_failures = 0  # batches that Redis refused or did not answer (retried)
         self.dropped = 0  # events lost: the outbox overflowed while Redis was away
         self.read_failures = 0
+
+    def count(self, kind: str) -> None:
+        if kind == "publish_retry":
+            self.publish_failures += 1
+        elif kind == "dropped":
+            self.dropped += 1
+        else:
+            self.read_failures += 1
+        if self.metrics is not None:
+            self.metrics.event_bus_problems.labels(kind).inc()
 
 
 class RedisEventBus:
@@ -98,19 +119,23 @@ class RedisEventBus:
         retention_seconds: float = RETENTION_SECONDS,
         block_seconds: float = BLOCK_SECONDS,
         outbox_size: int = OUTBOX_SIZE,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.clock = clock
         self.retained_per_user = retained_per_user
         self.retention_seconds = retention_seconds
         self.block_seconds = block_seconds
-        self.counters = EventCounters()
+        self.counters = EventCounters(metrics)
         # Decoded replies (str), whose redis-py types are unions of bytes and str: read as Any.
         self._client: Any = redis.client
         self._script: Any = redis.client.register_script(PUBLISH_SCRIPT)
         self._outbox: deque[_Pending] = deque()
         self._outbox_size = outbox_size
         self._pending = asyncio.Event()
+        self._progress = asyncio.Event()  # set after every batch sent (or given up)
+        self._queued = 0  # events ever put in the outbox / ever written or dropped
+        self._done = 0
         self._sender: asyncio.Task[None] | None = None
         self._listeners = Listeners()
         self._cursors: dict[str, str] = {}
@@ -127,14 +152,15 @@ class RedisEventBus:
         try:
             if len(self._outbox) >= self._outbox_size:
                 self._outbox.popleft()
-                self.counters.dropped += 1
+                self._done += 1
+                self.counters.count("dropped")
                 _log.error("event_dropped", reason="outbox full", user=username)
             self._outbox.append(
                 _Pending(username, event_type, dumps(wire_payload(data)).decode(), self.clock.timestamp())
             )
             self._pending.set()
             if self._sender is None or self._sender.done():
-                self._sender = asyncio.get_running_loop().create_task(self._send_forever())
+                self._sender = _background(self._send_forever())
         except Exception:
             _log.exception("event_publish_failed", user=username, type=event_type)
 
@@ -153,7 +179,7 @@ class RedisEventBus:
             except (RedisError, OSError) as exc:
                 # Kept in the outbox and sent again: delivered late rather than lost. (If Redis
                 # applied part of the batch before the connection broke, those may appear twice.)
-                self.counters.publish_failures += 1
+                self.counters.count("publish_retry")
                 _log.warning("event_publish_retry", error=type(exc).__name__, pending=len(self._outbox))
                 if self._closed:
                     return
@@ -164,6 +190,17 @@ class RedisEventBus:
             for _ in batch:
                 if self._outbox:
                     self._outbox.popleft()
+                    self._done += 1
+            self._progress.set()
+
+    async def _flushed(self) -> None:
+        """Wait (briefly) until what this process published so far is in Redis: read your writes."""
+        target = self._queued
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FLUSH_WAIT_SECONDS):
+                while self._done < target and self._sender is not None and not self._sender.done():
+                    self._progress.clear()
+                    await self._progress.wait()
 
     async def _send(self, batch: list[_Pending]) -> None:
         retention_ms = int(self.retention_seconds * 1000)
@@ -182,6 +219,7 @@ class RedisEventBus:
     async def since(self, username: str, last_id: str) -> list[Event]:
         if not STREAM_ID.fullmatch(last_id):
             return []
+        await self._flushed()
         try:
             entries = await self._client.xrevrange(self.key(username), "+", f"({last_id}", count=self.retained_per_user)
         except (RedisError, OSError) as exc:
@@ -193,15 +231,17 @@ class RedisEventBus:
     async def listen(self, username: str) -> Listener:
         listener = Listener(username)
         if self._listeners.add(listener):
+            await self._flushed()
             try:
                 newest = await self._client.xrevrange(self.key(username), "+", "-", count=1)
             except (RedisError, OSError) as exc:
                 self._listeners.remove(listener)
                 raise EventsUnavailable(type(exc).__name__) from exc
-            self._cursors[username] = newest[0][0] if newest else "0-0"
+            if self._listeners.has(username):  # (it may have left while we waited)
+                self._cursors[username] = newest[0][0] if newest else "0-0"
         self._joined.set()
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+            self._reader = _background(self._read_forever())
         return listener
 
     def unlisten(self, listener: Listener) -> None:
@@ -222,7 +262,7 @@ class RedisEventBus:
                     streams, count=READ_COUNT, block=max(1, int(self.block_seconds * 1000))
                 )
             except (RedisError, OSError) as exc:
-                self.counters.read_failures += 1
+                self.counters.count("read")
                 _log.warning("event_read_failed", error=type(exc).__name__, listeners=len(self._cursors))
                 self._listeners.deliver_all(None)  # their streams end with a retry hint
                 await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])

@@ -17,6 +17,7 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.holding import Holding
 from cnop.common.entities.user import User
 from cnop.common.exceptions import NotFound
+from cnop.common.money import CENT
 from cnop.market.prices import PriceBook
 from cnop.services.alpaca import render
 from cnop.services.alpaca.ids import account_uuid, asset_uuid
@@ -24,7 +25,6 @@ from cnop.services.alpaca.schemas import Account, Position, text, usd
 from cnop.services.alpaca.symbols import candidates, compact
 from cnop.services.dependencies import AppClock, Assets, Balances, Holdings, Prices
 
-CENT = Decimal("0.01")
 DAY = timedelta(days=1)
 
 

@@ -13,11 +13,10 @@ from pydantic import BaseModel
 from cnop.common.clock import Clock
 from cnop.common.dao.order_dao import OrderDAO, order_from_item
 from cnop.common.entities.order import OrderSide, OrderStatus
-from cnop.common.money import MONEY_CONTEXT, or_none
+from cnop.common.money import CENT, MONEY_CONTEXT, or_none
 from cnop.services.user.portfolio import Portfolio, PortfolioService
 
 MODEL = "cnop-rules-v1"
-CENT = Decimal("0.01")
 CONCENTRATED_SHARE = Decimal(50)
 HIGH_CASH_SHARE = Decimal(80)
 LOW_CASH_SHARE = Decimal(5)

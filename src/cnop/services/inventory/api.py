@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from cnop.common.database.store import InvalidCursor
 from cnop.common.entities.order import ASSET_ID_PATTERN
-from cnop.common.exceptions import AssetNotFound, ValidationFailed
+from cnop.common.exceptions import ValidationFailed
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import Assets, Inventory, Prices
@@ -57,8 +57,7 @@ async def get_price_history(
     since: datetime | None = None,
 ) -> Response:
     asset_id = asset_id.upper()
-    if await assets.find_asset(asset_id) is None:
-        raise AssetNotFound(f"Asset {asset_id} not found")
+    await assets.get_asset(asset_id)  # 404 for an unknown asset
     if since is not None and since.tzinfo is None:
         raise ValidationFailed.field("since", "must carry a time zone (e.g. 2026-11-24T10:00:00Z)")
     seconds = INTERVALS[interval]

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from cnop.common.clock import Clock
 from cnop.common.dao.asset_dao import AssetDAO, _rank_key
+from cnop.common.database import keys
 from cnop.common.database.store import decode_cursor, encode_cursor
 from cnop.common.entities.asset import Asset
 from cnop.market.catalogue import CatalogueAsset
@@ -110,11 +111,11 @@ class InventoryService:
             if (a.is_active or not active_only) and (category is None or (a.category or "").lower() == category.lower())
         ]
         if cursor is not None:
-            after = decode_cursor(cursor)["sk"]
+            after = keys.sort_key_of(decode_cursor(cursor))
             chosen = [a for a in chosen if _rank_key(a) > after]
         page = chosen[:limit]
         more = len(chosen) > limit
-        next_cursor = encode_cursor({"pk": "ASSETS", "sk": _rank_key(page[-1])}) if more and page else None
+        next_cursor = encode_cursor(keys.key(keys.ASSETS_INDEX_PK, _rank_key(page[-1]))) if more and page else None
         return AssetListResponse(
             data=[self.asset_data(a) for a in page],
             total_count=len(everything),

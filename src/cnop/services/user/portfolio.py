@@ -12,11 +12,9 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.entities.holding import Holding
-from cnop.common.exceptions import AssetNotFound, HoldingNotFound
-from cnop.common.money import MONEY_CONTEXT, Percent, Price, Quantity, UsdAmount, or_none
+from cnop.common.exceptions import HoldingNotFound
+from cnop.common.money import CENT, MONEY_CONTEXT, Percent, Price, Quantity, UsdAmount, or_none
 from cnop.market.prices import PriceBook
-
-CENT = Decimal("0.01")
 
 
 class PortfolioAsset(BaseModel):
@@ -139,9 +137,7 @@ class PortfolioService:
         )
 
     async def asset_balance(self, username: str, asset_id: str) -> AssetBalance:
-        asset = await self.assets.find_asset(asset_id)
-        if asset is None:
-            raise AssetNotFound(f"Asset {asset_id} not found")
+        asset = await self.assets.get_asset(asset_id)
         holding = await self.holdings.get_holding(username, asset_id)
         if holding is None:
             raise HoldingNotFound(f"You hold no {asset_id}")

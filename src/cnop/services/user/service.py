@@ -10,9 +10,9 @@ from typing import Any
 from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.user_dao import UserDAO, user_from_item
+from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database import keys
-from cnop.common.database.store import AttrNotExists, ItemStore, Le, Op, Or, Put, Update
+from cnop.common.database.store import AttrNotExists, ItemStore, Le, Op, Or, Update
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.user import User, UserRole
 from cnop.common.exceptions import (
@@ -120,11 +120,9 @@ class AccountService:
         return await self.principal_for(claims)
 
     async def principal_for(self, claims: TokenClaims) -> Principal:
-        found = await self.store.batch_get(keys.USERS, [keys.user_key(claims.sub), keys.revoked_token_key(claims.jti)])
-        profile = next((item for item in found if item["sk"] == keys.PROFILE), None)
-        if profile is None or len(found) > 1:
+        user = await self.users.find_user_with_live_token(claims.sub, claims.jti)
+        if user is None:
             raise InvalidToken()
-        user = user_from_item(profile)
         if claims.generation != user.token_generation and claims.jti != user.kept_jti:
             raise InvalidToken()
         return Principal(user, claims)
@@ -132,18 +130,7 @@ class AccountService:
     async def logout(self, principal: Principal, *, ip: str | None = None) -> None:
         """Revoke the token's id until the token would have expired anyway."""
         claims = principal.claims
-        await self.store.transact(
-            [
-                Put(
-                    keys.USERS,
-                    {
-                        **keys.revoked_token_key(claims.jti),
-                        "username": principal.username,
-                        "expires_at": Decimal(int(claims.exp.timestamp()) + 1),
-                    },
-                )
-            ]
-        )
+        await self.users.revoke_token(principal.username, claims.jti, claims.exp)
         self.audit.log_logout(principal.username, ip_address=ip)
         self.audit.log_token_revoked(principal.username, claims.jti, reason="logout")
         await self.invalidations.publish(TOKEN, claims.jti)

@@ -43,8 +43,8 @@ from cnop.services.dependencies import (
     Money,
     Orders,
     Portfolios,
-    PriceBusDep,
     Prices,
+    PriceSourceDep,
     Resting,
     Trading,
     Users,
@@ -948,15 +948,13 @@ async def admin_asset(
 
 
 @router.post("/admin/prices")
-async def admin_price(
-    request: Request, accounts: Accounts, view: AdminViewDep, prices: PriceBusDep, clock: AppClock
-) -> Response:
+async def admin_price(request: Request, accounts: Accounts, view: AdminViewDep, source: PriceSourceDep) -> Response:
     principal = await admin_only(request, accounts)
     form = await posted(request)
     values = {"asset_id": form.get("asset_id", ""), "price": form.get("price", "")}
     try:
         body = PriceSet.model_validate({"asset_id": values["asset_id"].strip(), "price": values["price"].strip()})
-        await set_manual_price(view.settings, view.assets, prices, clock, body)
+        await set_manual_price(source, view.assets, body)
     except ValidationError as exc:
         errors, status_code = field_errors(exc, ("asset_id", "price")), 422
     except CnopError as exc:
