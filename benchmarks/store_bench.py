@@ -2,19 +2,24 @@
 
     .venv/bin/python -m benchmarks.store_bench [--ops 400] [--concurrency 1,16] [--engines sqlite,dynamodb]
                                                [--endpoint http://127.0.0.1:8000]
-    .venv/bin/python -m benchmarks.store_bench --engines sqlite-ab [--ab-ops 2000] [--ab-attempts 3]
+    .venv/bin/python -m benchmarks.store_bench --engines sqlite-ab,sqlite-hop [--ab-ops 2000] [--ab-attempts 3]
                                                [--ab-concurrency 1,16,64]
 
 `sqlite-ab` (part of `make bench-store`) compares, in one run and alternating their order every
 attempt, several ways of committing the same transactions on SQLite: the store with group commit
 (the default), the store without it (one `BEGIN IMMEDIATE ... COMMIT` each), the store with group
-commit but the item encoder before msgspec (simplejson: "simplejson writes"), and **bare
+commit but the item encoder before msgspec (simplejson: "simplejson writes") or the decoder
+before it ("simplejson reads"), the store with its
+calls run by a one-worker `ThreadPoolExecutor` as before ("executor hop"), and **bare
 `sqlite3`** running the very statements the store runs, with bodies encoded once, in one thread
 with no event loop, codec or conditions (the floor of the engine). Two transaction shapes: a
 market order's six ops (order, guarded balance, ledger entry, holding, asset transaction, guarded
 house inventory) and a withdrawal's two. Reported per shape and concurrency: the median of the
-attempts in transactions/s and in CPU µs per transaction (process CPU time, both threads), and the
-ratios store ÷ bare and group ÷ no group.
+attempts in transactions/s and in CPU µs per transaction (process CPU time, both threads; the ops
+are built before the clock starts, as the bare loop's bodies are encoded before), and the
+ratios store ÷ bare and group ÷ no group. `sqlite-hop` times the hop to the store thread alone
+(a point read, and an order-shaped transaction, at concurrency 1) on the store's queue-fed thread
+against the one-worker executor it replaced, alternating, 2 × `--ab-attempts` times.
 
 SQLite runs on a file in a temporary directory. DynamoDB runs on DynamoDB Local, started like the
 test suite does (tests/support/dynamodb_local.py), or on `--endpoint` / `CNOP_TEST_DYNAMODB_ENDPOINT`.
@@ -421,12 +426,34 @@ async def _ab_prepare(store: SQLiteStore) -> None:
     await store.transact(seed[50:])
 
 
-_msgspec_dumps = sqlite_engine._dumps
+_msgspec_dumps, _msgspec_loads = sqlite_engine._dumps, sqlite_engine._loads
+_SIMPLEJSON_DECODER = simplejson.JSONDecoder(parse_float=Decimal, parse_int=Decimal)
+
+
+def _simplejson_loads(body: str) -> Any:
+    """The item decoder before msgspec: simplejson, every number parsed as a Decimal."""
+    return _SIMPLEJSON_DECODER.decode(body)
 
 
 def _simplejson_dumps(item: Any) -> str:
     """The item encoder before msgspec: the same text, non-ASCII escaped."""
     return str(simplejson.dumps(item, use_decimal=True, separators=(",", ":")))
+
+
+class _ExecutorThread:
+    """The store thread before: a one-worker ThreadPoolExecutor, answers chained by asyncio."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        self.pool.submit(fn, *args)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class BareSQLite:
@@ -487,9 +514,8 @@ class ABResult:
 async def _ab_store_run(
     store: SQLiteStore, shape: str, ops: int, concurrency: int, offset: int
 ) -> tuple[float, float, int]:
-    make = AB_TRANSACTIONS[shape]
-    counter = itertools.count(offset)
-    end = offset + ops
+    # Built before the clock starts, as the bare loop's bodies are: building ops is the caller's work.
+    pending = iter([AB_TRANSACTIONS[shape](n) for n in range(offset, offset + ops)])
     commits = 0
     drain = store._drain
 
@@ -501,8 +527,8 @@ async def _ab_store_run(
     store._drain = counting_drain  # type: ignore[method-assign]
 
     async def worker() -> None:
-        while (n := next(counter)) < end:
-            await store.transact(make(n))
+        for transaction in pending:
+            await store.transact(transaction)
 
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -518,13 +544,17 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
             "group commit": SQLiteStore(f"{tmp}/group.db"),
             "no group commit": SQLiteStore(f"{tmp}/single.db", group_commit=False),
         }
-        for store in stores.values():
+        for store in set(stores.values()):
             await _ab_prepare(store)
         bare_store = SQLiteStore(f"{tmp}/bare.db")
         await _ab_prepare(bare_store)
         await bare_store.close()
         bares = {shape: BareSQLite(f"{tmp}/bare.db", shape) for shape in AB_SHAPES}
         stores["simplejson writes"] = stores["group commit"]  # the same store, the encoder before
+        stores["simplejson reads"] = stores["group commit"]  # the same store, the decoder before
+        stores["executor hop"] = SQLiteStore(f"{tmp}/executor.db")
+        stores["executor hop"]._executor = _ExecutorThread()  # type: ignore[assignment]
+        await _ab_prepare(stores["executor hop"])
         variants = ["bare sqlite3", *stores]
         offset = 0
         try:
@@ -551,10 +581,12 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
                                 store = stores[variant]
                                 if variant == "simplejson writes":
                                     sqlite_engine._dumps = _simplejson_dumps  # type: ignore[assignment]
+                                if variant == "simplejson reads":
+                                    sqlite_engine._loads = _simplejson_loads
                                 try:
                                     wall, cpu, drains = await _ab_store_run(store, shape, ops, concurrency, offset)
                                 finally:
-                                    sqlite_engine._dumps = _msgspec_dumps
+                                    sqlite_engine._dumps, sqlite_engine._loads = _msgspec_dumps, _msgspec_loads
                                 commits = drains if store.group_commit else ops
                                 level = concurrency
                             offset += ops
@@ -581,6 +613,42 @@ async def bench_sqlite_ab(ops: int, attempts: int, levels: list[int]) -> list[AB
             for store in set(stores.values()):
                 await store.close()
     return results
+
+
+async def bench_sqlite_hop(attempts: int, gets: int = 2000, transactions: int = 1000) -> dict[str, Any]:
+    """The hop to the store thread and back, now against the executor before: CPU µs per point
+    read and per order-shaped transaction at concurrency 1, the two alternating."""
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        queue_thread, executor = SQLiteStore(f"{tmp}/queue.db"), SQLiteStore(f"{tmp}/executor.db")
+        executor._executor = _ExecutorThread()  # type: ignore[assignment]
+        variants = {"queue thread": queue_thread, "executor": executor}
+        key = {"pk": "USER#ab01", "sk": "BALANCE#USD"}
+        offset = 0
+        try:
+            for store in variants.values():
+                await _ab_prepare(store)
+            for attempt in range(attempts):
+                for name in list(variants) if attempt % 2 == 0 else list(variants)[::-1]:
+                    store = variants[name]
+                    started = time.process_time()
+                    for _ in range(gets):
+                        await store.get(T, key)
+                    samples.setdefault(f"get, {name}", []).append((time.process_time() - started) / gets * 1e6)
+                    batch = [_ab_order(n) for n in range(offset, offset + transactions)]
+                    offset += transactions
+                    started = time.process_time()
+                    for ops in batch:
+                        await store.transact(ops)
+                    cpu = (time.process_time() - started) / transactions * 1e6
+                    samples.setdefault(f"transact, {name}", []).append(cpu)
+        finally:
+            for store in variants.values():
+                await store.close()
+    medians = {name: round(statistics.median(values), 1) for name, values in samples.items()}
+    for name, value in medians.items():
+        print(f"hop  {name:<26} {value:>8.1f} CPU µs (attempts: {[round(v) for v in samples[name]]})")
+    return {"cpu_us_median": medians, "attempts": samples}
 
 
 def ab_summary(results: list[ABResult]) -> list[dict[str, Any]]:
@@ -646,6 +714,8 @@ async def run(args: argparse.Namespace) -> list[Result]:
         args.ab_results = await bench_sqlite_ab(
             args.ab_ops, args.ab_attempts, [int(c) for c in args.ab_concurrency.split(",")]
         )
+    if "sqlite-hop" in engines:
+        args.hop_results = await bench_sqlite_hop(args.ab_attempts * 2)
     if "dynamodb" in engines:
         with dynamodb_endpoint(args.endpoint) as endpoint:
             store = DynamoDBStore.for_local(endpoint, table_prefix=f"bench{uuid.uuid4().hex[:8]}")
@@ -666,7 +736,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", type=int, default=400, help="operations per measurement")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated concurrency levels")
     parser.add_argument(
-        "--engines", default="sqlite-ab,sqlite,dynamodb,stub", help="of sqlite-ab, sqlite, dynamodb, stub"
+        "--engines",
+        default="sqlite-ab,sqlite-hop,sqlite,dynamodb,stub",
+        help="of sqlite-ab, sqlite-hop, sqlite, dynamodb, stub",
     )
     parser.add_argument("--ab-ops", type=int, default=2000, help="transactions per sqlite-ab measurement")
     parser.add_argument("--ab-attempts", type=int, default=3, help="alternating sqlite-ab attempts")
@@ -679,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
         serve_stub(args.serve_stub)
         return
     started = time.time()
-    args.ab_results = []
+    args.ab_results, args.hop_results = [], None
     results = asyncio.run(run(args))
     summary = ab_summary(args.ab_results) if args.ab_results else []
     if summary:
@@ -702,6 +774,7 @@ def main(argv: list[str] | None = None) -> None:
             "summary": summary,
             "attempts": [asdict(r) for r in args.ab_results],
         },
+        "sqlite_hop": args.hop_results,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -32,11 +32,12 @@ from cnop.common.database.store import Put
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import OrderCreate, OrderType
-from cnop.common.events import EventBus
+from cnop.common.events import InProcessEventBus
 from cnop.common.ids import new_id
 from cnop.market.prices import PriceBook
-from cnop.market.triggers import TriggerEngine
-from cnop.services.order.resting import RestingOrders
+from cnop.services.order.placement import Placement
+from cnop.services.order.settlement import Settlement
+from cnop.services.order.triggers import trigger_engine
 
 CROSSING = 10
 TICK_PRICE = Decimal("44000")
@@ -76,9 +77,11 @@ async def measure(resting: int, rounds: int) -> list[float]:
         btc = Asset(asset_id="BTC", name="Bitcoin", symbol="btc", scale=8, created_at=now, updated_at=now)
         await assets.create_asset(btc, Decimal(10**6))
         balances = BalanceDAO(store, clock)
-        events = EventBus(clock)
-        rest = RestingOrders(store, OrderDAO(store, clock), balances, HoldingDAO(store, clock), settings, clock, events)
-        engine = TriggerEngine(PriceBook(clock), rest, assets.house_trade_op, settings, clock)
+        events = InProcessEventBus(clock)
+        orders = OrderDAO(store, clock)
+        settlement = Settlement(store, balances, HoldingDAO(store, clock), assets.house_trade_op)
+        placement = Placement(store, orders, settlement, settings, clock, events)
+        engine = trigger_engine(store, PriceBook(clock), assets.house_trade_op, settings, clock, events)
         await resting_background(store, resting)
         users = [f"trader{n:02d}" for n in range(CROSSING)]
         for user in users:
@@ -100,7 +103,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
                 request = OrderCreate(
                     order_type=OrderType.LIMIT_BUY, asset_id="BTC", quantity=Decimal("0.01"), price=Decimal("45000")
                 )
-                await rest.queue(user, request, btc, Decimal("50000"), None)
+                await placement.queue(user, request, Decimal("50000"), None)
             start = time.perf_counter()
             filled = await engine.process_tick("BTC", TICK_PRICE)
             timings.append(time.perf_counter() - start)

@@ -38,12 +38,14 @@ from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePr
 from cnop.market.leader import LeasedPriceFeed
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.market.sources import open_price_source
-from cnop.market.triggers import TriggerEngine
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
-from cnop.services.order.resting import RestingOrders
+from cnop.services.order.fills import Fills
+from cnop.services.order.placement import Placement
+from cnop.services.order.release import Release
 from cnop.services.order.service import OrderService
 from cnop.services.order.settlement import Settlement
+from cnop.services.order.triggers import TriggerEngine
 from cnop.services.stream_slots import StreamSlots
 from cnop.services.user.api_keys import ApiKeyService
 from cnop.services.user.portfolio import PortfolioService
@@ -85,7 +87,6 @@ class Container:
     portfolio: PortfolioService
     insights: InsightsService
     events: EventBus
-    resting: RestingOrders
     triggers: TriggerEngine
     price_history: PriceHistoryStore
     price_stream_connections: StreamConnections
@@ -158,7 +159,7 @@ def build_container(
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
     events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock, metrics=metrics)
     settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
-    resting = RestingOrders(store, order_dao, balance_dao, holding_dao, settings, clock, events, settlement)
+    release = Release(store, order_dao, settlement, clock, events)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     api_key_dao = ApiKeyDAO(store, clock)
     api_keys = ApiKeyService(api_key_dao, user_dao, ApiKeyHasher(settings), audit, counters, settings, clock)
@@ -210,14 +211,17 @@ def build_container(
             settings,
             clock,
             metrics,
-            resting,
+            events,
             settlement,
+            Placement(store, order_dao, settlement, settings, clock, events),
+            release,
         ),
         portfolio=portfolio,
         insights=InsightsService(portfolio, order_dao, clock),
         events=events,
-        resting=resting,
-        triggers=TriggerEngine(price_book, resting, settings, clock),
+        triggers=TriggerEngine(
+            price_book, order_dao, Fills(order_dao, settlement, release, clock, events), release, settings, clock
+        ),
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
         price_bus=price_bus,

@@ -12,18 +12,11 @@ import pytest
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.holding_dao import HoldingDAO
-from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
-from cnop.market.triggers import TriggerEngine
-from cnop.services.order.resting import RestingOrders
-from cnop.services.order.settlement import Settlement
-from tests.api.conftest import Api
-from tests.api.test_auth import assert_problem
-from tests.api.test_trading import funded_user, snapshot
+from cnop.services.order.triggers import trigger_engine
 from tests.conftest import StoreFactory
+from tests.support.api import Api, assert_problem, funded_user, open_api, snapshot
 from tests.support.wire import read
 
 D = Decimal
@@ -333,15 +326,7 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
             orders.append((headers, await place(api, headers, order_type="limit_buy", quantity="0.02", price=price)))
     c = api.container
     other_store = store_factory()
-    other = TriggerEngine(
-        c.price_book,
-        RestingOrders(other_store, OrderDAO(other_store, c.clock), BalanceDAO(other_store, c.clock),
-                      HoldingDAO(other_store, c.clock), c.settings, c.clock, InProcessEventBus(c.clock),
-                      Settlement(other_store, BalanceDAO(other_store, c.clock), HoldingDAO(other_store, c.clock),
-                                 AssetDAO.house_trade_op)),
-        c.settings,
-        c.clock,
-    )
+    other = trigger_engine(other_store, c.price_book, AssetDAO.house_trade_op, c.settings, c.clock, InProcessEventBus(c.clock))
     # Ticks go to the two engines only (not through the book, so the app's own engine stays out).
     burst = [Tick("BTC", D(p), c.clock.now()) for p in ("44500", "42500", "40000")]
     filled = await asyncio.gather(c.triggers.process(burst), other.process(burst), c.triggers.process(burst[-1:]))
@@ -371,7 +356,6 @@ async def test_insufficient_house_inventory_fails_the_order_and_releases_the_hol
 
 
 async def test_the_apps_own_engine_fills_on_a_price_set_by_an_admin(store_factory: StoreFactory) -> None:
-    from tests.api.conftest import open_api
 
     api, lifespan = await open_api(store_factory, trigger_engine=True)
     try:

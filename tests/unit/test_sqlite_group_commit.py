@@ -259,3 +259,38 @@ def test_concurrent_withdrawals_in_any_batching_keep_money_exact(
             await store.close()
 
     asyncio.run(scenario())
+
+
+# --- the store thread ----------------------------------------------------------------------------
+
+
+async def test_the_store_thread_answers_in_order_and_skips_calls_nobody_waits_for(store: SQLiteStore) -> None:
+    release = pause(store)
+    ran: list[int] = []
+
+    def record(n: int) -> int:
+        ran.append(n)
+        if n == 3:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return n * 10
+
+    calls = [asyncio.ensure_future(store._run(record, n)) for n in range(5)]
+    await asyncio.sleep(0)
+    calls[1].cancel()
+    release.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[0] == 0 and results[2] == 20 and results[4] == 40
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert isinstance(results[3], StoreError) and "disk I/O error" in str(results[3])
+    assert ran == [0, 2, 3, 4]  # in order; the cancelled call never ran
+
+
+async def test_a_closed_store_stops_its_thread_and_refuses_reads(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    await store.create_tables()
+    thread = store._executor._thread
+    assert thread is not None and thread.is_alive()
+    await store.close()
+    assert not thread.is_alive()
+    with pytest.raises(RuntimeError):
+        await store.get(T, k("U", "BAL"))

@@ -35,7 +35,6 @@ from cnop.container import Container
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
-from cnop.services.order.resting import RestingOrders
 from cnop.services.order.service import OrderService
 from cnop.services.stream_slots import StreamSlots
 from cnop.services.user.api_keys import ApiKeyService
@@ -85,7 +84,6 @@ ApiKeys = Annotated[ApiKeyService, Depends(provide("api_keys"))]
 Portfolios = Annotated[PortfolioService, Depends(provide("portfolio"))]
 Inventory = Annotated[InventoryService, Depends(provide("inventory"))]
 Trading = Annotated[OrderService, Depends(provide("trading"))]
-Resting = Annotated[RestingOrders, Depends(provide("resting"))]
 Insights = Annotated[InsightsService, Depends(provide("insights"))]
 OrderEvents = Annotated[EventBus, Depends(provide("events"))]
 

@@ -22,6 +22,7 @@ from starlette.responses import StreamingResponse
 from cnop.common.clock import Clock, isoformat
 from cnop.common.config import Settings
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.events import Event, EventBus, EventsUnavailable, Listener, StreamConnections
 from cnop.common.exceptions import RateLimited, ValidationFailed
@@ -36,15 +37,14 @@ from cnop.services.dependencies import (
     Assets,
     Holdings,
     OrderEvents,
+    Orders,
     Prices,
     PriceStreamConnections,
-    Resting,
     Streams,
     Tokens,
     client_ip,
     current_principal,
 )
-from cnop.services.order.resting import RestingOrders
 from cnop.services.user.service import Principal
 from cnop.services.web.session import session_principal
 
@@ -73,11 +73,11 @@ class UserStreamSources:
     events: EventBus
     prices: PriceBook
     holdings: HoldingDAO
-    resting: RestingOrders
+    orders: OrderDAO
 
     async def assets_of_interest(self, username: str) -> set[str]:
         held = {h.asset_id for h in await self.holdings.get_holdings(username) if h.quantity > 0}
-        queued = {o.asset_id for o in await self.resting.queued_orders_of(username)}
+        queued = {o.asset_id for o in await self.orders.get_queued_orders(username)}
         return held | queued
 
 
@@ -172,14 +172,14 @@ async def events(
     order_events: OrderEvents,
     prices: Prices,
     holdings: Holdings,
-    resting: Resting,
+    order_dao: Orders,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
     """The user's events; `Last-Event-ID` (an id this bus issued) first replays the retained ones after it.
 
     An id in another format, or one the bus never issued, replays nothing: the stream starts from now.
     """
-    sources = UserStreamSources(order_events, prices, holdings, resting)
+    sources = UserStreamSources(order_events, prices, holdings, order_dao)
     # Listen before answering: once the client has the 200, every later event reaches it.
     try:
         orders: Listener | None = await order_events.listen(principal.username)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
 from cnop.common.database.store import (
+    And,
+    Condition,
     Eq,
     Item,
     ItemStore,
@@ -19,9 +23,11 @@ from cnop.common.database.store import (
     SortKey,
     Update,
     filtered_query,
+    query_all,
 )
 from cnop.common.entities.order import (
     Order,
+    OrderSide,
     OrderStatus,
     OrderType,
     OrderUpdate,
@@ -91,53 +97,86 @@ def order_from_item(item: Item) -> Order:
 
 OrderFilter = Callable[[Item], bool]
 
+# The index attributes a queued order carries (trigger, expiry, trailing), all removed when it ends.
+_RESTING_ATTRIBUTES = tuple(name for spec in (keys.GSI1, keys.GSI2, keys.GSI3) for name in (spec.pk_attr, spec.sk_attr))
+
+
+@dataclass(frozen=True, slots=True)
+class RestingIndex:
+    """Where a queued order waits in the trigger index: `direction` (`above`/`below`) and price."""
+
+    direction: str
+    trigger: Decimal
+
+
+def _resting_attributes(order: Order, index: RestingIndex) -> Item:
+    attrs: Item = {
+        keys.GSI2.pk_attr: keys.trigger_pk(order.asset_id, index.direction),
+        keys.GSI2.sk_attr: index.trigger,
+    }
+    if order.expires_at is not None:
+        attrs[keys.GSI1.pk_attr] = keys.EXPIRY_INDEX_PK
+        attrs[keys.GSI1.sk_attr] = isoformat(order.expires_at)
+    if order.trail_anchor is not None:
+        attrs[keys.GSI3.pk_attr] = keys.trail_pk(order.asset_id, order.side.value)
+        attrs[keys.GSI3.sk_attr] = order.trail_anchor
+    return attrs
+
 
 class OrderDAO:
     def __init__(self, store: ItemStore, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 
-    def create_order_op(self, order: Order, extra: Item | None = None) -> Op:
-        return Put(keys.ORDERS, {**order_to_item(order), **(extra or {})}, NotExists())
+    def create_order_op(self, order: Order, index: RestingIndex | None = None) -> Op:
+        """Store a new order; a queued one is indexed where its trigger waits."""
+        extra = _resting_attributes(order, index) if index is not None else {}
+        return Put(keys.ORDERS, {**order_to_item(order), **extra}, NotExists())
 
-    async def create_order(self, order: Order) -> Order:
-        await self.store.transact([self.create_order_op(order)])
+    async def create_order(self, order: Order, index: RestingIndex | None = None) -> Order:
+        await self.store.transact([self.create_order_op(order, index)])
         return order
 
     async def get_order(self, username: str, order_id: str) -> Order:
         """The user's order; another user's order id is simply not found."""
-        item = await self.store.get(keys.ORDERS, keys.order_key(username, order_id))
-        if item is None:
+        order = await self.find_order(username, order_id)
+        if order is None:
             raise OrderNotFound()
-        return order_from_item(item)
+        return order
 
-    async def get_order_item(self, username: str, order_id: str) -> Item | None:
-        return await self.store.get(keys.ORDERS, keys.order_key(username, order_id))
+    async def find_order(self, username: str, order_id: str) -> Order | None:
+        item = await self.store.get(keys.ORDERS, keys.order_key(username, order_id))
+        return order_from_item(item) if item is not None else None
 
-    def status_change_op(
-        self, order: Order, update: OrderUpdate, extra_set: Item | None = None, remove: tuple[str, ...] = ()
-    ) -> Op:
-        """Move an order along the state machine, only from the status it was read in."""
+    def update_order_status_op(self, order: Order, update: OrderUpdate, *, trigger_seen: Decimal | None = None) -> Op:
+        """Move an order along the state machine (`entities/order.py`), only from the status it
+        was read in and, for a queued order, only while it waits at the trigger the caller saw
+        (a trailing stop may have moved since). An order that ends leaves the resting indexes."""
         if not can_transition(order.status, update.status):
             raise OrderNotCancellable(f"An order that is {order.status.value} cannot become {update.status.value}")
-        now = self.clock.now()
-        fields: Item = {"status": update.status.value, "updated_at": isoformat(now)}
-        for name in ("executed_price", "total_amount", "reason"):
+        fields: Item = {"status": update.status.value, "updated_at": isoformat(update.updated_at or self.clock.now())}
+        for name in ("executed_price", "total_amount", "realized_pnl", "reason"):
             value = getattr(update, name)
             if value is not None:
                 fields[name] = value
-        fields.update(extra_set or {})
+        for name in ("executed_at", "cancelled_at"):
+            moment = getattr(update, name)
+            if moment is not None:
+                fields[name] = isoformat(moment)
+        guards: list[Condition] = [Eq("status", order.status.value)]
+        if trigger_seen is not None:
+            guards.append(Eq(keys.GSI2.sk_attr, trigger_seen))
         return Update(
             keys.ORDERS,
             keys.order_key(order.username, order.order_id),
             set=fields,
-            remove=remove,
-            condition=Eq("status", order.status.value),
+            remove=_RESTING_ATTRIBUTES if update.status.is_final else (),
+            condition=And(*guards),
         )
 
     async def update_order_status(self, order: Order, update: OrderUpdate) -> Order:
         try:
-            await self.store.transact([self.status_change_op(order, update)])
+            await self.store.transact([self.update_order_status_op(order, update)])
         except ConditionFailed as exc:
             raise OrderNotCancellable("The order changed meanwhile") from exc
         return await self.get_order(order.username, order.order_id)
@@ -156,6 +195,93 @@ class OrderDAO:
             ]
         )
         return updated
+
+    # --- resting orders: the trigger engine's steps and queries --------------------------------
+
+    async def move_trail(self, order: Order, anchor: Decimal, stop: Decimal) -> Order | None:
+        """A trailing stop follows a new best price: `anchor`, and `stop` where it now waits.
+        Applies only while the order is queued at the anchor it was read with; None otherwise."""
+        now = self.clock.now()
+        try:
+            await self.store.transact(
+                [
+                    Update(
+                        keys.ORDERS,
+                        keys.order_key(order.username, order.order_id),
+                        set={
+                            "trail_anchor": anchor,
+                            "stop_price": stop,
+                            keys.GSI2.sk_attr: stop,
+                            keys.GSI3.sk_attr: anchor,
+                            "updated_at": isoformat(now),
+                        },
+                        condition=And(
+                            Eq("status", OrderStatus.QUEUED.value), Eq(keys.GSI3.sk_attr, order.trail_anchor)
+                        ),
+                    )
+                ]
+            )
+        except ConditionFailed:
+            return None
+        return order.model_copy(update={"trail_anchor": anchor, "stop_price": stop, "updated_at": now})
+
+    async def convert_stop_limit(self, order: Order, index: RestingIndex) -> Order | None:
+        """A stop-limit whose stop was crossed waits from now on as a limit order at `index`
+        (same reservation). Applies only once, while queued at its stop stage; None otherwise."""
+        now = self.clock.now()
+        try:
+            await self.store.transact(
+                [
+                    Update(
+                        keys.ORDERS,
+                        keys.order_key(order.username, order.order_id),
+                        set={
+                            "stage": "limit",
+                            keys.GSI2.pk_attr: keys.trigger_pk(order.asset_id, index.direction),
+                            keys.GSI2.sk_attr: index.trigger,
+                            "updated_at": isoformat(now),
+                        },
+                        condition=And(Eq("status", OrderStatus.QUEUED.value), Eq("stage", "stop")),
+                    )
+                ]
+            )
+        except ConditionFailed:
+            return None
+        return order.model_copy(update={"stage": "limit", "updated_at": now})
+
+    async def get_orders_by_trigger(self, asset_id: str, direction: str, trigger_range: SortKey) -> list[Order]:
+        """Queued orders of one asset waiting `direction` of the market, with triggers in the range."""
+        pk = keys.trigger_pk(asset_id, direction)
+        return [
+            order_from_item(item)
+            async for item in query_all(self.store, keys.ORDERS, pk, sk=trigger_range, index=keys.GSI2.name)
+        ]
+
+    async def get_trailing_orders(self, asset_id: str, side: OrderSide, anchor_range: SortKey) -> list[Order]:
+        """Queued trailing stops of one asset and side whose best price seen is in the range."""
+        pk = keys.trail_pk(asset_id, side.value)
+        return [
+            order_from_item(item)
+            async for item in query_all(self.store, keys.ORDERS, pk, sk=anchor_range, index=keys.GSI3.name)
+        ]
+
+    async def get_orders_due(self, now: datetime, *, limit: int = 100) -> list[Order]:
+        """Queued orders whose good-till time is at or before `now` (at most `limit`)."""
+        page = await self.store.query(
+            keys.ORDERS, keys.EXPIRY_INDEX_PK, sk=SortKey.le(isoformat(now)), index=keys.GSI1.name, limit=limit
+        )
+        return [order_from_item(item) for item in page.items]
+
+    async def get_queued_orders(self, username: str) -> list[Order]:
+        """Every queued order of a user (for the audit and the events stream)."""
+        result: list[Order] = []
+        cursor = None
+        while True:
+            page = await self.get_orders_by_user_and_status(username, OrderStatus.QUEUED, limit=100, cursor=cursor)
+            result += [order_from_item(i) for i in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                return result
 
     async def get_orders_by_user(
         self,

@@ -150,12 +150,22 @@ class Order(BaseModel):
 
 
 class OrderUpdate(BaseModel):
-    """A change of status and the facts that come with it."""
+    """A change of status and the facts that come with it (None: unchanged)."""
 
     status: OrderStatus
     executed_price: Decimal | None = None
     total_amount: Decimal | None = None
+    realized_pnl: Decimal | None = None
     reason: str | None = None
+    executed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    updated_at: datetime | None = None
+    """When the change happens (default: the DAO's clock now)."""
+
+    def applied_to(self, order: Order) -> Order:
+        """The order as it stands after this change."""
+        changes = {name: value for name, value in self if value is not None}
+        return order.model_copy(update={"updated_at": self.updated_at or order.updated_at, **changes})
 
 
 # --- wire models ------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from cnop.services.alpaca.schemas import (
 )
 from cnop.services.alpaca.symbols import compact, pair
 from cnop.services.alpaca.views import AlpacaReads, Reads
-from cnop.services.dependencies import AppClock, Assets, Idempotency, Orders, Resting, Trading
+from cnop.services.dependencies import AppClock, Assets, Idempotency, Orders, Trading
 from cnop.services.idempotent import idempotent_outcome
 from cnop.services.order.schemas import OrderEnvelope
 from cnop.services.order.service import OrderService
@@ -341,9 +341,9 @@ def _error_body(exc: CnopError) -> tuple[int, dict[str, Any]]:
 
 
 @router.delete("/orders", status_code=207, response_model=list[CancelResult])
-async def cancel_all_orders(principal: Trader, trading: Trading, resting: Resting) -> Response:
+async def cancel_all_orders(principal: Trader, trading: Trading, orders: Orders) -> Response:
     results: list[CancelResult] = []
-    for order in await resting.queued_orders_of(principal.username):
+    for order in await orders.get_queued_orders(principal.username):
         try:
             cancelled = await trading.cancel_order(principal.username, order.order_id)
         except CnopError as exc:
@@ -421,11 +421,11 @@ async def close_position(
 
 @router.delete("/positions", status_code=207, response_model=list[CloseResult])
 async def close_all_positions(
-    principal: Trader, reads: Reads, trading: Trading, resting: Resting, cancel_orders: bool = False
+    principal: Trader, reads: Reads, trading: Trading, orders: Orders, cancel_orders: bool = False
 ) -> Response:
     username = principal.username
     if cancel_orders:
-        for order in await resting.queued_orders_of(username):
+        for order in await orders.get_queued_orders(username):
             try:
                 await trading.cancel_order(username, order.order_id)
             except CnopError:

@@ -12,7 +12,7 @@ from typing import Any
 
 from cnop.common.entities.order import OrderCreate, OrderSide, TimeInForce
 from cnop.common.exceptions import CnopError, InsufficientFunds, InsufficientHoldings
-from cnop.services.order.rules import trade_value
+from cnop.services.order.rules import check_placement, marketable, reservation, trade_value
 from cnop.services.order.service import OrderService
 
 
@@ -52,18 +52,22 @@ async def preview_order(trading: OrderService, username: str, request: OrderCrea
     try:
         trading.check_quantity(asset, request.quantity)
         market_price = trading.prices.fresh_price(asset.asset_id, trading.settings.max_price_age_seconds)
-        resting = trading.resting
         fills_now = request.order_type.is_market
         if not fills_now:
-            resting.check_placement(request, market_price)
-            fills_now = resting.marketable(request, market_price)
+            check_placement(request, market_price, trading.clock.now())
+            fills_now = marketable(request, market_price)
         if fills_now:
             quote = trading.quote(asset, request.quantity)
             result = _with(base, market_price=market_price, fills_now=True, value=trade_value(side, quote.value))
         elif request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
             result = _with(base, market_price=market_price, value=trade_value(side, request.quantity * market_price))
         else:
-            held = resting.reservation(request, market_price).held
+            held = reservation(
+                request,
+                market_price,
+                stop_buy_margin=trading.settings.stop_buy_reserve_margin,
+                value_limit=trading.settings.order_value_limit,
+            ).held
             result = _with(
                 base,
                 market_price=market_price,

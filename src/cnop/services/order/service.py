@@ -14,6 +14,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
+from cnop.common.events import EventBus
 from cnop.common.exceptions import (
     AssetNotFoundForOrder,
     AssetNotTradeable,
@@ -30,8 +31,16 @@ from cnop.common.idempotency import MarkApplied
 from cnop.common.metrics import Metrics
 from cnop.common.money import USD_SCALE, places, round_down
 from cnop.market.prices import PriceBook
-from cnop.services.order.resting import RestingOrders
-from cnop.services.order.rules import buy_cost, check_order_value, sell_proceeds, worse_than_bound
+from cnop.services.order.placement import Placement
+from cnop.services.order.release import Release
+from cnop.services.order.rules import (
+    buy_cost,
+    check_order_value,
+    check_placement,
+    marketable,
+    sell_proceeds,
+    worse_than_bound,
+)
 from cnop.services.order.settlement import GuardFailed, Leg, Settlement, UnitsMissing
 
 
@@ -55,8 +64,10 @@ class OrderService:
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
-        resting: RestingOrders,
+        events: EventBus,
         settlement: Settlement,
+        placement: Placement,
+        release: Release,
     ) -> None:
         self.store = store
         self.orders = orders
@@ -67,8 +78,10 @@ class OrderService:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
-        self.resting = resting
+        self.events = events
         self.settlement = settlement
+        self.placement = placement
+        self.release = release
 
     async def tradeable_asset(self, asset_id: str) -> Asset:
         asset = await self.assets.find_asset(asset_id)
@@ -145,15 +158,15 @@ class OrderService:
         else:
             order = await self._market_sell(username, asset, request, quote, apply_op)
         self.metrics.record_order(order.order_type.value, order.status.value)
-        self.resting.events.publish(username, "order.completed", order)
+        self.events.publish(username, "order.completed", order)
         return order
 
     async def _place_resting(
         self, username: str, asset: Asset, request: OrderCreate, apply_op: MarkApplied | None
     ) -> Order:
         market_price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
-        self.resting.check_placement(request, market_price)
-        if self.resting.marketable(request, market_price):
+        check_placement(request, market_price, self.clock.now())
+        if marketable(request, market_price):
             # The market already satisfies the limit: fill now at the market price, like a market
             # order bounded by the limit (which the market price is at or better than).
             quote = self.quote(asset, request.quantity)
@@ -161,19 +174,23 @@ class OrderService:
                 order = await self._market_buy(username, asset, request, quote, apply_op)
             else:
                 order = await self._market_sell(username, asset, request, quote, apply_op)
-            self.resting.events.publish(username, "order.completed", order)
+            self.events.publish(username, "order.completed", order)
             return order
         if request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
-            return await self.resting.record_unfilled(username, request, apply_op)
-        return await self.resting.queue(username, request, asset, market_price, apply_op)
+            return await self.placement.record_unfilled(username, request, apply_op)
+        return await self.placement.queue(username, request, market_price, apply_op)
 
     async def cancel_order(self, username: str, order_id: str) -> Order:
         """Cancel a queued order, releasing its reservation in the same transaction."""
-        return await self.resting.cancel(username, order_id)
+        return await self.release.cancel(username, order_id)
+
+    async def queued_orders_of(self, username: str) -> list[Order]:
+        """Every queued order of a user (the open orders a page or the events stream shows)."""
+        return await self.orders.get_queued_orders(username)
 
     def _new_order(self, username: str, request: OrderCreate, quote: Quote, total: Decimal) -> Order:
         """An order filled now, at the quote."""
-        order = self.resting.new_order(username, request, OrderStatus.COMPLETED, Decimal(0), None)
+        order = self.placement.new_order(username, request, OrderStatus.COMPLETED, Decimal(0), None)
         return order.model_copy(
             update={"executed_price": quote.price, "total_amount": total, "executed_at": order.created_at}
         )

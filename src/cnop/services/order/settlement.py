@@ -11,6 +11,8 @@ A trade is one store transaction made of named legs:
     house        the house inventory's side, guarded so it never hands out units it lacks
     idempotency  the client's idempotency record, marked applied (when there is one)
 
+The reservation of a resting order (`hold_legs`) and its return when the order ends without a
+fill (`release_legs`) are built here too, so every movement of an order's cash or units is.
 Market buys and sells, marketable limit orders, trigger fills and the fill of a converted
 stop-limit all come through `settle_buy` / `settle_sell`. A failed condition comes back as
 `GuardFailed(leg=...)`, so callers map it to a domain error by the leg's name, never by an op's
@@ -21,6 +23,7 @@ lives here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -28,7 +31,7 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
-from cnop.common.entities.order import Order
+from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.exceptions import ConditionFailed, StoreError
 from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
@@ -120,9 +123,16 @@ class Settlement:
         return legs.add(Leg.LEDGER, *ops[:-1]).add(Leg.BALANCE, ops[-1])
 
     def _asset_transaction(
-        self, order: Order, kind: str, *, available: Decimal, held: Decimal, price: Decimal, total: Decimal
+        self,
+        order: Order,
+        kind: str,
+        now: datetime,
+        *,
+        available: Decimal,
+        held: Decimal,
+        price: Decimal | None = None,
+        total: Decimal | None = None,
     ) -> Op:
-        assert order.executed_at is not None
         return self.holdings.asset_transaction_op(
             username=order.username,
             asset_id=order.asset_id,
@@ -134,7 +144,53 @@ class Settlement:
             price=price,
             total=total,
             order_id=order.order_id,
-            now=order.executed_at,
+            now=now,
+        )
+
+    def hold_legs(self, order: Order, order_op: Op) -> Legs:
+        """A resting order's reservation moves from available to held: cash for a buy (an
+        ORDER_HOLD entry), units for a sell (a `hold` asset transaction)."""
+        now, held = order.created_at, order.held_amount
+        legs = Legs().add(Leg.ORDER, order_op)
+        if order.side is OrderSide.BUY:
+            entry = BalanceTransaction(
+                transaction_id=new_id(),
+                username=order.username,
+                transaction_type=TransactionType.ORDER_HOLD,
+                amount=held,
+                available_change=-held,
+                held_change=held,
+                description=f"Reserved for {order.order_type.value} {order.quantity} {order.asset_id}",
+                order_id=order.order_id,
+                created_at=now,
+            )
+            return self._cash_legs(legs, entry)
+        legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=-held, held=held))
+        return legs.add(Leg.ASSET_TRANSACTION, self._asset_transaction(order, "hold", now, available=-held, held=held))
+
+    def release_legs(self, order: Order, order_op: Op, status: OrderStatus, now: datetime) -> Legs:
+        """A resting order that ends without a fill gives its reservation back (ORDER_RELEASE
+        for cash, a `release` asset transaction for units)."""
+        held = order.held_amount
+        legs = Legs().add(Leg.ORDER, order_op)
+        if order.side is OrderSide.BUY:
+            if held <= 0:
+                return legs
+            entry = BalanceTransaction(
+                transaction_id=new_id(),
+                username=order.username,
+                transaction_type=TransactionType.ORDER_RELEASE,
+                amount=held,
+                available_change=held,
+                held_change=-held,
+                description=f"Released reservation of {order.order_type.value} ({status.value})",
+                order_id=order.order_id,
+                created_at=now,
+            )
+            return self._cash_legs(legs, entry)
+        legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=held, held=-held))
+        return legs.add(
+            Leg.ASSET_TRANSACTION, self._asset_transaction(order, "release", now, available=held, held=-held)
         )
 
     def buy_legs(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Legs:
@@ -179,7 +235,7 @@ class Settlement:
         )
         legs.add(
             Leg.ASSET_TRANSACTION,
-            self._asset_transaction(order, "buy", available=order.quantity, held=ZERO, price=price, total=cost),
+            self._asset_transaction(order, "buy", now, available=order.quantity, held=ZERO, price=price, total=cost),
         )
         return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, -order.quantity, cost))
 
@@ -227,7 +283,7 @@ class Settlement:
         )
         legs.add(
             Leg.ASSET_TRANSACTION,
-            self._asset_transaction(order, "sell", available=available, held=held, price=price, total=proceeds),
+            self._asset_transaction(order, "sell", now, available=available, held=held, price=price, total=proceeds),
         )
         return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, order.quantity, -proceeds))
 

@@ -45,7 +45,6 @@ from cnop.services.dependencies import (
     Portfolios,
     Prices,
     PriceSourceDep,
-    Resting,
     Trading,
     Users,
     client_ip,
@@ -53,7 +52,6 @@ from cnop.services.dependencies import (
 from cnop.services.inventory.service import InventoryService
 from cnop.services.order.api import order_filter
 from cnop.services.order.preview import preview_order
-from cnop.services.order.resting import RestingOrders
 from cnop.services.user.login import Logins
 from cnop.services.user.schemas import (
     USERNAME_PATTERN,
@@ -516,14 +514,13 @@ STATUS_CHOICES = ("all", "completed", "cancelled", "expired", "failed")
 class OrdersView:
     """The orders page: the open orders, then the history under the filters."""
 
-    resting: RestingOrders
     orders: OrderDAO
     assets: AssetDAO
 
     async def context(
         self, principal: Principal, status: str, asset_id: str, order_type: str, cursor: str | None
     ) -> dict[str, Any]:
-        open_orders = await self.resting.queued_orders_of(principal.username)
+        open_orders = await self.orders.get_queued_orders(principal.username)
         # History is the closed orders (open ones are listed above it), or those of one final status.
         wanted_status: Any = OrderStatus(status) if status in STATUS_CHOICES and status != "all" else "closed"
         kind = OrderType(order_type) if order_type in {t.value for t in OrderType} else None
@@ -546,8 +543,8 @@ class OrdersView:
         }
 
 
-async def orders_view(resting: Resting, orders: Orders, assets: Assets) -> OrdersView:
-    return OrdersView(resting, orders, assets)
+async def orders_view(orders: Orders, assets: Assets) -> OrdersView:
+    return OrdersView(orders, assets)
 
 
 OrdersViewDep = Annotated[OrdersView, Depends(orders_view)]
