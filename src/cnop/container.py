@@ -254,5 +254,9 @@ def build_container(
         container.price_lease = FencedLease(shared, "prices", holder, settings.price_lease_seconds)
         container.background.append(LeasedPriceFeed(container.price_lease, price_source, price_bus, price_book).run)
     if settings.trigger_engine:
+        if shared is not None:
+            holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+            ttl = max(3 * settings.expiry_check_seconds, settings.price_lease_seconds)
+            container.triggers.expiry_lease = FencedLease(shared, "expiry", holder, ttl)
         container.background.append(container.triggers.run)
     return container

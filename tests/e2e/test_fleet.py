@@ -198,6 +198,56 @@ def test_order_events_reach_a_stream_held_by_the_other_process_and_resume_on_eit
     assert all(e["data"]["order_id"] != first["order_id"] for e in events)
 
 
+def _quote(http: httpx2.Client, asset: str) -> Decimal:
+    r = http.get(f"/api/v1/inventory/assets/{asset}")
+    assert r.status_code == 200, r.text
+    return Decimal(str(r.json()["data"]["price_usd"]))
+
+
+def _set_price(http: httpx2.Client, admin: dict[str, str], asset: str, price: str) -> None:
+    r = http.post("/api/v1/admin/prices", json={"asset_id": asset, "price": price}, headers=admin)
+    assert r.status_code == 200, r.text
+
+
+def test_both_processes_quote_the_same_price_after_each_admin_change(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    admin = login(apis[0], ADMIN)
+    for index, price in enumerate(["431.25", "407.5", "455"]):
+        _set_price(apis[index % 2], admin, "BCH", price)  # on either process
+        for http in apis:
+            _poll(lambda: _quote(http, "BCH"), lambda quote: quote == Decimal(price))  # noqa: B023
+
+
+def test_a_workers_fill_after_an_admin_price_change_reaches_the_stream_on_the_other_process(
+    fleet: Fleet, apis: tuple[httpx2.Client, httpx2.Client]
+) -> None:
+    """A limit order placed on API 1 rests (no API process runs the trigger engine); the admin moves
+    the market through it on API 2; a worker fills it; the stream held on API 2 hears of it."""
+    _username, auth = _new_user(apis[0])
+    admin = login(apis[1], ADMIN)
+    assert apis[0].post("/api/v1/balance/deposit", json={"amount": "1000"}, headers=auth).status_code == 201
+    _set_price(apis[1], admin, "AVAX", "36")
+    for http in apis:
+        _poll(lambda: _quote(http, "AVAX"), lambda quote: quote == Decimal("36"))  # noqa: B023
+    with EventStream(fleet.api_urls()[1], auth) as stream:
+        r = apis[0].post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "AVAX", "quantity": "2",
+                                                 "price": "35"}, headers=auth)  # fmt: skip
+        assert r.status_code == 201, r.text
+        resting = r.json()["data"]
+        assert resting["status"] == "queued"
+        _set_price(apis[1], admin, "AVAX", "34.5")
+        completed = stream.wait_for(
+            lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == resting["order_id"], DEADLINE
+        )
+    assert Decimal(completed["data"]["executed_price"]) <= Decimal("35")
+    order = apis[1].get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"]
+    assert order == completed["data"]
+    balance = apis[1].get("/api/v1/balance", headers=auth).json()
+    assert Decimal(str(balance["held_balance"])) == Decimal("0")
+    assert Decimal(str(balance["available_balance"])) == Decimal("1000") - Decimal(str(order["total_amount"]))
+
+
 # --- last: Redis goes away for a while (the module's Redis is this module's own) -------------------
 
 OUTAGE_SECONDS = 10.0

@@ -302,3 +302,31 @@ async def test_an_admin_price_on_one_api_process_is_the_quote_on_the_other(
             await container.store.close()
             if container.redis is not None:
                 await container.redis.close()
+
+
+async def test_gtd_expiry_runs_in_one_engine_of_the_fleet_and_moves_when_its_holder_is_gone(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    settings = _settings(tmp_path, redis_url, redis_prefix, trigger_engine=True, price_source="manual")
+    one, two = build_container(settings), build_container(settings)
+    alone = build_container(Settings(store=f"sqlite:///{tmp_path / 'alone.db'}"))
+    try:
+        assert alone.triggers.expiry_lease is None
+        assert await alone.triggers._expires_here() is True
+        first, second = one.triggers.expiry_lease, two.triggers.expiry_lease
+        assert first is not None and second is not None
+
+        assert await one.triggers._expires_here() is True
+        assert await two.triggers._expires_here() is False
+        assert await one.triggers._expires_here() is True  # renewed, still the one
+
+        assert one.redis is not None
+        await one.redis.client.delete(first.key)  # one died: its lease lapsed
+        assert await two.triggers._expires_here() is True
+        assert await one.triggers._expires_here() is False
+        assert second.token is not None and first.token is None
+    finally:
+        for container in (one, two, alone):
+            await container.store.close()
+            if container.redis is not None:
+                await container.redis.close()
