@@ -9,7 +9,7 @@ name from the app (`cnop.common.dao.dependencies.component`), so nothing here im
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Query
 from starlette.requests import Request
@@ -165,9 +165,10 @@ class Paging:
 
 
 PagingDep = Annotated[Paging, Depends()]
+T = TypeVar("T")
 
 
-async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page]], paging: Paging) -> Page:
+async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page[T]]], paging: Paging) -> Page[T]:
     """One page by cursor; with `offset` (old clients) the skipped items are read and dropped."""
     cursor = paging.cursor
     if cursor is not None or paging.offset == 0:
@@ -182,7 +183,7 @@ async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page]], paging
     return await _fetch(fetch, paging.limit, cursor)
 
 
-async def _fetch(fetch: Callable[[int, str | None], Awaitable[Page]], limit: int, cursor: str | None) -> Page:
+async def _fetch(fetch: Callable[[int, str | None], Awaitable[Page[T]]], limit: int, cursor: str | None) -> Page[T]:
     try:
         return await fetch(limit, cursor)
     except InvalidCursor as exc:

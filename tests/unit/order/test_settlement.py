@@ -157,7 +157,9 @@ async def test_a_market_buy_moves_cash_units_and_the_house_side_at_once(world: W
     )
     assert payment[0].description == "Bought 0.1 BTC at 50000.05 USD"
     page = await world.holdings.get_asset_transactions(USER, "BTC")
-    assert [(i["transaction_type"], i["quantity"], i["total"]) for i in page.items] == [("buy", D("0.1"), D("5000.01"))]
+    assert [
+        (t.transaction_type, t.quantity, t.available_change, t.held_change, t.price, t.total) for t in page.items
+    ] == [("buy", D("0.1"), D("0.1"), D("0"), D("50000.05"), D("5000.01"))]
 
 
 async def test_a_buy_paid_from_a_reservation_refunds_what_it_did_not_use(world: World) -> None:
@@ -288,7 +290,7 @@ async def test_a_sell_reads_again_when_the_holding_changed_and_then_settles_for_
     assert order.realized_pnl == D("6.67")
     holding = await world.holdings.get_holding(USER, "BTC")
     assert holding is not None and (holding.available, holding.cost_basis) == (D("2"), D("66.67"))
-    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o["order_type"] == "market_sell"]
+    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o.order_type is OrderType.MARKET_SELL]
     assert len(sells) == 1  # only the attempt that applied left an order
 
 

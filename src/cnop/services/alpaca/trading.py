@@ -14,10 +14,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.clock import parse_isoformat
-from cnop.common.dao.order_dao import OrderDAO, OrderFilter, order_from_item
-from cnop.common.database.store import Item
-from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderStatus, OrderType, TimeInForce
+from cnop.common.dao.order_dao import OrderDAO, OrderFilter
+from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderSide, OrderType, TimeInForce
 from cnop.common.exceptions import (
     CnopError,
     InsufficientHoldings,
@@ -234,21 +232,13 @@ async def submit_order(
 def _order_filter(
     status: str, symbols: set[str] | None, side: str | None, after: datetime | None, until: datetime | None
 ) -> OrderFilter:
-    def matches(item: Item) -> bool:
-        final = OrderStatus(item["status"]).is_final
-        if (status == "open" and final) or (status == "closed" and not final):
-            return False
-        if symbols is not None and item["asset_id"] not in symbols:
-            return False
-        if side is not None and not item["order_type"].endswith(f"_{side}"):
-            return False
-        if after is not None or until is not None:
-            created = parse_isoformat(item["created_at"])
-            if (after is not None and created <= after) or (until is not None and created > until):
-                return False
-        return True
-
-    return matches
+    return OrderFilter(
+        open={"open": True, "closed": False}.get(status),
+        asset_ids=frozenset(symbols) if symbols is not None else None,
+        side=OrderSide(side) if side is not None else None,
+        created_after=after,
+        created_until=until,
+    )
 
 
 @router.get("/orders", response_model=list[AlpacaOrder])
@@ -278,10 +268,10 @@ async def list_orders(
     page = await orders.get_orders_by_user(
         principal.username,
         limit=limit,
-        matches=_order_filter(status, wanted, side, after, until),
+        where=_order_filter(status, wanted, side, after, until),
         descending=direction == "desc",
     )
-    return json_response([render.order(order_from_item(item)) for item in page.items])
+    return json_response([render.order(order) for order in page.items])
 
 
 async def _by_client_order_id(
@@ -293,11 +283,9 @@ async def _by_client_order_id(
         if order.client_order_id == client_order_id:  # (a native Idempotency-Key shares the scope)
             return order
     # Past the idempotency window: the order itself says which client id it carries.
-    page = await orders.get_orders_by_user(
-        username, limit=1, matches=lambda item: item.get("client_order_id") == client_order_id
-    )
+    page = await orders.get_orders_by_user(username, limit=1, where=OrderFilter(client_order_id=client_order_id))
     if page.items:
-        return order_from_item(page.items[0])
+        return page.items[0]
     # An order placed without a client id is shown with its own id in that place.
     order_id = order_id_from(client_order_id)
     if order_id is not None and order_uuid(order_id) == client_order_id.lower():

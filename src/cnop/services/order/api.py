@@ -8,9 +8,7 @@ from fastapi import APIRouter, Header, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.clock import parse_isoformat
-from cnop.common.dao.order_dao import OrderFilter, order_from_item
-from cnop.common.database.store import Item
+from cnop.common.dao.order_dao import OrderFilter
 from cnop.common.entities.order import (
     ASSET_ID_PATTERN,
     ORDER_ID_PATTERN,
@@ -60,26 +58,14 @@ async def create_order(
     )
 
 
-def order_filter(asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None) -> OrderFilter | None:
-    """A predicate for the list filters, or None when nothing is filtered."""
-    if asset_id is None and order_type is None and status in (None, "all"):
-        return None
-    wanted_asset = asset_id.upper() if asset_id is not None else None
-
-    def matches(item: Item) -> bool:
-        if wanted_asset is not None and item["asset_id"] != wanted_asset:
-            return False
-        if order_type is not None and item["order_type"] != order_type.value:
-            return False
-        if status == "open":
-            return not OrderStatus(item["status"]).is_final
-        if status == "closed":
-            return OrderStatus(item["status"]).is_final
-        if isinstance(status, OrderStatus):
-            return bool(item["status"] == status.value)
-        return True
-
-    return matches
+def order_filter(asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None) -> OrderFilter:
+    """The list filters of the query string (`status`: one status, `open`, `closed` or `all`)."""
+    return OrderFilter(
+        asset_ids=frozenset({asset_id.upper()}) if asset_id is not None else None,
+        order_type=order_type,
+        status=status if isinstance(status, OrderStatus) else None,
+        open={"open": True, "closed": False}.get(status) if isinstance(status, str) else None,
+    )
 
 
 @router.get("/orders", response_model=OrderList)
@@ -91,14 +77,14 @@ async def list_orders(
     order_type: OrderType | None = None,
     status: StatusFilter | None = None,
 ) -> Response:
-    matches = order_filter(asset_id, order_type, status)
+    where = order_filter(asset_id, order_type, status)
     page = await fetch_page(
         lambda limit, cursor: container.order_dao.get_orders_by_user(
-            principal.username, limit=limit, cursor=cursor, matches=matches
+            principal.username, limit=limit, cursor=cursor, where=where
         ),
         paging,
     )
-    orders = [OrderResponse.of(order_from_item(item)) for item in page.items]
+    orders = [OrderResponse.of(order) for order in page.items]
     return ExactJSONResponse(OrderList(data=orders, has_more=page.has_more, next_cursor=page.next_cursor))
 
 
@@ -129,17 +115,17 @@ async def list_asset_transactions(
     )
     rows = [
         AssetTransaction(
-            transaction_id=item["transaction_id"],
-            asset_id=item["asset_id"],
-            transaction_type=item["transaction_type"],
-            quantity=item["quantity"],
-            price=item.get("price"),
-            total=item.get("total"),
-            order_id=item.get("order_id"),
-            status=item["status"],
-            created_at=(created := parse_isoformat(item["created_at"])),
-            timestamp=created,
+            transaction_id=txn.transaction_id,
+            asset_id=txn.asset_id,
+            transaction_type=txn.transaction_type,
+            quantity=txn.quantity,
+            price=txn.price,
+            total=txn.total,
+            order_id=txn.order_id,
+            status=txn.status,
+            created_at=txn.created_at,
+            timestamp=txn.created_at,
         )
-        for item in page.items
+        for txn in page.items
     ]
     return ExactJSONResponse(AssetTransactionList(data=rows, has_more=page.has_more, next_cursor=page.next_cursor))

@@ -31,6 +31,7 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.holding import AssetTransaction
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.exceptions import ConditionFailed, StoreError
 from cnop.common.idempotency import MarkApplied
@@ -134,17 +135,19 @@ class Settlement:
         total: Decimal | None = None,
     ) -> Op:
         return self.holdings.asset_transaction_op(
-            username=order.username,
-            asset_id=order.asset_id,
-            transaction_id=new_id(),
-            transaction_type=kind,
-            quantity=order.quantity,
-            available_change=available,
-            held_change=held,
-            price=price,
-            total=total,
-            order_id=order.order_id,
-            now=now,
+            AssetTransaction(
+                transaction_id=new_id(),
+                username=order.username,
+                asset_id=order.asset_id,
+                transaction_type=kind,
+                quantity=order.quantity,
+                available_change=available,
+                held_change=held,
+                price=price,
+                total=total,
+                order_id=order.order_id,
+                created_at=now,
+            )
         )
 
     def hold_legs(self, order: Order, order_op: Op) -> Legs:
