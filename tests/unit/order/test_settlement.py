@@ -23,6 +23,7 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, InsufficientInventory, StoreError
+from cnop.common.idempotency import applying
 from cnop.common.ids import new_id
 from cnop.services.order.service import market_refusal
 from cnop.services.order.settlement import (
@@ -228,8 +229,8 @@ async def test_an_idempotency_record_owned_by_another_fails_on_its_own_leg(world
 
     before = await snapshot(world)
     order = filled(world, OrderType.MARKET_BUY, "0.1", "1", "0.10")
-    with pytest.raises(GuardFailed) as failed:
-        await world.settlement.settle_buy(order, world.orders.create_order_op(order), mark=mark)
+    with applying(mark), pytest.raises(GuardFailed) as failed:
+        await world.settlement.settle_buy(order, world.orders.create_order_op(order))
     assert (failed.value.leg, failed.value.index) == (Leg.IDEMPOTENCY, 6)
     assert await snapshot(world) == before
     assert isinstance(market_refusal(failed.value, order), IdempotencyInProgress)

@@ -22,7 +22,7 @@ from cnop.common.exceptions import (
     OrderNotFound,
     ValidationFailed,
 )
-from cnop.common.idempotency import IdempotencyRecords, MarkApplied
+from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.jsonio import dumps, loads
 from cnop.common.money import QuantityInput, round_down
 from cnop.common.web.routing import ExactJSONRoute
@@ -92,11 +92,11 @@ def _validation(exc: ValidationError) -> ValidationFailed:
 
 
 def _with_alpaca_names(
-    work: Callable[[MarkApplied | None], Awaitable[Any]],
-) -> Callable[[MarkApplied | None], Awaitable[Any]]:
-    async def run(apply_op: MarkApplied | None) -> Any:
+    work: Callable[[], Awaitable[Any]],
+) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
         try:
-            return await work(apply_op)
+            return await work()
         except ValidationFailed as exc:
             errors = _renamed(exc.errors)
             detail = f"{errors[0]['field']}: {errors[0]['message']}" if errors else exc.detail
@@ -195,7 +195,7 @@ async def submit_order(
     client_order_id = body.client_order_id or str(uuid.uuid4())
     username = principal.username
 
-    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
+    async def place() -> OrderEnvelope:
         if body.notional is not None:
             if body.type != "market":
                 raise ValidationFailed.field("notional", "applies to market orders only")
@@ -206,11 +206,10 @@ async def submit_order(
                 body.notional,
                 time_in_force=TimeInForce(body.time_in_force),
                 client_order_id=client_order_id,
-                apply_op=apply_op,
             )
         else:
             native = _native_request(body, asset.asset_id, client_order_id)
-            order = await trading.place_order(username, native, apply_op)
+            order = await trading.place_order(username, native)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:

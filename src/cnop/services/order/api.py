@@ -18,7 +18,6 @@ from cnop.common.entities.order import (
     OrderType,
 )
 from cnop.common.exceptions import AssetNotFound
-from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
@@ -39,8 +38,8 @@ async def create_order(
     container: ContainerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
-        order = await container.trading.place_order(principal.username, body, apply_op)
+    async def place() -> OrderEnvelope:
+        order = await container.trading.place_order(principal.username, body)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
