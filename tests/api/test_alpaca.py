@@ -12,8 +12,8 @@ import pytest
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock
 from cnop.common.entities.order import OrderStatus
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 
 A = "/alpaca"
 

@@ -13,7 +13,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.database import keys
 from cnop.common.entities.api_key import ApiKeyScope
 from cnop.common.exceptions import InsufficientScope, InvalidApiKey, RateLimited
-from tests.api.conftest import PASSWORD, Api, open_api
+from tests.support.api import PASSWORD, Api, open_api
 
 KEYS = "/api/v1/auth/api-keys"
 

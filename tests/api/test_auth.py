@@ -15,29 +15,7 @@ import pytest
 from cnop.common.database import keys
 from cnop.common.security.login_guard import login_guard_from_settings
 from cnop.common.security.password_manager import PasswordManager
-from tests.api.conftest import PASSWORD, Api
-
-
-def reg_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "username": "alice_01",
-        "email": "Alice@Example.com",
-        "password": PASSWORD,
-        "first_name": "Alice",
-        "last_name": "O'Brien-Smith",
-    }
-    body.update(overrides)
-    return body
-
-
-def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
-    assert body["status"] == status and body["code"] == code
-    assert body["request_id"] == r.headers["x-request-id"]
-    assert "Traceback" not in r.text
-    return body
+from tests.support.api import PASSWORD, Api, assert_problem, reg_body
 
 
 async def test_register_creates_user_email_claim_and_zero_balance(api: Api) -> None:

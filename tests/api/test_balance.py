@@ -10,8 +10,7 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.database import keys
-from tests.api.conftest import Api
-from tests.api.test_auth import assert_problem
+from tests.support.api import Api, assert_problem
 from tests.support.wire import read, usd
 
 

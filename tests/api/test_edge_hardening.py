@@ -18,9 +18,8 @@ import pytest
 from cnop.common.clock import FakeClock
 from cnop.common.database import keys
 from cnop.common.database.store import SortKey
-from tests.api.conftest import PASSWORD, Api, open_api
-from tests.api.test_auth import assert_problem, reg_body
 from tests.conftest import StoreFactory
+from tests.support.api import PASSWORD, Api, assert_problem, open_api, reg_body
 
 D = Decimal
 WRONG = "Wr0ng!Password"

@@ -17,7 +17,7 @@ import pytest
 
 from cnop.common.database import keys
 from cnop.common.database.store import SortKey
-from tests.api.conftest import Api
+from tests.support.api import Api
 
 D = Decimal
 

@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api
-from tests.api.test_auth import assert_problem
-from tests.api.test_trading import funded_user
+from tests.support.api import Api, assert_problem, funded_user
 from tests.support.wire import exact, read
 
 ASSET_DATA_KEYS = {

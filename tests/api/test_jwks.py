@@ -5,8 +5,8 @@ from __future__ import annotations
 import jwt
 
 from cnop.common.security.token_manager import write_ed25519_key_pair
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 
 
 async def test_with_hs256_the_key_set_is_empty(api: Api) -> None:

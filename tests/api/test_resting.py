@@ -15,10 +15,8 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.services.order.triggers import trigger_engine
-from tests.api.conftest import Api
-from tests.api.test_auth import assert_problem
-from tests.api.test_trading import funded_user, snapshot
 from tests.conftest import StoreFactory
+from tests.support.api import Api, assert_problem, funded_user, open_api, snapshot
 from tests.support.wire import read
 
 D = Decimal
@@ -358,7 +356,6 @@ async def test_insufficient_house_inventory_fails_the_order_and_releases_the_hol
 
 
 async def test_the_apps_own_engine_fills_on_a_price_set_by_an_admin(store_factory: StoreFactory) -> None:
-    from tests.api.conftest import open_api
 
     api, lifespan = await open_api(store_factory, trigger_engine=True)
     try:

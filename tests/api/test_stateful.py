@@ -19,7 +19,7 @@ from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
 from cnop.common.database.store import ItemStore
 from cnop.market.prices import Tick
-from tests.api.conftest import open_api
+from tests.support.api import open_api
 
 D = Decimal
 ASSETS = {"BTC": D("50000"), "ETH": D("2500")}

@@ -12,33 +12,10 @@ import pytest
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock
 from cnop.common.database import keys
-from cnop.common.database.store import SortKey
-from tests.api.conftest import Api
-from tests.api.test_auth import assert_problem
+from tests.support.api import Api, assert_problem, funded_user, snapshot
 from tests.support.wire import read
 
 D = Decimal
-
-
-async def snapshot(api: Api, username: str, asset_id: str = "BTC") -> dict[str, Any]:
-    """Everything an order may touch, read straight from the store."""
-    store = api.container.store
-    pk = keys.user_pk(username)
-    return {
-        "balance": await store.get(keys.USERS, keys.balance_key(username)),
-        "holding": await store.get(keys.USERS, keys.holding_key(username, asset_id)),
-        "ledger": (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000)).items,
-        "orders": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ORDER_PREFIX), limit=1000)).items,
-        "asset_txns": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ASSET_TXN_PREFIX), limit=1000)).items,
-        "house": await store.get(keys.INVENTORY, keys.house_inventory_key(asset_id)),
-        "idempotency": (await store.query(keys.USERS, pk, sk=SortKey.prefix("IDEM#"), limit=1000)).items,
-    }
-
-
-async def funded_user(api: Api, amount: str = "10000") -> tuple[str, dict[str, str]]:
-    username, headers = await api.register()
-    await api.deposit(headers, amount)
-    return username, headers
 
 
 async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:

@@ -19,7 +19,7 @@ from cnop.common.database import keys
 from cnop.common.database.store import Update
 from cnop.market.catalogue import load_catalogue
 from cnop.market.prices import MAX_MARKET_PRICE, MIN_MARKET_PRICE, PriceBook, Tick
-from tests.api.conftest import Api
+from tests.support.api import Api
 
 D = Decimal
 READS = [

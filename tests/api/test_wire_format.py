@@ -27,10 +27,8 @@ from cnop.common import jsonio
 from cnop.common.database import keys
 from cnop.common.database.store import SortKey
 from cnop.common.money import INPUT_PATTERN, plain_text, usd_text
-from tests.api.conftest import Api, open_api
-from tests.api.test_auth import assert_problem
-from tests.api.test_trading import funded_user, snapshot
 from tests.conftest import StoreFactory
+from tests.support.api import Api, assert_problem, funded_user, open_api, snapshot
 from tests.support.wire import exact, read, usd
 
 D = Decimal

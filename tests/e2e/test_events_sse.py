@@ -15,8 +15,8 @@ import uvicorn
 
 from cnop.common.jsonio import loads
 from cnop.common.shared.redis_events import STREAM_ID
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.redis_server import RedisServer
 
 

@@ -14,8 +14,8 @@ import httpx2 as httpx
 import pytest
 import uvicorn
 
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.edge_server import free_port
 
 

@@ -45,7 +45,7 @@ from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordMa
 from cnop.container import build_container
 from cnop.gateway.app import create_app
 from cnop.services.user.schemas import RegisterRequest
-from tests.api.conftest import PASSWORD, make_settings
+from tests.support.api import PASSWORD, make_settings
 
 TARGET = int(os.environ.get("CNOP_FUZZ_REQUESTS", "10000"))
 # Streams never end by themselves; the event routes have their own tests.

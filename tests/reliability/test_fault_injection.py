@@ -33,8 +33,8 @@ from cnop.audit import USER_CHECKS, AuditReport, run_audit
 from cnop.common.clock import FakeClock
 from cnop.common.database import keys
 from cnop.market.prices import Tick
-from tests.api.conftest import PASSWORD, Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import PASSWORD, Api, open_api
 from tests.support.faulty_store import Change, Fault, FaultyStore
 
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")

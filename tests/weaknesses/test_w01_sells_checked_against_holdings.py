@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 from tests.support.books import assert_audit_passes, books, exact
 
 

@@ -10,7 +10,7 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 from tests.support.books import assert_audit_passes, books, dec, every, exact
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.books import assert_audit_passes, books, exact
 from tests.support.faulty_store import FaultyStore
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from fastapi.routing import APIRoute
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 from tests.support.books import books, dec, exact
 
 

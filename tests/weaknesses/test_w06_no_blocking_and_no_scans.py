@@ -16,8 +16,8 @@ import pytest
 
 from cnop.common.database import keys
 from cnop.common.database.store import Item, ItemStore, Key, Page
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.api.conftest import PASSWORD, Api
+from tests.support.api import PASSWORD, Api
 from tests.support.books import exact
 
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from cnop.common.entities.order import OrderCreate
-from tests.api.conftest import Api
+from tests.support.api import Api
 from tests.support.books import every, exact
 
 

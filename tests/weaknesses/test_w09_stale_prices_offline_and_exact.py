@@ -10,8 +10,8 @@ from decimal import ROUND_UP, Decimal
 import pytest
 
 from cnop.common.clock import FakeClock
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.books import books, dec, exact
 
 

@@ -12,7 +12,7 @@ import uuid
 
 import jwt
 
-from tests.api.conftest import PASSWORD, Api
+from tests.support.api import PASSWORD, Api
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"  # make_settings' secret
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.api.conftest import PASSWORD, Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import PASSWORD, Api, open_api
 
 
 @pytest.fixture

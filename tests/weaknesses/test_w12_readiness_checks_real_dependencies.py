@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from cnop.common.clock import FakeClock
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.faulty_store import Fault, FaultyStore
 
 

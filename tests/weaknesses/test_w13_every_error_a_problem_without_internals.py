@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, open_api
 from tests.conftest import StoreFactory
+from tests.support.api import Api, open_api
 from tests.support.faulty_store import Fault, FaultyStore
 
 LEAKS = ("Traceback", "Error(", "Exception", ".py", "SELECT ", "INSERT ", "sqlite", "botocore", "line ")

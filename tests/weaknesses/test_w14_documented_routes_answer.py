@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from ulid import ULID
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 from tests.support.books import dec, exact
 
 

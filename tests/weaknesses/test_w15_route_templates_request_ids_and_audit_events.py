@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import structlog
 
-from tests.api.conftest import Api
+from tests.support.api import Api
 
 
 async def test_metrics_label_route_templates_never_raw_paths(api: Api) -> None:
