@@ -9,7 +9,7 @@ name from the app (`cnop.common.dao.dependencies.component`), so nothing here im
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from starlette.requests import Request
@@ -31,7 +31,6 @@ from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, TokenClaims, TokenManager
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard
 from cnop.common.web.request_user import bind_request_user
-from cnop.container import Container
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
@@ -86,14 +85,6 @@ Inventory = Annotated[InventoryService, Depends(provide("inventory"))]
 Trading = Annotated[OrderService, Depends(provide("trading"))]
 Insights = Annotated[InsightsService, Depends(provide("insights"))]
 OrderEvents = Annotated[EventBus, Depends(provide("events"))]
-
-
-# Pending (issue 11): the order routes (services/order/api.py) still take the whole container.
-async def get_container(request: Request) -> Container:
-    return cast("Container", request.app.state.container)
-
-
-ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 # --- the caller ----------------------------------------------------------------------------------

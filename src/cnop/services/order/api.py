@@ -17,10 +17,18 @@ from cnop.common.entities.order import (
     OrderStatus,
     OrderType,
 )
-from cnop.common.exceptions import AssetNotFound
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
-from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
+from cnop.services.dependencies import (
+    Assets,
+    CurrentUser,
+    Holdings,
+    Idempotency,
+    Orders,
+    PagingDep,
+    Trading,
+    fetch_page,
+)
 from cnop.services.idempotent import run_idempotent
 from cnop.services.order.schemas import AssetTransaction, AssetTransactionList, OrderEnvelope, OrderList
 
@@ -35,19 +43,21 @@ async def create_order(
     body: OrderCreate,
     request: Request,
     principal: CurrentUser,
-    container: ContainerDep,
+    trading: Trading,
+    orders: Orders,
+    idempotency: Idempotency,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     async def place() -> OrderEnvelope:
-        order = await container.trading.place_order(principal.username, body)
+        order = await trading.place_order(principal.username, body)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
-        return OrderEnvelope(data=OrderResponse.of(await container.order_dao.get_order(principal.username, order_id)))
+        return OrderEnvelope(data=OrderResponse.of(await orders.get_order(principal.username, order_id)))
 
     return await run_idempotent(
         request,
-        container.idempotency,
+        idempotency,
         username=principal.username,
         scope="order",
         client_key=idempotency_key or body.client_order_id,
@@ -70,7 +80,7 @@ def order_filter(asset_id: str | None, order_type: OrderType | None, status: Sta
 @router.get("/orders", response_model=OrderList)
 async def list_orders(
     principal: CurrentUser,
-    container: ContainerDep,
+    orders: Orders,
     paging: PagingDep,
     asset_id: Annotated[str | None, Query(pattern=ASSET_ID_PATTERN)] = None,
     order_type: OrderType | None = None,
@@ -78,38 +88,33 @@ async def list_orders(
 ) -> Response:
     where = order_filter(asset_id, order_type, status)
     page = await fetch_page(
-        lambda limit, cursor: container.order_dao.get_orders_by_user(
-            principal.username, limit=limit, cursor=cursor, where=where
-        ),
+        lambda limit, cursor: orders.get_orders_by_user(principal.username, limit=limit, cursor=cursor, where=where),
         paging,
     )
-    orders = [OrderResponse.of(order) for order in page.items]
-    return ExactJSONResponse(OrderList(data=orders, has_more=page.has_more, next_cursor=page.next_cursor))
+    shown = [OrderResponse.of(order) for order in page.items]
+    return ExactJSONResponse(OrderList(data=shown, has_more=page.has_more, next_cursor=page.next_cursor))
 
 
 @router.get("/orders/{order_id}", response_model=OrderEnvelope)
-async def get_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
-    order = await container.order_dao.get_order(principal.username, order_id)
+async def get_order(order_id: OrderId, principal: CurrentUser, orders: Orders) -> Response:
+    order = await orders.get_order(principal.username, order_id)
     return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
 
 
 @router.delete("/orders/{order_id}", response_model=OrderEnvelope)
-async def cancel_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
-    order = await container.trading.cancel_order(principal.username, order_id)
+async def cancel_order(order_id: OrderId, principal: CurrentUser, trading: Trading) -> Response:
+    order = await trading.cancel_order(principal.username, order_id)
     return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
 
 
 @router.get("/assets/{asset_id}/transactions", response_model=AssetTransactionList)
 async def list_asset_transactions(
-    asset_id: AssetId, principal: CurrentUser, container: ContainerDep, paging: PagingDep
+    asset_id: AssetId, principal: CurrentUser, assets: Assets, holdings: Holdings, paging: PagingDep
 ) -> Response:
     asset_id = asset_id.upper()
-    if await container.asset_dao.find_asset(asset_id) is None:
-        raise AssetNotFound(f"Asset {asset_id} not found")
+    await assets.get_asset(asset_id)  # 404 for an asset that does not exist
     page = await fetch_page(
-        lambda limit, cursor: container.holding_dao.get_asset_transactions(
-            principal.username, asset_id, limit=limit, cursor=cursor
-        ),
+        lambda limit, cursor: holdings.get_asset_transactions(principal.username, asset_id, limit=limit, cursor=cursor),
         paging,
     )
     rows = [
