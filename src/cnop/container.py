@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +28,14 @@ from cnop.common.security import AuditLogger, PasswordManager, TokenManager
 from cnop.common.security.api_key_hasher import ApiKeyHasher
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard, login_guard_from_settings
 from cnop.common.shared.invalidation import ALL, TOKEN, USER, Invalidations, invalidations_for
+from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import SharedRedis, open_redis, watch_redis
 from cnop.common.shared.redis_events import RedisEventBus
+from cnop.market.bus import LocalPriceBus, PriceBus, RedisPriceBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
 from cnop.market.history import PriceHistoryRecorder, PriceHistoryStore, StorePriceHistory
+from cnop.market.leader import LeasedPriceFeed
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.market.sources import open_price_source
 from cnop.services.insights.service import InsightsService
@@ -84,6 +90,10 @@ class Container:
     triggers: TriggerEngine
     price_history: PriceHistoryStore
     price_stream_connections: StreamConnections
+    # How ticks reach this process's book: in-process, or a Redis stream every process follows.
+    price_bus: PriceBus
+    # The price lease if this process competes to be the fleet's one price publisher (Redis only).
+    price_lease: FencedLease | None = None
     # Run at start-up (after the tables exist), and background tasks living as long as the app.
     startup: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
@@ -114,9 +124,32 @@ def build_container(
     counters = counter_store(settings, clock)
     invalidations = invalidations_for(redis)
     catalogue = list(load_catalogue())
-    price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
-    # With `manual`, the admin endpoint feeds the manual source, and the feed applies its prices.
-    price_source = open_price_source(settings.price_source, catalogue, settings, clock)
+    shared = redis
+    price_bus: PriceBus
+    if shared is None:
+        price_book = PriceBook.seed(catalogue, clock, history_size=settings.price_history_size)
+        price_bus = LocalPriceBus(price_book)
+    else:
+        # The book starts from the shared prices and history (RedisPriceBus.start), not the snapshot.
+        price_book = PriceBook(clock, history_size=settings.price_history_size)
+        price_bus = RedisPriceBus(
+            shared,
+            price_book,
+            clock,
+            catalogue=catalogue,
+            stream_maxlen=settings.price_stream_maxlen,
+            block_seconds=min(1.0, settings.redis_socket_timeout_seconds / 2),
+        )
+    # With `manual`, the admin endpoint feeds the manual source, and the feed publishes its prices
+    # on the bus (with Redis: from whichever process the admin used). Any other source runs, with
+    # Redis, only in a process that competes for the price lease (never in an API process).
+    manual = settings.price_source.strip().lower() == "manual"
+    publisher = settings.trigger_engine if settings.price_publisher is None else settings.price_publisher
+    price_source = (
+        open_price_source(settings.price_source, catalogue, settings, clock)
+        if shared is None or manual or publisher
+        else None
+    )
     user_dao = UserDAO(store, passwords, clock)
     balance_dao = BalanceDAO(store, clock)
     asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
@@ -191,6 +224,7 @@ def build_container(
         ),
         price_history=StorePriceHistory(store),
         price_stream_connections=StreamConnections(settings.price_stream_connections_per_ip),
+        price_bus=price_bus,
     )
     metrics.watch_price_age(_price_age(price_book, clock))
     invalidations.subscribe(TOKEN, lambda jti: tokens.forget_all() if jti == ALL else tokens.forget_token(jti))
@@ -202,14 +236,27 @@ def build_container(
     if settings.trigger_engine:
         metrics.watch_trigger_engine_lag(container.triggers.lag_seconds)
     container.startup.append(inventory.load_catalogue)
-    if settings.price_history_flush_seconds > 0:
+    if shared is not None:
+        # Before anything serves: the shared prices and history into the book, then follow them.
+        container.startup.insert(0, price_bus.start)
+        container.background.append(price_bus.run)
+    if shared is None and settings.price_history_flush_seconds > 0:
+        # With Redis the shared history lives next to the stream (market/bus.py) instead.
         recorder = PriceHistoryRecorder(
             price_book, container.price_history, clock, settings.price_history_flush_seconds
         )
         container.startup.append(recorder.restore)
         container.background.append(recorder.run)
-    if price_source is not None:
-        container.background.append(PriceFeed(price_source, price_book).run)
+    if price_source is not None and (shared is None or manual):
+        container.background.append(PriceFeed(price_source, price_bus).run)
+    elif price_source is not None and shared is not None:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        container.price_lease = FencedLease(shared, "prices", holder, settings.price_lease_seconds)
+        container.background.append(LeasedPriceFeed(container.price_lease, price_source, price_bus, price_book).run)
     if settings.trigger_engine:
+        if shared is not None:
+            holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+            ttl = max(3 * settings.expiry_check_seconds, settings.price_lease_seconds)
+            container.triggers.expiry_lease = FencedLease(shared, "expiry", holder, ttl)
         container.background.append(container.triggers.run)
     return container

@@ -6,8 +6,10 @@ shares the store through the common package; none calls another's API. The gatew
 role's prefixes to it (`ROUTES`, derived from `ROLES`), so adding a role, or a prefix to a role,
 is one line here. The gateway itself is a role too, built by `cnop.gateway.cloud`.
 
-Until shared state lands (the price bus), each role that values money keeps its own price book
-fed by its own price source; with the simulated source and one seed they agree.
+Without Redis each role that values money keeps its own price book fed by its own price source
+(with the simulated source and one seed they agree). With `CNOP_REDIS_URL` every role's book
+follows one shared price stream, and only roles with `price_publisher` (the workers) compete for
+the price lease that lets one of them run the source (`cnop.market.bus`, `cnop.market.leader`).
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class Role:
     `prefixes` are the paths the gateway sends to it; `streams` among them have no read timeout
     (event streams); `timeout` is the gateway's read timeout for the others; `public` are the
     paths under them that need no token (everything else does, and the gateway checks it).
-    `trigger_engine` runs the engine in this process; `prices` says whether its readiness needs
-    a fresh price.
+    `trigger_engine` runs the engine in this process; `price_publisher` lets it compete for the
+    price lease (with Redis); `prices` says whether its readiness needs a fresh price.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Role:
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     public: tuple[str, ...] = ()
     trigger_engine: bool = False
+    price_publisher: bool = False
     prices: bool = True
     #: Anything else the role's app serves (a mounted sub-application), added last.
     extend: Callable[[FastAPI, Container], None] | None = None
@@ -93,7 +96,8 @@ ROLES: tuple[Role, ...] = (
     Role("insights", "portfolio analysis", (insights_router,), ("/api/v1/insights",), timeout=30.0),
     # The pages sign in with a session cookie, which the web service checks: public at the edge.
     Role("web", "the server-rendered web app", (), WEB_PREFIXES, public=WEB_PREFIXES, extend=install_web),
-    Role("worker", "price feed and trigger engine (health and metrics only over HTTP)", trigger_engine=True),
+    Role("worker", "price feed and trigger engine (health and metrics only over HTTP)", trigger_engine=True,
+         price_publisher=True),
 )
 # fmt: on
 ROUTES: tuple[Route, ...] = tuple(route for role in ROLES for route in role.routes())
@@ -110,7 +114,9 @@ def role_named(name: str) -> Role:
 
 def role_settings(role: Role, settings: Settings) -> Settings:
     """The settings a role runs with: the cloud shape, and the trigger engine only where it belongs."""
-    return settings.model_copy(update={"shape": "cloud", "trigger_engine": role.trigger_engine})
+    return settings.model_copy(
+        update={"shape": "cloud", "trigger_engine": role.trigger_engine, "price_publisher": role.price_publisher}
+    )
 
 
 def fresh_price_check(container: Container) -> Callable[[], Awaitable[None]]:

@@ -43,7 +43,7 @@ def dying_before_the_response_is_saved(api: Api) -> Iterator[None]:
 
 
 async def idempotency_records(api: Api, username: str) -> list[dict[str, Any]]:
-    page = await api.container.store.query(keys.USERS, keys.user_pk(username), sk=SortKey.prefix("IDEM#"), limit=100)
+    page = await api.container.store.query(keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=100)
     return page.items
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from tests.support.api import Api, assert_problem, funded_user
+from tests.conftest import StoreFactory
+from tests.support.api import Api, assert_problem, funded_user, open_api
 from tests.support.wire import exact, read
 
 ASSET_DATA_KEYS = {
@@ -183,3 +185,17 @@ async def test_every_response_carries_request_id_and_rate_limit_headers(api: Api
             assert header in r.headers, (path, header)
     assert_problem(await api.client.get("/nope"), 404, "not_found")
     assert_problem(await api.client.delete("/api/v1/inventory/assets"), 405, "method_not_allowed")
+
+
+async def test_admin_prices_are_refused_unless_the_price_source_is_manual(store_factory: StoreFactory) -> None:
+    api, lifespan = await open_api(store_factory, price_source="simulated", price_tick_seconds=3600)
+    try:
+        admin = await api.admin()
+        r = await api.client.post("/api/v1/admin/prices", headers=admin, json={"asset_id": "BTC", "price": "1.23456789"})
+        body = assert_problem(r, 409, "conflict")
+        assert "manual" in body["detail"]
+        current = api.container.price_book.current("BTC")
+        assert current is not None and current.price != Decimal("1.23456789")  # the book did not take it
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)

@@ -2,8 +2,9 @@
 
 Real processes on 127.0.0.1 (`tests.support.fleet.Fleet`): Redis, one SQLite file store, two
 `cnop serve` API processes with `CNOP_TRIGGER_ENGINE=false` and two `cnop serve worker`
-processes. Every process polls one fake CoinGecko server for its prices, so the test moves the
-market across an order's limit and one of the workers fills it. Shown:
+processes. Prices are the `manual` source driven by an admin through either API process (the
+change goes out on the shared price stream, which every process, workers included, follows),
+so the test moves the market across an order's limit and one of the workers fills it. Shown:
 
 - an order placed through API 1 and filled by a worker produces `order.completed` on an SSE
   stream held on API 2;
@@ -26,8 +27,7 @@ import httpx2
 import pytest
 
 from tests.support.cloud import poll
-from tests.support.fake_prices import FakePrices, serve_fake_prices
-from tests.support.fleet import Fleet, client, json_of, login, register
+from tests.support.fleet import ADMIN, Fleet, client, json_of, login, register
 from tests.support.redis_server import RedisServer
 from tests.support.sse import EventStream
 
@@ -37,17 +37,10 @@ STREAM_ID = re.compile(r"[0-9]+-[0-9]+")
 
 
 @pytest.fixture(scope="module")
-def prices() -> Iterator[FakePrices]:
-    with serve_fake_prices() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, prices: FakePrices) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("events-fleet")
     env = {
-        "CNOP_PRICE_SOURCE": f"http:{prices.url}",
-        "CNOP_PRICE_TICK_SECONDS": "0.5",
+        "CNOP_PRICE_SOURCE": "manual",
         "CNOP_MAX_PRICE_AGE_SECONDS": "86400",
         "CNOP_RATE_LIMIT_PER_IP": "100000/minute",
         "CNOP_RATE_LIMIT_PER_USER": "100000/minute",
@@ -64,10 +57,22 @@ def _quote(http: httpx2.Client, asset: str) -> Decimal:
     return Decimal(str(json_of(http.get(f"/api/v1/inventory/assets/{asset}"))["data"]["price_usd"]))
 
 
-def _move_market(prices: FakePrices, apis: list[httpx2.Client], asset: str, price: str) -> None:
-    prices.set(asset, Decimal(price))
-    for http in apis:
-        poll(lambda http=http: _quote(http, asset), lambda quoted: quoted == Decimal(price))
+class Market:
+    """The admin's hand on the `manual` price source, through one API process or the other."""
+
+    def __init__(self, apis: list[httpx2.Client]) -> None:
+        self.apis = apis
+        self.admin = login(apis[0], ADMIN)
+
+    def set(self, asset: str, price: str, via: int = 0) -> None:
+        body = {"asset_id": asset, "price": price}
+        json_of(self.apis[via].post("/api/v1/admin/prices", json=body, headers=self.admin))
+
+    def move(self, asset: str, price: str, via: int = 0) -> None:
+        """Set the price and wait until both API processes quote it."""
+        self.set(asset, price, via)
+        for http in self.apis:
+            poll(lambda http=http: _quote(http, asset), lambda quoted: quoted == Decimal(price))
 
 
 def _limit_buy(http: httpx2.Client, auth: dict[str, str], price: str) -> dict[str, Any]:
@@ -89,17 +94,15 @@ def _position(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first(
-    fleet: Fleet, prices: FakePrices
-) -> None:
+def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first(fleet: Fleet) -> None:
     api1_url, api2_url = fleet.api_urls()
     with client(api1_url) as api1, client(api2_url) as api2:
-        apis = [api1, api2]
+        market = Market([api1, api2])
         username = f"events_{uuid.uuid4().hex[:10]}"
         register(api1, username)
         auth = login(api1, username)
         json_of(api1.post("/api/v1/balance/deposit", json={"amount": "10000"}, headers=auth))
-        _move_market(prices, apis, "BTC", "50000")
+        market.move("BTC", "50000")
 
         # The stream is held on API 2; the order goes through API 1; a worker fills it.
         with EventStream(api2_url, auth) as stream:
@@ -108,7 +111,7 @@ def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first
                 lambda e: e["event"] == "order.queued" and e["data"]["order_id"] == first["order_id"]
             )
             assert queued["data"] == first
-            prices.set("BTC", Decimal("48000"))
+            market.set("BTC", "48000", via=1)
             filled = _filled(api1, auth, first["order_id"])
             assert Decimal(str(filled["executed_price"])) == Decimal("48000")
             completed = stream.wait_for(
@@ -118,12 +121,11 @@ def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first
             assert [e["event"] for e in stream.order_events()] == ["order.queued", "order.completed"]
             last_seen = completed["id"]
         # Away: two more orders rest and are filled by a worker, one after the other.
-        _move_market(prices, apis, "BTC", "48000")
         second = _limit_buy(api1, auth, "47500")
-        prices.set("BTC", Decimal("47000"))
+        market.set("BTC", "47000")
         second_filled = _filled(api2, auth, second["order_id"])
         third = _limit_buy(api2, auth, "46500")
-        prices.set("BTC", Decimal("46000"))
+        market.set("BTC", "46000", via=1)
         third_filled = _filled(api1, auth, third["order_id"])
 
         # Back, on API 1, with the last id seen on API 2: exactly what was missed, once, in order.

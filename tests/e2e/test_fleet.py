@@ -198,6 +198,119 @@ def test_order_events_reach_a_stream_held_by_the_other_process_and_resume_on_eit
     assert all(e["data"]["order_id"] != first["order_id"] for e in events)
 
 
+def _quote(http: httpx2.Client, asset: str) -> Decimal:
+    r = http.get(f"/api/v1/inventory/assets/{asset}")
+    assert r.status_code == 200, r.text
+    return Decimal(str(r.json()["data"]["price_usd"]))
+
+
+def _set_price(http: httpx2.Client, admin: dict[str, str], asset: str, price: str) -> None:
+    r = http.post("/api/v1/admin/prices", json={"asset_id": asset, "price": price}, headers=admin)
+    assert r.status_code == 200, r.text
+
+
+def test_both_processes_quote_the_same_price_after_each_admin_change(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    admin = login(apis[0], ADMIN)
+    for index, price in enumerate(["431.25", "407.5", "455"]):
+        _set_price(apis[index % 2], admin, "BCH", price)  # on either process
+        for http in apis:
+            _poll(lambda: _quote(http, "BCH"), lambda quote: quote == Decimal(price))  # noqa: B023
+
+
+def test_a_workers_fill_after_an_admin_price_change_reaches_the_stream_on_the_other_process(
+    fleet: Fleet, apis: tuple[httpx2.Client, httpx2.Client]
+) -> None:
+    """A limit order placed on API 1 rests (no API process runs the trigger engine); the admin moves
+    the market through it on API 2; a worker fills it; the stream held on API 2 hears of it."""
+    _username, auth = _new_user(apis[0])
+    admin = login(apis[1], ADMIN)
+    assert apis[0].post("/api/v1/balance/deposit", json={"amount": "1000"}, headers=auth).status_code == 201
+    _set_price(apis[1], admin, "AVAX", "36")
+    for http in apis:
+        _poll(lambda: _quote(http, "AVAX"), lambda quote: quote == Decimal("36"))  # noqa: B023
+    with EventStream(fleet.api_urls()[1], auth) as stream:
+        r = apis[0].post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "AVAX", "quantity": "2",
+                                                 "price": "35"}, headers=auth)  # fmt: skip
+        assert r.status_code == 201, r.text
+        resting = r.json()["data"]
+        assert resting["status"] == "queued"
+        _set_price(apis[1], admin, "AVAX", "34.5")
+        completed = stream.wait_for(
+            lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == resting["order_id"], DEADLINE
+        )
+    assert Decimal(completed["data"]["executed_price"]) <= Decimal("35")
+    order = apis[1].get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"]
+    assert order == completed["data"]
+    balance = apis[1].get("/api/v1/balance", headers=auth).json()
+    assert Decimal(str(balance["held_balance"])) == Decimal("0")
+    assert Decimal(str(balance["available_balance"])) == Decimal("1000") - Decimal(str(order["total_amount"]))
+
+
+CROSSING = {"SOL": "160", "LINK": "18", "DOT": "7", "NEAR": "7.2", "UNI": "10", "ATOM": "8"}
+
+
+def test_kill_9_of_a_worker_mid_burst_of_crossing_prices_fills_every_order_once(
+    fleet: Fleet, apis: tuple[httpx2.Client, httpx2.Client]
+) -> None:
+    """Resting orders on six assets; the admin moves each market through them in turn, and a worker
+    is killed (SIGKILL) half-way: the other fills every order, each exactly once."""
+    burst_admin = f"fleet_admin_{uuid.uuid4().hex[:6]}"  # its own per-user window
+    fleet.cnop("user", "create", burst_admin, "--email", f"{burst_admin}@example.com", "--admin",
+               "--password-stdin", stdin=PASSWORD.encode())  # fmt: skip
+    admin = login(apis[1], burst_admin)
+    _username, auth = _new_user(apis[0])
+    assert apis[0].post("/api/v1/balance/deposit", json={"amount": "5000"}, headers=auth).status_code == 201
+    for asset, price in CROSSING.items():
+        _set_price(apis[1], admin, asset, price)
+    for http in apis:
+        _poll(lambda: {a: _quote(http, a) for a in CROSSING},  # noqa: B023
+              lambda quotes: all(q == Decimal(CROSSING[a]) for a, q in quotes.items()))  # fmt: skip
+    resting: dict[str, str] = {}  # order id -> asset
+    for index, (asset, price) in enumerate([*CROSSING.items(), *CROSSING.items()]):
+        limit = str(Decimal(price) * Decimal("0.95"))
+        body = {"order_type": "limit_buy", "asset_id": asset, "quantity": "1", "price": limit}
+        r = apis[index % 2].post("/api/v1/orders", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        assert r.json()["data"]["status"] == "queued"
+        resting[r.json()["data"]["order_id"]] = asset
+
+    victim = fleet.worker_names()[0]
+    for index, (asset, price) in enumerate(CROSSING.items()):
+        if index == len(CROSSING) // 2:
+            fleet.kill(victim)
+        _set_price(apis[index % 2], admin, asset, str(Decimal(price) * Decimal("0.9")))
+
+    def still_open() -> list[dict[str, Any]]:
+        time.sleep(0.5)  # with `_poll`'s pause: about one listing a second, within the user's limit
+        r = apis[0].get("/api/v1/orders", params={"status": "open", "limit": 100}, headers=auth)
+        assert r.status_code == 200, r.text
+        data: list[dict[str, Any]] = r.json()["data"]
+        return data
+
+    _poll(still_open, lambda left: not left, 2 * DEADLINE)
+    orders = apis[1].get("/api/v1/orders", params={"limit": 100}, headers=auth).json()["data"]
+    assert {o["order_id"] for o in orders} == set(resting)
+    assert all(o["status"] == "completed" for o in orders)
+    for order in orders:
+        assert Decimal(str(order["executed_price"])) == Decimal(CROSSING[resting[order["order_id"]]]) * Decimal("0.9")
+    ledger = apis[0].get("/api/v1/balance/transactions", params={"limit": 100}, headers=auth).json()["transactions"]
+    paid = sorted(e["order_id"] for e in ledger if e["transaction_type"] == "order_payment")
+    assert paid == sorted(resting)  # one payment per order: none filled twice
+    balance = apis[0].get("/api/v1/balance", headers=auth).json()
+    spent = sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+    assert Decimal(str(balance["available_balance"])) == Decimal("5000") - spent
+    assert Decimal(str(balance["held_balance"])) == Decimal("0")
+    holdings = {a["asset_id"]: Decimal(str(a["quantity"])) for a in apis[1].get("/api/v1/portfolio", headers=auth).json()["assets"]}  # fmt: skip
+    assert holdings == {asset: Decimal("2") for asset in CROSSING}
+
+    fleet.start_member(fleet.member(victim))
+    fleet.wait_ready([fleet.member(victim)])
+    audit = fleet.cnop("audit", check=False)
+    assert audit.returncode == 0, audit.stdout.decode() + audit.stderr.decode()
+
+
 # --- last: Redis goes away for a while (the module's Redis is this module's own) -------------------
 
 OUTAGE_SECONDS = 10.0

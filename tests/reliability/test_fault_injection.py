@@ -263,8 +263,8 @@ def fresh_ctx(case: UseCase) -> Ctx:
 
 def split(changed: Counter[tuple[str, ...]]) -> tuple[Counter[tuple[str, ...]], set[str]]:
     """The business change set, and the states of the idempotency record (if any)."""
-    business = Counter({shape: n for shape, n in changed.items() if not shape[2].startswith("IDEM#")})
-    records = {shape[4] for shape in changed if shape[2].startswith("IDEM#")}
+    business = Counter({shape: n for shape, n in changed.items() if not shape[2].startswith(keys.IDEMPOTENCY_PREFIX)})
+    records = {shape[4] for shape in changed if shape[2].startswith(keys.IDEMPOTENCY_PREFIX)}
     return business, records
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cnop.common.database import keys
@@ -15,6 +15,7 @@ from cnop.common.database.store import Put, SortKey
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
 
 
+@settings(deadline=None)
 @given(prefix=TEXT, other=TEXT)
 def test_the_range_of_a_prefix_holds_exactly_the_strings_that_start_with_it(prefix: str, other: str) -> None:
     end = prefix_end(prefix)

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     price_source: str = "simulated"
     price_tick_seconds: float = Field(default=1.0, gt=0)
     price_seed: int = 42
+    # `replay:PATH.csv` starts the file again from the top when it ends (a demo that never goes stale).
+    price_replay_loop: bool = False
     # Also read from CNOP_MAX_PRICE_AGE, the name the trading issue uses.
     max_price_age_seconds: float = Field(
         default=30.0,
@@ -102,6 +104,15 @@ class Settings(BaseSettings):
     price_stream_max_assets: int = Field(default=50, ge=1, le=500)
     price_stream_connections_per_ip: int = Field(default=8, ge=1)
     price_stream_max_seconds: float = Field(default=900.0, gt=0)
+    # With CNOP_REDIS_URL (market/bus.py, market/leader.py): one process at a time runs the price
+    # source, holding a lease of this many seconds (renewed every third of it), so another one
+    # takes over this long after the holder dies or stalls.
+    price_lease_seconds: float = Field(default=5.0, ge=0.3, le=600)
+    # Whether this process competes for that lease; unset, it does where the trigger engine runs
+    # (`cnop serve` with the engine, `cnop serve worker`, `cnop serve price`), never in an API process.
+    price_publisher: bool | None = None
+    # About how many batches the shared price stream keeps (older entries are trimmed).
+    price_stream_maxlen: int = Field(default=10_000, ge=100, le=1_000_000)
 
     # Gateway
     rate_limit_enabled: bool = True
@@ -127,6 +138,10 @@ class Settings(BaseSettings):
     # for an ACL user); unset, each process keeps its own. Keys start with `redis_prefix`, so two
     # deployments can share one Redis.
     redis_url: str | None = None
+    # The password (ElastiCache AUTH token, or the ACL user's password) kept apart from the URL, so
+    # that it can come from a Secret while the URL stays in plain configuration. Applied only when
+    # the URL carries no password of its own; never logged.
+    redis_password: SecretStr | None = None
     redis_prefix: str = Field(default="cnop:", max_length=64)
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     # A command that takes longer fails (and the caller falls back); blocking reads pass their own.

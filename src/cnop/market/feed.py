@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
+from cnop.market.bus import PriceBus
 from cnop.market.prices import PriceBook, PriceSource
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,11 @@ class PriceFeed:
     the source ends (a finished replay, a closed source), `run()` returns.
     """
 
-    def __init__(self, source: PriceSource, book: PriceBook, *, retry_delay_seconds: float = 1.0) -> None:
+    def __init__(self, source: PriceSource, target: PriceBook | PriceBus, *, retry_delay_seconds: float = 1.0) -> None:
         self.source = source
-        self.book = book
+        # A book is fed directly (one process); a bus publishes for every process's book.
+        self.book = target if isinstance(target, PriceBook) else None
+        self.bus = None if isinstance(target, PriceBook) else target
         self._retry_delay = retry_delay_seconds
         self.batches_applied = 0
         self.errors = 0
@@ -51,7 +54,10 @@ class PriceFeed:
         batches = self.source.ticks()
         try:
             async for batch in batches:
-                self.book.apply(batch)
+                if self.bus is not None:
+                    await self.bus.publish(batch)
+                elif self.book is not None:
+                    self.book.apply(batch)
                 self.batches_applied += 1
         finally:
             if isinstance(batches, AsyncGenerator):

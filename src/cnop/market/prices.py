@@ -106,6 +106,21 @@ class PriceStats:
     last_updated: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PricePoint:
+    """One bucket of kept history (shared between processes): its last tick and its extremes.
+
+    `resolution` is the bucket width in seconds (60 or 3600), `bucket` the tick's epoch seconds
+    divided by it.
+    """
+
+    resolution: int
+    bucket: int
+    last: Tick
+    high: Decimal
+    low: Decimal
+
+
 @dataclass(slots=True)
 class _Bucket:
     """The ticks of one time bucket, summarised: the last tick and the extremes."""
@@ -309,6 +324,47 @@ class PriceBook:
         self._assets[asset_id] = history
         self._stats.pop(asset_id, None)
         return len(older)
+
+    def restore_points(self, asset_id: str, points: Iterable[PricePoint], *, first: Tick | None = None) -> int:
+        """Rebuild an asset's per-minute and per-hour history from kept buckets (last, high, low).
+
+        Unlike `restore`, the extremes inside each bucket survive, so a process that loads the
+        shared history computes the same 24-hour figures as one that saw every tick. Only
+        buckets whose last tick is older than the asset's first tick in memory are taken (that
+        first tick and the ones after it are added again on top, merging into their bucket);
+        nothing is published and the current price does not change. `first` is the first price
+        ever recorded (what the 24-hour change is measured from while history is younger than a
+        day), if known. Returns how many were taken.
+        """
+        current = self._assets.get(asset_id)
+        in_memory = current.raw[0].at if current is not None else None
+        tiers: dict[int, dict[int, PricePoint]] = {_MINUTE: {}, _HOUR: {}}
+        for point in points:
+            tier = tiers.get(point.resolution)
+            if tier is None or point.last.asset_id != asset_id or point.last.price <= 0:
+                continue
+            if in_memory is not None and point.last.at >= in_memory:
+                continue
+            tier[point.bucket] = point
+        taken = sum(len(tier) for tier in tiers.values())
+        if not taken:
+            return 0
+        history = _AssetHistory(self._history_size)
+        for resolution, target in ((_MINUTE, history.minutes), (_HOUR, history.hours)):
+            for key in sorted(tiers[resolution]):
+                point = tiers[resolution][key]
+                high, low = max(point.high, point.last.price), min(point.low, point.last.price)
+                target.buckets.append(_Bucket(key, point.last, high, low))
+        oldest = min((p.last for tier in tiers.values() for p in tier.values()), key=lambda t: t.at)
+        history.first = first if first is not None and first.at <= oldest.at else oldest
+        for tick in current.raw if current is not None else ():
+            history.add(tick, math.floor(tick.at.timestamp()))
+        if not history.raw:  # history without a current price: the newest point is the current price
+            newest = max((p.last for tier in tiers.values() for p in tier.values()), key=lambda t: t.at)
+            history.raw.append(newest)
+        self._assets[asset_id] = history
+        self._stats.pop(asset_id, None)
+        return taken
 
     def _publish(self, batch: list[Tick]) -> None:
         for queue in self._subscribers:

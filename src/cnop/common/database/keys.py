@@ -89,8 +89,11 @@ def revoked_token_key(jti: str) -> dict[str, str]:
     return key(f"TOKEN#{jti}", "REVOKED")
 
 
+IDEMPOTENCY_PREFIX = "IDEM#"
+
+
 def idempotency_key(username: str, scope: str, client_key: str) -> dict[str, str]:
-    return key(user_pk(username), f"IDEM#{scope}#{client_key}")
+    return key(user_pk(username), f"{IDEMPOTENCY_PREFIX}{scope}#{client_key}")
 
 
 def api_key_key(key_id: str) -> dict[str, str]:

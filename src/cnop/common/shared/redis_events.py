@@ -213,8 +213,13 @@ class RedisEventBus:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def _event(self, stream_id: str, fields: dict[str, str]) -> Event:
-        return Event(stream_id, fields["type"], loads(fields["data"]), float(fields["at"]), position_of(stream_id))
+    def _event(self, stream_id: str, fields: dict[str, str]) -> Event | None:
+        """The entry as an event; None (logged, skipped) for one this bus did not write."""
+        try:
+            return Event(stream_id, fields["type"], loads(fields["data"]), float(fields["at"]), position_of(stream_id))
+        except (KeyError, ValueError, TypeError):
+            _log.error("event_unreadable", id=stream_id)
+            return None
 
     async def since(self, username: str, last_id: str) -> list[Event]:
         if not STREAM_ID.fullmatch(last_id):
@@ -226,7 +231,7 @@ class RedisEventBus:
             raise EventsUnavailable(type(exc).__name__) from exc
         horizon = self.clock.timestamp() - self.retention_seconds
         events = [self._event(stream_id, fields) for stream_id, fields in reversed(entries)]
-        return [e for e in events if e.at >= horizon]
+        return [e for e in events if e is not None and e.at >= horizon]
 
     async def listen(self, username: str) -> Listener:
         listener = Listener(username)
@@ -274,7 +279,9 @@ class RedisEventBus:
                 for stream_id, fields in entries:
                     if user in self._cursors:
                         self._cursors[user] = stream_id
-                    self._listeners.deliver(user, self._event(stream_id, fields))
+                    event = self._event(stream_id, fields)
+                    if event is not None:
+                        self._listeners.deliver(user, event)
             await asyncio.sleep(0)
 
     async def close(self) -> None:

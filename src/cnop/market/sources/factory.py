@@ -33,7 +33,11 @@ def open_price_source(spec: str, catalogue: Sequence[CatalogueAsset], settings: 
         return ManualPriceSource(clock, known_assets=known_assets)
     if kind == "replay" and argument:
         return ReplayPriceSource(
-            argument, clock=clock, interval_seconds=settings.price_tick_seconds, known_assets=known_assets
+            argument,
+            clock=clock,
+            interval_seconds=settings.price_tick_seconds,
+            loop=settings.price_replay_loop,
+            known_assets=known_assets,
         )
     if kind in ("http", "https") and argument:
         # `http:https://host/api/v3` is the documented form; a bare `https://host/...` works too.

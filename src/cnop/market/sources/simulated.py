@@ -117,6 +117,14 @@ class RandomWalk:
                 )
             )
 
+    def resume(self, prices: Mapping[str, Decimal]) -> None:
+        """Continue each listed asset's walk from `prices` (clamped to its bounds), not its snapshot."""
+        for walking in self._prices:
+            price = prices.get(walking.asset_id)
+            if price is not None and price > 0 and walking.snapshot > 0:
+                offset = math.log(float(price) / walking.snapshot)
+                walking.log_offset = min(max(offset, walking.lower), walking.upper)
+
     def step(self) -> list[tuple[str, Decimal]]:
         """Advance every asset one tick; (asset_id, price) in asset-id order."""
         return [(walking.asset_id, walking.step()) for walking in self._prices]
@@ -174,6 +182,10 @@ class SimulatedPriceSource:
             at += step
             batches.append([Tick(asset_id, price, at) for asset_id, price in self._walk.step()])
         return batches
+
+    def resume(self, prices: Mapping[str, Decimal]) -> None:
+        """Continue from the prices another publisher left (a takeover of the price lease)."""
+        self._walk.resume(prices)
 
     async def ticks(self) -> AsyncIterator[list[Tick]]:
         loop = asyncio.get_running_loop()

@@ -24,6 +24,7 @@ from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import ItemStore, SortKey
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.events import EventBus
+from cnop.common.shared.lease import FencedLease
 from cnop.market.prices import PriceBook, Tick
 from cnop.services.order.fills import Fills
 from cnop.services.order.placement import resting_index
@@ -45,6 +46,8 @@ class TriggerEngine:
         self.settings = settings
         self.clock = clock
         self.fills = 0
+        # With Redis: expiry runs only in the engine holding this lease, so once per fleet, not N times.
+        self.expiry_lease: FencedLease | None = None
         # The time of the oldest tick taken from the book but not yet finished (None: caught up).
         self._working_since: datetime | None = None
 
@@ -123,10 +126,22 @@ class TriggerEngine:
     async def _expiry_loop(self) -> None:
         while True:
             try:
-                await self.expire_due()
+                if await self._expires_here():
+                    await self.expire_due()
             except Exception:
                 log.exception("expiry_check_failed")
             await asyncio.sleep(self.settings.expiry_check_seconds)
+
+    async def _expires_here(self) -> bool:
+        """Whether this engine runs the expiry sweep now: always alone, else while it holds the lease.
+
+        `acquire` takes the lease when it is free and extends it while it is ours; when the holder
+        dies another engine takes over within the lease's TTL. An overlap during a takeover expires
+        nothing twice: every release is conditional on the order still being queued.
+        """
+        if self.expiry_lease is None:
+            return True
+        return await self.expiry_lease.acquire() is not None
 
 
 def trigger_engine(
