@@ -103,7 +103,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
                 request = OrderCreate(
                     order_type=OrderType.LIMIT_BUY, asset_id="BTC", quantity=Decimal("0.01"), price=Decimal("45000")
                 )
-                await placement.queue(user, request, Decimal("50000"), None)
+                await placement.queue(user, request, Decimal("50000"))
             start = time.perf_counter()
             filled = await engine.process_tick("BTC", TICK_PRICE)
             timings.append(time.perf_counter() - start)

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     # for an ACL user); unset, each process keeps its own. Keys start with `redis_prefix`, so two
     # deployments can share one Redis.
     redis_url: str | None = None
+    # The password (ElastiCache AUTH token, or the ACL user's password) kept apart from the URL, so
+    # that it can come from a Secret while the URL stays in plain configuration. Applied only when
+    # the URL carries no password of its own; never logged.
+    redis_password: SecretStr | None = None
     redis_prefix: str = Field(default="cnop:", max_length=64)
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     # A command that takes longer fails (and the caller falls back); blocking reads pass their own.

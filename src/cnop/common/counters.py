@@ -20,7 +20,7 @@ from limits.storage import storage_from_string
 from cnop.common.clock import Clock, SystemClock
 from cnop.common.config import Settings
 from cnop.common.logging import get_logger
-from cnop.common.shared.redis import client_options
+from cnop.common.shared.redis import client_options, connection_url
 
 _log = get_logger("cnop.counters")
 T = TypeVar("T")
@@ -170,7 +170,7 @@ def redis_counters(settings: Settings) -> CounterStore:
     left without its expiry; reads are GET and TTL. Keys are `{CNOP_REDIS_PREFIX}LIMITS/...`
     (the prefix's trailing `:` is `limits`' own separator).
     """
-    url = settings.redis_url
+    url = connection_url(settings)
     if not url:
         raise ValueError("CNOP_REDIS_URL is not set")
     try:

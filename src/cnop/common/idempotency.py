@@ -12,7 +12,8 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -54,6 +55,27 @@ class Applied:
 
 MarkApplied = Callable[[str], Op]
 """Goes into a use case's transaction, given the id of what it creates (ledger entry or order)."""
+
+_applying: ContextVar[MarkApplied | None] = ContextVar("cnop_idempotency_applying", default=None)
+
+
+def applying_mark() -> MarkApplied | None:
+    """The mark the running use case puts into its one transaction, or None (no idempotency key).
+
+    Set by the idempotency wrapper (`cnop.services.idempotent`) around the use case, so the use
+    case's signature carries no store op: whoever builds the transaction asks for it here.
+    """
+    return _applying.get()
+
+
+@contextlib.contextmanager
+def applying(mark: MarkApplied) -> Iterator[None]:
+    """Run the use case inside with `mark` as its idempotency record's mark."""
+    token = _applying.set(mark)
+    try:
+        yield
+    finally:
+        _applying.reset(token)
 
 
 def request_fingerprint(payload: Any) -> str:

@@ -28,7 +28,7 @@ from cnop.common.health import CheckFailed, HealthCheck, health_router
 from cnop.common.logging import configure_logging
 from cnop.common.metrics import Metrics, metrics_router
 from cnop.common.security import TokenClaims, TokenManager
-from cnop.common.shared.redis import add_redis_health, watch_redis
+from cnop.common.shared.redis import add_redis_health, connection_url, watch_redis
 from cnop.common.web.problems import install_exception_handlers, scope_problem_response
 from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
@@ -131,7 +131,8 @@ def create_gateway_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(watch_redis(settings.redis_url, metrics)) if settings.redis_url else None
+        redis_url = connection_url(settings)
+        watcher = asyncio.create_task(watch_redis(redis_url, metrics)) if redis_url else None
         try:
             yield
         finally:

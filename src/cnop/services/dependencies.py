@@ -9,7 +9,7 @@ name from the app (`cnop.common.dao.dependencies.component`), so nothing here im
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from starlette.requests import Request
@@ -31,7 +31,6 @@ from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, TokenClaims, TokenManager
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard
 from cnop.common.web.request_user import bind_request_user
-from cnop.container import Container
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
@@ -86,14 +85,6 @@ Inventory = Annotated[InventoryService, Depends(provide("inventory"))]
 Trading = Annotated[OrderService, Depends(provide("trading"))]
 Insights = Annotated[InsightsService, Depends(provide("insights"))]
 OrderEvents = Annotated[EventBus, Depends(provide("events"))]
-
-
-# Pending (issue 11): the order routes (services/order/api.py) still take the whole container.
-async def get_container(request: Request) -> Container:
-    return cast("Container", request.app.state.container)
-
-
-ContainerDep = Annotated[Container, Depends(get_container)]
 
 
 # --- the caller ----------------------------------------------------------------------------------
@@ -165,9 +156,10 @@ class Paging:
 
 
 PagingDep = Annotated[Paging, Depends()]
+T = TypeVar("T")
 
 
-async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page]], paging: Paging) -> Page:
+async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page[T]]], paging: Paging) -> Page[T]:
     """One page by cursor; with `offset` (old clients) the skipped items are read and dropped."""
     cursor = paging.cursor
     if cursor is not None or paging.offset == 0:
@@ -182,7 +174,7 @@ async def fetch_page(fetch: Callable[[int, str | None], Awaitable[Page]], paging
     return await _fetch(fetch, paging.limit, cursor)
 
 
-async def _fetch(fetch: Callable[[int, str | None], Awaitable[Page]], limit: int, cursor: str | None) -> Page:
+async def _fetch(fetch: Callable[[int, str | None], Awaitable[Page[T]]], limit: int, cursor: str | None) -> Page[T]:
     try:
         return await fetch(limit, cursor)
     except InvalidCursor as exc:

@@ -1,4 +1,10 @@
-"""Run a write use case under the client's `Idempotency-Key` (api.md: Idempotency)."""
+"""Run a write use case under the client's `Idempotency-Key` (api.md: Idempotency).
+
+The wrapper claims the key, runs the use case with the claim's mark set for it
+(`cnop.common.idempotency.applying`): the use case's own transaction includes the mark
+(`applying_mark()`), so the work and the record commit together. Routes pass a plain call of the
+use case; no store op travels through their signatures.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cnop.common.exceptions import CnopError, IdempotencyInProgress, ValidationFailed
-from cnop.common.idempotency import Applied, IdempotencyRecords, MarkApplied, StoredResponse, request_fingerprint
+from cnop.common.idempotency import Applied, IdempotencyRecords, StoredResponse, applying, request_fingerprint
 from cnop.common.jsonio import dumps
 from cnop.common.web.problems import problem_response
 
@@ -25,7 +31,7 @@ async def run_idempotent(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[MarkApplied | None], Awaitable[BaseModel]],
+    work: Callable[[], Awaitable[BaseModel]],
     rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> Response:
@@ -57,13 +63,13 @@ async def idempotent_outcome(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[MarkApplied | None], Awaitable[BaseModel]],
+    work: Callable[[], Awaitable[BaseModel]],
     rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> StoredResponse:
     """`run_idempotent`'s status and body, for a caller that answers in another shape (the compat API)."""
     if client_key is None:
-        return StoredResponse(status_code, dumps(await work(None)))
+        return StoredResponse(status_code, dumps(await work()))
     begun = await records.begin(username, scope, client_key, request_fingerprint(payload))
     if isinstance(begun, StoredResponse):
         return begun
@@ -72,7 +78,8 @@ async def idempotent_outcome(
         await records.complete_applied(begun, status_code, body)
         return StoredResponse(status_code, body)
     try:
-        result = await work(records.apply_op(begun))
+        with applying(records.apply_op(begun)):
+            result = await work()
     except CnopError as exc:
         if exc.status < 500 and not isinstance(exc, IdempotencyInProgress):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None

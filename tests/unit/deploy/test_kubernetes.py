@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -107,13 +108,79 @@ def test_only_the_user_service_mounts_the_signing_key_and_every_role_the_public_
             continue
         pod = _pod(deployment)
         secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-        env = {e["name"]: e["value"] for e in pod["containers"][0].get("env", [])}
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
         assert "cnop-jwt-public" in secrets, name
         assert ("cnop-jwt-signing" in secrets) == (name == "user"), name
         assert ("CNOP_JWT_PRIVATE_KEY_FILE" in env) == (name == "user"), name
     secrets = _by(_objects(overlay), "Secret")
-    assert set(secrets) == {"cnop-jwt-signing", "cnop-jwt-public"}
+    expected = {"cnop-jwt-signing", "cnop-jwt-public"} | ({"cnop-redis"} if overlay == "aws" else set())
+    assert set(secrets) == expected
     assert all("data" not in s and "stringData" not in s for s in secrets.values())  # never committed
+
+
+REDIS_PASSWORD_FROM_SECRET = {
+    "name": "CNOP_REDIS_PASSWORD",
+    "valueFrom": {"secretKeyRef": {"name": "cnop-redis", "key": "password", "optional": True}},
+}
+
+
+def _redis_credentials_in_config_maps(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(ConfigMap, key) pairs that carry a Redis password: a password key, or a Redis URL with one."""
+    found = []
+    for o in objects:
+        if o["kind"] != "ConfigMap":
+            continue
+        for key, value in o.get("data", {}).items():
+            upper = key.upper()
+            password_key = "REDIS" in upper and ("PASSWORD" in upper or "AUTH" in upper)
+            url = str(value)
+            url_with_password = url.startswith(("redis://", "rediss://")) and urlsplit(url).password is not None
+            if password_key or url_with_password:
+                found.append((o["metadata"]["name"], key))
+    return found
+
+
+@pytest.mark.parametrize("overlay", ["local", "aws"])
+def test_redis_credentials_are_only_in_a_secret_and_every_workload_with_redis_reads_it(overlay: str) -> None:
+    objects = _objects(overlay)
+    assert _redis_credentials_in_config_maps(objects) == []
+    configs = _by(objects, "ConfigMap")
+    assert configs["cnop-config"]["data"]["CNOP_REDIS_URL"]
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
+    with_config = 0
+    for o in workloads:
+        for container in _pod(o)["containers"]:
+            sources = container.get("envFrom", [])
+            if {"configMapRef": {"name": "cnop-config"}} not in sources:
+                continue  # Redis itself, DynamoDB Local: no CNOP_REDIS_URL, nothing to authenticate
+            with_config += 1
+            assert REDIS_PASSWORD_FROM_SECRET in container.get("env", []), o["metadata"]["name"]
+            assert all("secretRef" not in s for s in sources)  # the password arrives by name, once
+            assert all(e["name"] != "CNOP_REDIS_URL" for e in container.get("env", []))
+    assert with_config == len(ROLE_NAMES) + 2  # every role, the db-init Job and the audit CronJob
+    secrets = _by(objects, "Secret")
+    if overlay == "aws":
+        assert secrets["cnop-redis"]["type"] == "Opaque" and "data" not in secrets["cnop-redis"]
+    else:
+        assert "cnop-redis" not in secrets  # the local Redis has no password; the key is optional
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("CNOP_REDIS_URL", "rediss://cnop:pw@CLUSTER.cache.amazonaws.com:6379/0"),
+        ("CNOP_REDIS_URL", "redis://:pw@redis:6379/0"),
+        ("CNOP_REDIS_PASSWORD", "pw"),
+    ],
+)
+def test_the_credential_check_would_catch_a_password_in_the_config_map(key: str, value: str) -> None:
+    objects = _objects("aws")
+    _by(objects, "ConfigMap")["cnop-config"]["data"][key] = value
+    assert _redis_credentials_in_config_maps(objects) == [("cnop-config", key)]
+    # An ACL user named without its password is configuration, not a credential.
+    objects = _objects("aws")
+    _by(objects, "ConfigMap")["cnop-config"]["data"]["CNOP_REDIS_URL"] = "rediss://cnop@CLUSTER.cache.amazonaws.com/0"
+    assert _redis_credentials_in_config_maps(objects) == []
 
 
 @pytest.mark.parametrize("overlay", ["local", "aws"])

@@ -93,7 +93,7 @@ async def cash(book: Book) -> tuple[Decimal, Decimal]:
 
 
 async def test_a_queued_buy_holds_its_cash_and_a_fill_pays_and_refunds(book: Book) -> None:
-    order = await book.placement.queue(USER, limit_buy(), D("50000"), None)
+    order = await book.placement.queue(USER, limit_buy(), D("50000"))
     assert (order.status, order.held_amount) == (OrderStatus.QUEUED, D("4000.00"))
     assert await cash(book) == (D("1000.00"), D("4000.00"))
     done = await book.fills.fill(order, D("39000"))
@@ -112,14 +112,14 @@ async def test_a_queued_buy_holds_its_cash_and_a_fill_pays_and_refunds(book: Boo
 
 async def test_a_reservation_beyond_the_cash_is_refused_by_the_balance_leg(book: Book) -> None:
     with pytest.raises(InsufficientFunds) as refused:
-        await book.placement.queue(USER, limit_buy("0.2"), D("50000"), None)
+        await book.placement.queue(USER, limit_buy("0.2"), D("50000"))
     assert refused.value.detail == "Reserving 8000.00 USD needs more available cash"
     assert await cash(book) == (D("5000.00"), D("0.00"))
     assert (await book.orders.get_orders_by_user(USER)).items == []
 
 
 async def test_cancel_releases_the_hold_once_through_the_state_machine(book: Book) -> None:
-    order = await book.placement.queue(USER, limit_buy(), D("50000"), None)
+    order = await book.placement.queue(USER, limit_buy(), D("50000"))
     closed = await book.release.cancel(USER, order.order_id)
     assert (closed.status, closed.reason, closed.cancelled_at) == (
         OrderStatus.CANCELLED,
@@ -135,7 +135,7 @@ async def test_cancel_releases_the_hold_once_through_the_state_machine(book: Boo
 
 
 async def test_a_fill_the_cash_cannot_cover_fails_the_order_and_releases_the_hold(book: Book) -> None:
-    order = await book.placement.queue(USER, limit_buy("0.1", "40000"), D("50000"), None)
+    order = await book.placement.queue(USER, limit_buy("0.1", "40000"), D("50000"))
     # Spend the rest of the cash, then fill above the reservation: the balance leg refuses.
     spend = BalanceTransaction(
         transaction_id=new_id(),
@@ -158,7 +158,7 @@ async def test_a_fill_the_cash_cannot_cover_fails_the_order_and_releases_the_hol
 
 
 async def test_a_fill_the_house_cannot_supply_fails_the_order(book: Book) -> None:
-    order = await book.placement.queue(USER, limit_buy("0.1"), D("50000"), None)
+    order = await book.placement.queue(USER, limit_buy("0.1"), D("50000"))
     await book.store.transact([Update(keys.INVENTORY, keys.house_inventory_key("BTC"), set={"quantity": D("0.05")})])
     assert await book.fills.fill(order, D("39000")) is None
     failed = await book.orders.get_order(USER, order.order_id)
@@ -167,7 +167,7 @@ async def test_a_fill_the_house_cannot_supply_fails_the_order(book: Book) -> Non
 
 
 async def test_the_state_machine_refuses_a_change_out_of_a_final_status(book: Book) -> None:
-    order = await book.placement.queue(USER, limit_buy(), D("50000"), None)
+    order = await book.placement.queue(USER, limit_buy(), D("50000"))
     done = await book.fills.fill(order, D("39000"))
     assert done is not None
     for target in OrderStatus:
@@ -183,7 +183,6 @@ async def test_a_trailing_stop_moves_once_per_anchor_and_a_stop_limit_converts_o
         USER,
         OrderCreate(order_type=OrderType.TRAILING_STOP_BUY, asset_id="BTC", quantity="0.01", trail_amount="1000"),
         D("50000"),
-        None,
     )
     assert (trailing.trail_anchor, trailing.stop_price) == (D("50000"), D("51000.00000000"))
     moved = await book.orders.move_trail(trailing, D("49000"), D("50000.00000000"))
@@ -198,7 +197,6 @@ async def test_a_trailing_stop_moves_once_per_anchor_and_a_stop_limit_converts_o
             order_type=OrderType.STOP_LIMIT_BUY, asset_id="BTC", quantity="0.01", stop_price="55000", price="56000"
         ),
         D("50000"),
-        None,
     )
     converted = await book.orders.convert_stop_limit(stop_limit, RestingIndex("below", D("56000")))
     assert converted is not None and converted.stage == "limit"

@@ -23,6 +23,7 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, InsufficientInventory, StoreError
+from cnop.common.idempotency import applying
 from cnop.common.ids import new_id
 from cnop.services.order.service import market_refusal
 from cnop.services.order.settlement import (
@@ -157,7 +158,9 @@ async def test_a_market_buy_moves_cash_units_and_the_house_side_at_once(world: W
     )
     assert payment[0].description == "Bought 0.1 BTC at 50000.05 USD"
     page = await world.holdings.get_asset_transactions(USER, "BTC")
-    assert [(i["transaction_type"], i["quantity"], i["total"]) for i in page.items] == [("buy", D("0.1"), D("5000.01"))]
+    assert [
+        (t.transaction_type, t.quantity, t.available_change, t.held_change, t.price, t.total) for t in page.items
+    ] == [("buy", D("0.1"), D("0.1"), D("0"), D("50000.05"), D("5000.01"))]
 
 
 async def test_a_buy_paid_from_a_reservation_refunds_what_it_did_not_use(world: World) -> None:
@@ -226,8 +229,8 @@ async def test_an_idempotency_record_owned_by_another_fails_on_its_own_leg(world
 
     before = await snapshot(world)
     order = filled(world, OrderType.MARKET_BUY, "0.1", "1", "0.10")
-    with pytest.raises(GuardFailed) as failed:
-        await world.settlement.settle_buy(order, world.orders.create_order_op(order), mark=mark)
+    with applying(mark), pytest.raises(GuardFailed) as failed:
+        await world.settlement.settle_buy(order, world.orders.create_order_op(order))
     assert (failed.value.leg, failed.value.index) == (Leg.IDEMPOTENCY, 6)
     assert await snapshot(world) == before
     assert isinstance(market_refusal(failed.value, order), IdempotencyInProgress)
@@ -288,7 +291,7 @@ async def test_a_sell_reads_again_when_the_holding_changed_and_then_settles_for_
     assert order.realized_pnl == D("6.67")
     holding = await world.holdings.get_holding(USER, "BTC")
     assert holding is not None and (holding.available, holding.cost_basis) == (D("2"), D("66.67"))
-    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o["order_type"] == "market_sell"]
+    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o.order_type is OrderType.MARKET_SELL]
     assert len(sells) == 1  # only the attempt that applied left an order
 
 

@@ -23,8 +23,7 @@ def _component_aliases() -> dict[str, tuple[str, Any]]:
         for extra in extras:
             if isinstance(extra, Depends) and extra.dependency is not None:
                 function_name = extra.dependency.__name__
-                # (`get_container`, the whole container, is the order routes' until they move.)
-                if function_name.startswith("get_") and function_name != "get_container":
+                if function_name.startswith("get_"):
                     found[alias_name] = (function_name.removeprefix("get_"), annotated)
     return found
 

@@ -9,10 +9,12 @@ from typer.testing import CliRunner
 
 from cnop.cli import app
 from cnop.common.config import Settings
+from cnop.common.counters import redis_counters
 from cnop.common.metrics import Metrics
 from cnop.common.shared.redis import (
     EXIT_REDIS_UNAVAILABLE,
     RedisUnavailable,
+    connection_url,
     open_redis,
     ping_redis,
     redacted,
@@ -110,3 +112,49 @@ def test_a_configured_redis_that_does_not_answer_stops_start_up_with_a_clear_mes
         assert result.exit_code == EXIT_REDIS_UNAVAILABLE, result.output
         assert "Redis does not answer" in result.output
         assert "hidden-pw" not in result.output
+
+
+def test_the_password_setting_goes_into_a_url_without_one_and_never_overrides_the_url() -> None:
+    def url(redis_url: str, password: str | None) -> str | None:
+        return connection_url(_settings(redis_url=redis_url, redis_password=password))
+
+    assert url("rediss://cache.example:6379/0", "tok/en:@") == "rediss://:tok%2Fen%3A%40@cache.example:6379/0"
+    assert url("rediss://cnop@cache.example:6379/0", "pw") == "rediss://cnop:pw@cache.example:6379/0"  # ACL user
+    assert url("redis://:in-url@127.0.0.1/0", "setting") == "redis://:in-url@127.0.0.1/0"  # the URL wins
+    assert url("redis://127.0.0.1:6379/0", None) == "redis://127.0.0.1:6379/0"
+    assert connection_url(_settings(redis_url=None, redis_password="pw")) is None
+    assert "pw-setting" not in repr(_settings(redis_url="redis://h/0", redis_password="pw-setting"))
+
+
+async def test_the_password_setting_authenticates_every_client_and_a_wrong_one_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with RedisServer.start(password="pw/for:tests") as server:
+        bare = f"redis://127.0.0.1:{server.port}/0"
+        settings = _settings(redis_url=bare, redis_password="pw/for:tests", redis_prefix="pwtest:")
+        assert await asyncio.to_thread(startup_problem, settings) is None
+        shared = open_redis(settings)
+        assert shared is not None
+        try:
+            await shared.client.set(shared.key("k"), "v")
+            assert await shared.client.get("pwtest:k") == "v"
+            await shared.ping()
+        finally:
+            await shared.close()
+        counters = redis_counters(settings)  # `limits`' own pool gets the password too
+        assert await counters.incr("pwtest-counter", 60) == 1
+        assert await counters.get("pwtest-counter") == 1
+
+        wrong = _settings(redis_url=bare, redis_password="wrong-pw-xyz", redis_startup_timeout_seconds=1.0)
+        problem = await asyncio.to_thread(startup_problem, wrong)
+        assert problem is not None
+        assert "does not answer" in problem and "CNOP_REDIS_PASSWORD" in problem
+        assert "wrong-pw-xyz" not in problem and "***" in problem
+
+        monkeypatch.setenv("CNOP_REDIS_URL", bare)
+        monkeypatch.setenv("CNOP_REDIS_PASSWORD", "wrong-pw-xyz")
+        monkeypatch.setenv("CNOP_REDIS_STARTUP_TIMEOUT_SECONDS", "1")
+        monkeypatch.setenv("CNOP_JWT_SECRET", "test-secret-that-is-long-enough-for-hs256-0123456789")
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["serve", "worker", "--port", str(free_port())])
+        assert result.exit_code == EXIT_REDIS_UNAVAILABLE, result.output
+        assert "Redis does not answer" in result.output and "wrong-pw-xyz" not in result.output

@@ -22,9 +22,44 @@ from cnop.common.database.store import (
     Update,
     query_all,
 )
-from cnop.common.entities.holding import Holding
+from cnop.common.entities.holding import AssetTransaction, Holding
 
 ZERO = Decimal(0)
+
+
+def asset_transaction_to_item(txn: AssetTransaction) -> Item:
+    return {
+        **keys.asset_txn_key(txn.username, txn.asset_id, txn.transaction_id),
+        "transaction_id": txn.transaction_id,
+        "username": txn.username,
+        "asset_id": txn.asset_id,
+        "transaction_type": txn.transaction_type,
+        "quantity": txn.quantity,
+        "available_change": txn.available_change,
+        "held_change": txn.held_change,
+        "price": txn.price,
+        "total": txn.total,
+        "order_id": txn.order_id,
+        "status": txn.status,
+        "created_at": isoformat(txn.created_at),
+    }
+
+
+def asset_transaction_from_item(item: Item) -> AssetTransaction:
+    return AssetTransaction(
+        transaction_id=item["transaction_id"],
+        username=item["username"],
+        asset_id=item["asset_id"],
+        transaction_type=item["transaction_type"],
+        quantity=item["quantity"],
+        available_change=item["available_change"],
+        held_change=item["held_change"],
+        price=item.get("price"),
+        total=item.get("total"),
+        order_id=item.get("order_id"),
+        status=item["status"],
+        created_at=parse_isoformat(item["created_at"]),
+    )
 
 
 def holding_from_item(item: Item) -> Holding:
@@ -99,45 +134,14 @@ class HoldingDAO:
             condition=And(*guards) if guards else None,
         )
 
-    def asset_transaction_op(
-        self,
-        *,
-        username: str,
-        asset_id: str,
-        transaction_id: str,
-        transaction_type: str,
-        quantity: Decimal,
-        available_change: Decimal,
-        held_change: Decimal,
-        price: Decimal | None,
-        total: Decimal | None,
-        order_id: str | None,
-        now: datetime,
-    ) -> Op:
-        return Put(
-            keys.ORDERS,
-            {
-                **keys.asset_txn_key(username, asset_id, transaction_id),
-                "transaction_id": transaction_id,
-                "username": username,
-                "asset_id": asset_id,
-                "transaction_type": transaction_type,
-                "quantity": quantity,
-                "available_change": available_change,
-                "held_change": held_change,
-                "price": price,
-                "total": total,
-                "order_id": order_id,
-                "status": "completed",
-                "created_at": isoformat(now),
-            },
-            NotExists(),
-        )
+    def asset_transaction_op(self, txn: AssetTransaction) -> Op:
+        return Put(keys.ORDERS, asset_transaction_to_item(txn), NotExists())
 
     async def get_asset_transactions(
         self, username: str, asset_id: str, *, limit: int = 50, cursor: str | None = None
-    ) -> Page:
-        return await self.store.query(
+    ) -> Page[AssetTransaction]:
+        """The user's movements of one asset, newest first."""
+        page = await self.store.query(
             keys.ORDERS,
             keys.user_pk(username),
             sk=SortKey.prefix(keys.asset_txn_prefix(asset_id)),
@@ -145,3 +149,4 @@ class HoldingDAO:
             cursor=cursor,
             descending=True,
         )
+        return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)

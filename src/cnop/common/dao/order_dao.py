@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -95,7 +94,49 @@ def order_from_item(item: Item) -> Order:
     )
 
 
-OrderFilter = Callable[[Item], bool]
+@dataclass(frozen=True, slots=True)
+class OrderFilter:
+    """Which of a user's orders a list shows; every field left None matches everything.
+
+    `open` is True for orders not in a final status, False for final ones; `status` is one
+    status; `created_after` is exclusive and `created_until` inclusive.
+    """
+
+    asset_ids: frozenset[str] | None = None
+    order_type: OrderType | None = None
+    side: OrderSide | None = None
+    status: OrderStatus | None = None
+    open: bool | None = None
+    created_after: datetime | None = None
+    created_until: datetime | None = None
+    client_order_id: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in self.__slots__)
+
+    def matches_item(self, item: Item) -> bool:
+        """Judge a stored order without decoding all of it (the list reads on past misses)."""
+        if self.asset_ids is not None and item["asset_id"] not in self.asset_ids:
+            return False
+        if self.order_type is not None and item["order_type"] != self.order_type.value:
+            return False
+        if self.side is not None and OrderType(item["order_type"]).side is not self.side:
+            return False
+        if self.status is not None and item["status"] != self.status.value:
+            return False
+        if self.open is not None and OrderStatus(item["status"]).is_final is self.open:
+            return False
+        if self.client_order_id is not None and item.get("client_order_id") != self.client_order_id:
+            return False
+        if self.created_after is not None or self.created_until is not None:
+            created = parse_isoformat(item["created_at"])
+            if self.created_after is not None and created <= self.created_after:
+                return False
+            if self.created_until is not None and created > self.created_until:
+                return False
+        return True
+
 
 # The index attributes a queued order carries (trigger, expiry, trailing), all removed when it ends.
 _RESTING_ATTRIBUTES = tuple(name for spec in (keys.GSI1, keys.GSI2, keys.GSI3) for name in (spec.pk_attr, spec.sk_attr))
@@ -278,7 +319,7 @@ class OrderDAO:
         cursor = None
         while True:
             page = await self.get_orders_by_user_and_status(username, OrderStatus.QUEUED, limit=100, cursor=cursor)
-            result += [order_from_item(i) for i in page.items]
+            result += page.items
             cursor = page.next_cursor
             if cursor is None:
                 return result
@@ -289,28 +330,35 @@ class OrderDAO:
         *,
         limit: int = 50,
         cursor: str | None = None,
-        matches: OrderFilter | None = None,
+        where: OrderFilter | None = None,
         descending: bool = True,
-    ) -> Page:
+    ) -> Page[Order]:
         """The user's orders, newest first (or oldest first); a filter reads on until the page is full."""
         pk = keys.user_pk(username)
         prefix = SortKey.prefix(keys.ORDER_PREFIX)
-        if matches is None:
-            return await self.store.query(keys.ORDERS, pk, sk=prefix, limit=limit, cursor=cursor, descending=descending)
-        return await filtered_query(
-            self.store, keys.ORDERS, pk, matches, sk=prefix, limit=limit, cursor=cursor, descending=descending
-        )
+        if where is None or where.is_empty:
+            page = await self.store.query(keys.ORDERS, pk, sk=prefix, limit=limit, cursor=cursor, descending=descending)
+        else:
+            page = await filtered_query(
+                self.store,
+                keys.ORDERS,
+                pk,
+                where.matches_item,
+                sk=prefix,
+                limit=limit,
+                cursor=cursor,
+                descending=descending,
+            )
+        return Page([order_from_item(item) for item in page.items], page.next_cursor)
 
     async def get_orders_by_user_and_asset(
         self, username: str, asset_id: str, *, limit: int = 50, cursor: str | None = None
-    ) -> Page:
+    ) -> Page[Order]:
         return await self.get_orders_by_user(
-            username, limit=limit, cursor=cursor, matches=lambda item: item["asset_id"] == asset_id
+            username, limit=limit, cursor=cursor, where=OrderFilter(asset_ids=frozenset({asset_id}))
         )
 
     async def get_orders_by_user_and_status(
         self, username: str, status: OrderStatus, *, limit: int = 50, cursor: str | None = None
-    ) -> Page:
-        return await self.get_orders_by_user(
-            username, limit=limit, cursor=cursor, matches=lambda item: item["status"] == status.value
-        )
+    ) -> Page[Order]:
+        return await self.get_orders_by_user(username, limit=limit, cursor=cursor, where=OrderFilter(status=status))

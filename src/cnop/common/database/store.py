@@ -15,9 +15,10 @@ import binascii
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Generic, Protocol, TypeAlias
 
 import simplejson
+from typing_extensions import TypeVar
 
 from cnop.common.exceptions import StoreError
 
@@ -280,9 +281,14 @@ class Check:
 Op: TypeAlias = Put | Update | Delete | Check
 
 
+PageItem = TypeVar("PageItem", default=Item)
+
+
 @dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Item]
+class Page(Generic[PageItem]):
+    """One page of a query: raw items from the store, typed entities from a DAO (`Page[Order]`)."""
+
+    items: list[PageItem]
     next_cursor: str | None = None
 
     @property

@@ -29,3 +29,24 @@ class Holding(BaseModel):
     @property
     def quantity(self) -> Decimal:
         return MONEY_CONTEXT.add(self.available, self.held)  # exact: 38 digits, as the stores keep
+
+
+class AssetTransaction(BaseModel):
+    """One movement of a user's units of an asset (design §5): a buy or sell, or a resting
+    sell's `hold` and `release`. The sum of `available_change` and `held_change` over a user's
+    asset transactions is their holding (invariant 1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    transaction_id: str
+    username: str
+    asset_id: str
+    transaction_type: str
+    quantity: Decimal
+    available_change: Decimal
+    held_change: Decimal
+    price: Decimal | None = None
+    total: Decimal | None = None
+    order_id: str | None = None
+    status: str = "completed"
+    created_at: datetime

@@ -8,7 +8,9 @@ root instead of making its own client:
 
 - URLs: `redis://HOST[:PORT][/DB]`, `rediss://` for TLS (verified against the system trust store,
   or `CNOP_REDIS_TLS_CA_FILE`), `redis://:PASSWORD@HOST` or `redis://USER:PASSWORD@HOST` for an
-  ACL user. The password never reaches a log: `redacted(url)` hides it.
+  ACL user. The password may instead come from `CNOP_REDIS_PASSWORD` (a Kubernetes Secret), used
+  when the URL has none: `connection_url(settings)` is the URL every client is made from. The
+  password never reaches a log: `redacted(url)` hides it.
 - Keys: `shared.key("rl", "ip", "1.2.3.4")` is `{CNOP_REDIS_PREFIX}rl:ip:1.2.3.4`; the prefix
   (default `cnop:`) lets two deployments share one Redis. Parts are joined with `:` as they are,
   so the fixed parts go first and a free-form part (an IP, a username) last.
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -55,6 +57,23 @@ def redacted(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def connection_url(settings: Settings) -> str | None:
+    """`CNOP_REDIS_URL` with `CNOP_REDIS_PASSWORD` applied (when the URL has no password), or None.
+
+    A user named in the URL (`rediss://cnop@HOST`, an ACL user) is kept; a password in the URL wins.
+    """
+    url = settings.redis_url
+    if not url or settings.redis_password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None or not parts.hostname:
+        return url
+    password = quote(settings.redis_password.get_secret_value(), safe="")
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def _check_url(url: str) -> None:
@@ -109,10 +128,11 @@ class SharedRedis:
 
 def make_client(settings: Settings, *, decode_responses: bool = True) -> Redis:
     """A new client for `settings.redis_url` (use `open_redis` unless a second pool is really needed)."""
-    if not settings.redis_url:
+    url = connection_url(settings)
+    if not url:
         raise ValueError("CNOP_REDIS_URL is not set")
-    _check_url(settings.redis_url)
-    return Redis.from_url(settings.redis_url, decode_responses=decode_responses, **client_options(settings))
+    _check_url(url)
+    return Redis.from_url(url, decode_responses=decode_responses, **client_options(settings))
 
 
 def open_redis(settings: Settings) -> SharedRedis | None:
@@ -120,9 +140,10 @@ def open_redis(settings: Settings) -> SharedRedis | None:
 
     Connections are made lazily, on the first command: building the container never blocks.
     """
-    if not settings.redis_url:
+    url = connection_url(settings)
+    if not url:
         return None
-    return SharedRedis(make_client(settings), settings.redis_prefix, settings.redis_url)
+    return SharedRedis(make_client(settings), settings.redis_prefix, url)
 
 
 async def ping_redis(url: str, within_seconds: float = 2.0) -> None:
@@ -180,14 +201,15 @@ def redis_health_probe(url: str, listening: Callable[[], bool] | None = None) ->
 
 def add_redis_health(health: HealthCheck, settings: Settings, listening: Callable[[], bool] | None = None) -> None:
     """Name Redis in `/health` (down: `degraded`) and `/health/ready` (shown, not required), when set."""
-    if settings.redis_url:
-        probe = redis_health_probe(settings.redis_url, listening)
+    url = connection_url(settings)
+    if url:
+        probe = redis_health_probe(url, listening)
         health.add("redis", probe, critical=False, readiness=True, required=False)
 
 
 def startup_problem(settings: Settings) -> str | None:
     """Why this process must not start with the configured Redis, or None (also when none is set)."""
-    url = settings.redis_url
+    url = connection_url(settings)
     if not url:
         return None
     try:
@@ -197,7 +219,8 @@ def startup_problem(settings: Settings) -> str | None:
     except RedisUnavailable as exc:
         return (
             f"CNOP_REDIS_URL is set to {redacted(url)} but Redis does not answer ({exc}); "
-            "start Redis, fix the URL or its password, or unset CNOP_REDIS_URL to run without shared state"
+            "start Redis, fix the URL or its password (in the URL or CNOP_REDIS_PASSWORD), "
+            "or unset CNOP_REDIS_URL to run without shared state"
         )
     return None
 

@@ -14,17 +14,15 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.clock import parse_isoformat
-from cnop.common.dao.order_dao import OrderDAO, OrderFilter, order_from_item
-from cnop.common.database.store import Item
-from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderStatus, OrderType, TimeInForce
+from cnop.common.dao.order_dao import OrderDAO, OrderFilter
+from cnop.common.entities.order import Order, OrderCreate, OrderResponse, OrderSide, OrderType, TimeInForce
 from cnop.common.exceptions import (
     CnopError,
     InsufficientHoldings,
     OrderNotFound,
     ValidationFailed,
 )
-from cnop.common.idempotency import IdempotencyRecords, MarkApplied
+from cnop.common.idempotency import IdempotencyRecords
 from cnop.common.jsonio import dumps, loads
 from cnop.common.money import QuantityInput, round_down
 from cnop.common.web.routing import ExactJSONRoute
@@ -94,11 +92,11 @@ def _validation(exc: ValidationError) -> ValidationFailed:
 
 
 def _with_alpaca_names(
-    work: Callable[[MarkApplied | None], Awaitable[Any]],
-) -> Callable[[MarkApplied | None], Awaitable[Any]]:
-    async def run(apply_op: MarkApplied | None) -> Any:
+    work: Callable[[], Awaitable[Any]],
+) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
         try:
-            return await work(apply_op)
+            return await work()
         except ValidationFailed as exc:
             errors = _renamed(exc.errors)
             detail = f"{errors[0]['field']}: {errors[0]['message']}" if errors else exc.detail
@@ -197,7 +195,7 @@ async def submit_order(
     client_order_id = body.client_order_id or str(uuid.uuid4())
     username = principal.username
 
-    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
+    async def place() -> OrderEnvelope:
         if body.notional is not None:
             if body.type != "market":
                 raise ValidationFailed.field("notional", "applies to market orders only")
@@ -208,11 +206,10 @@ async def submit_order(
                 body.notional,
                 time_in_force=TimeInForce(body.time_in_force),
                 client_order_id=client_order_id,
-                apply_op=apply_op,
             )
         else:
             native = _native_request(body, asset.asset_id, client_order_id)
-            order = await trading.place_order(username, native, apply_op)
+            order = await trading.place_order(username, native)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
@@ -234,21 +231,13 @@ async def submit_order(
 def _order_filter(
     status: str, symbols: set[str] | None, side: str | None, after: datetime | None, until: datetime | None
 ) -> OrderFilter:
-    def matches(item: Item) -> bool:
-        final = OrderStatus(item["status"]).is_final
-        if (status == "open" and final) or (status == "closed" and not final):
-            return False
-        if symbols is not None and item["asset_id"] not in symbols:
-            return False
-        if side is not None and not item["order_type"].endswith(f"_{side}"):
-            return False
-        if after is not None or until is not None:
-            created = parse_isoformat(item["created_at"])
-            if (after is not None and created <= after) or (until is not None and created > until):
-                return False
-        return True
-
-    return matches
+    return OrderFilter(
+        open={"open": True, "closed": False}.get(status),
+        asset_ids=frozenset(symbols) if symbols is not None else None,
+        side=OrderSide(side) if side is not None else None,
+        created_after=after,
+        created_until=until,
+    )
 
 
 @router.get("/orders", response_model=list[AlpacaOrder])
@@ -278,10 +267,10 @@ async def list_orders(
     page = await orders.get_orders_by_user(
         principal.username,
         limit=limit,
-        matches=_order_filter(status, wanted, side, after, until),
+        where=_order_filter(status, wanted, side, after, until),
         descending=direction == "desc",
     )
-    return json_response([render.order(order_from_item(item)) for item in page.items])
+    return json_response([render.order(order) for order in page.items])
 
 
 async def _by_client_order_id(
@@ -293,11 +282,9 @@ async def _by_client_order_id(
         if order.client_order_id == client_order_id:  # (a native Idempotency-Key shares the scope)
             return order
     # Past the idempotency window: the order itself says which client id it carries.
-    page = await orders.get_orders_by_user(
-        username, limit=1, matches=lambda item: item.get("client_order_id") == client_order_id
-    )
+    page = await orders.get_orders_by_user(username, limit=1, where=OrderFilter(client_order_id=client_order_id))
     if page.items:
-        return order_from_item(page.items[0])
+        return page.items[0]
     # An order placed without a client id is shown with its own id in that place.
     order_id = order_id_from(client_order_id)
     if order_id is not None and order_uuid(order_id) == client_order_id.lower():

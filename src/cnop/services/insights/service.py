@@ -11,7 +11,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pydantic import BaseModel
 
 from cnop.common.clock import Clock
-from cnop.common.dao.order_dao import OrderDAO, order_from_item
+from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.entities.order import OrderSide, OrderStatus
 from cnop.common.money import CENT, MONEY_CONTEXT, or_none
 from cnop.services.user.portfolio import Portfolio, PortfolioService
@@ -53,7 +53,7 @@ class InsightsService:
         portfolio = await self.portfolios.portfolio(username)
         recent = await self.orders.get_orders_by_user(username, limit=50)
         week_ago = self.clock.now() - timedelta(days=7)
-        orders = [order_from_item(item) for item in recent.items]
+        orders = recent.items
         filled_this_week = [o for o in orders if o.status is OrderStatus.COMPLETED and o.created_at >= week_ago]
         open_orders = [o for o in orders if not o.status.is_final]
         highlights = self._highlights(portfolio)

@@ -8,9 +8,7 @@ from fastapi import APIRouter, Header, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.clock import parse_isoformat
-from cnop.common.dao.order_dao import OrderFilter, order_from_item
-from cnop.common.database.store import Item
+from cnop.common.dao.order_dao import OrderFilter
 from cnop.common.entities.order import (
     ASSET_ID_PATTERN,
     ORDER_ID_PATTERN,
@@ -19,11 +17,18 @@ from cnop.common.entities.order import (
     OrderStatus,
     OrderType,
 )
-from cnop.common.exceptions import AssetNotFound
-from cnop.common.idempotency import MarkApplied
 from cnop.common.jsonio import ExactJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
-from cnop.services.dependencies import ContainerDep, CurrentUser, PagingDep, fetch_page
+from cnop.services.dependencies import (
+    Assets,
+    CurrentUser,
+    Holdings,
+    Idempotency,
+    Orders,
+    PagingDep,
+    Trading,
+    fetch_page,
+)
 from cnop.services.idempotent import run_idempotent
 from cnop.services.order.schemas import AssetTransaction, AssetTransactionList, OrderEnvelope, OrderList
 
@@ -38,19 +43,21 @@ async def create_order(
     body: OrderCreate,
     request: Request,
     principal: CurrentUser,
-    container: ContainerDep,
+    trading: Trading,
+    orders: Orders,
+    idempotency: Idempotency,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    async def place(apply_op: MarkApplied | None) -> OrderEnvelope:
-        order = await container.trading.place_order(principal.username, body, apply_op)
+    async def place() -> OrderEnvelope:
+        order = await trading.place_order(principal.username, body)
         return OrderEnvelope(data=OrderResponse.of(order))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
-        return OrderEnvelope(data=OrderResponse.of(await container.order_dao.get_order(principal.username, order_id)))
+        return OrderEnvelope(data=OrderResponse.of(await orders.get_order(principal.username, order_id)))
 
     return await run_idempotent(
         request,
-        container.idempotency,
+        idempotency,
         username=principal.username,
         scope="order",
         client_key=idempotency_key or body.client_order_id,
@@ -60,86 +67,69 @@ async def create_order(
     )
 
 
-def order_filter(asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None) -> OrderFilter | None:
-    """A predicate for the list filters, or None when nothing is filtered."""
-    if asset_id is None and order_type is None and status in (None, "all"):
-        return None
-    wanted_asset = asset_id.upper() if asset_id is not None else None
-
-    def matches(item: Item) -> bool:
-        if wanted_asset is not None and item["asset_id"] != wanted_asset:
-            return False
-        if order_type is not None and item["order_type"] != order_type.value:
-            return False
-        if status == "open":
-            return not OrderStatus(item["status"]).is_final
-        if status == "closed":
-            return OrderStatus(item["status"]).is_final
-        if isinstance(status, OrderStatus):
-            return bool(item["status"] == status.value)
-        return True
-
-    return matches
+def order_filter(asset_id: str | None, order_type: OrderType | None, status: StatusFilter | None) -> OrderFilter:
+    """The list filters of the query string (`status`: one status, `open`, `closed` or `all`)."""
+    return OrderFilter(
+        asset_ids=frozenset({asset_id.upper()}) if asset_id is not None else None,
+        order_type=order_type,
+        status=status if isinstance(status, OrderStatus) else None,
+        open={"open": True, "closed": False}.get(status) if isinstance(status, str) else None,
+    )
 
 
 @router.get("/orders", response_model=OrderList)
 async def list_orders(
     principal: CurrentUser,
-    container: ContainerDep,
+    orders: Orders,
     paging: PagingDep,
     asset_id: Annotated[str | None, Query(pattern=ASSET_ID_PATTERN)] = None,
     order_type: OrderType | None = None,
     status: StatusFilter | None = None,
 ) -> Response:
-    matches = order_filter(asset_id, order_type, status)
+    where = order_filter(asset_id, order_type, status)
     page = await fetch_page(
-        lambda limit, cursor: container.order_dao.get_orders_by_user(
-            principal.username, limit=limit, cursor=cursor, matches=matches
-        ),
+        lambda limit, cursor: orders.get_orders_by_user(principal.username, limit=limit, cursor=cursor, where=where),
         paging,
     )
-    orders = [OrderResponse.of(order_from_item(item)) for item in page.items]
-    return ExactJSONResponse(OrderList(data=orders, has_more=page.has_more, next_cursor=page.next_cursor))
+    shown = [OrderResponse.of(order) for order in page.items]
+    return ExactJSONResponse(OrderList(data=shown, has_more=page.has_more, next_cursor=page.next_cursor))
 
 
 @router.get("/orders/{order_id}", response_model=OrderEnvelope)
-async def get_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
-    order = await container.order_dao.get_order(principal.username, order_id)
+async def get_order(order_id: OrderId, principal: CurrentUser, orders: Orders) -> Response:
+    order = await orders.get_order(principal.username, order_id)
     return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
 
 
 @router.delete("/orders/{order_id}", response_model=OrderEnvelope)
-async def cancel_order(order_id: OrderId, principal: CurrentUser, container: ContainerDep) -> Response:
-    order = await container.trading.cancel_order(principal.username, order_id)
+async def cancel_order(order_id: OrderId, principal: CurrentUser, trading: Trading) -> Response:
+    order = await trading.cancel_order(principal.username, order_id)
     return ExactJSONResponse(OrderEnvelope(data=OrderResponse.of(order)))
 
 
 @router.get("/assets/{asset_id}/transactions", response_model=AssetTransactionList)
 async def list_asset_transactions(
-    asset_id: AssetId, principal: CurrentUser, container: ContainerDep, paging: PagingDep
+    asset_id: AssetId, principal: CurrentUser, assets: Assets, holdings: Holdings, paging: PagingDep
 ) -> Response:
     asset_id = asset_id.upper()
-    if await container.asset_dao.find_asset(asset_id) is None:
-        raise AssetNotFound(f"Asset {asset_id} not found")
+    await assets.get_asset(asset_id)  # 404 for an asset that does not exist
     page = await fetch_page(
-        lambda limit, cursor: container.holding_dao.get_asset_transactions(
-            principal.username, asset_id, limit=limit, cursor=cursor
-        ),
+        lambda limit, cursor: holdings.get_asset_transactions(principal.username, asset_id, limit=limit, cursor=cursor),
         paging,
     )
     rows = [
         AssetTransaction(
-            transaction_id=item["transaction_id"],
-            asset_id=item["asset_id"],
-            transaction_type=item["transaction_type"],
-            quantity=item["quantity"],
-            price=item.get("price"),
-            total=item.get("total"),
-            order_id=item.get("order_id"),
-            status=item["status"],
-            created_at=(created := parse_isoformat(item["created_at"])),
-            timestamp=created,
+            transaction_id=txn.transaction_id,
+            asset_id=txn.asset_id,
+            transaction_type=txn.transaction_type,
+            quantity=txn.quantity,
+            price=txn.price,
+            total=txn.total,
+            order_id=txn.order_id,
+            status=txn.status,
+            created_at=txn.created_at,
+            timestamp=txn.created_at,
         )
-        for item in page.items
+        for txn in page.items
     ]
     return ExactJSONResponse(AssetTransactionList(data=rows, has_more=page.has_more, next_cursor=page.next_cursor))

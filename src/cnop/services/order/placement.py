@@ -15,7 +15,6 @@ from cnop.common.database.store import ItemStore
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus
 from cnop.common.events import EventBus
 from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, InsufficientHoldings, StoreError
-from cnop.common.idempotency import MarkApplied
 from cnop.common.ids import new_id
 from cnop.services.order.rules import STOP_LIMIT, initial_stop, reservation, trigger_of
 from cnop.services.order.settlement import GuardFailed, Leg, Legs, Settlement, idempotency_leg
@@ -69,7 +68,7 @@ class Placement:
             updated_at=now,
         )
 
-    async def record_unfilled(self, username: str, request: OrderCreate, mark: MarkApplied | None) -> Order:
+    async def record_unfilled(self, username: str, request: OrderCreate) -> Order:
         """An ioc/fok order the market does not satisfy: stored cancelled, nothing reserved."""
         order = self.new_order(username, request, OrderStatus.CANCELLED, Decimal(0), None)
         order = order.model_copy(
@@ -78,7 +77,7 @@ class Placement:
                 "cancelled_at": order.created_at,
             }
         )
-        legs = idempotency_leg(Legs().add(Leg.ORDER, self.orders.create_order_op(order)), mark, order.order_id)
+        legs = idempotency_leg(Legs().add(Leg.ORDER, self.orders.create_order_op(order)), order.order_id)
         try:
             await legs.commit(self.store)
         except GuardFailed as failed:
@@ -88,9 +87,7 @@ class Placement:
         self.events.publish(username, "order.cancelled", order)
         return order
 
-    async def queue(
-        self, username: str, request: OrderCreate, market_price: Decimal, mark: MarkApplied | None
-    ) -> Order:
+    async def queue(self, username: str, request: OrderCreate, market_price: Decimal) -> Order:
         """Store the order as queued and move its reservation from available to held, at once."""
         reserved = reservation(
             request,
@@ -101,7 +98,7 @@ class Placement:
         order = self.new_order(username, request, OrderStatus.QUEUED, reserved.held, reserved.anchor)
         legs = self.settlement.hold_legs(order, self.orders.create_order_op(order, resting_index(order)))
         try:
-            await idempotency_leg(legs, mark, order.order_id).commit(self.store)
+            await idempotency_leg(legs, order.order_id).commit(self.store)
         except GuardFailed as failed:
             held = order.held_amount
             if failed.leg is Leg.BALANCE:

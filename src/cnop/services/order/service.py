@@ -27,7 +27,6 @@ from cnop.common.exceptions import (
     StoreError,
     ValidationFailed,
 )
-from cnop.common.idempotency import MarkApplied
 from cnop.common.metrics import Metrics
 from cnop.common.money import USD_SCALE, places, round_down
 from cnop.market.prices import PriceBook
@@ -106,17 +105,17 @@ class OrderService:
             price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
         return Quote(price, check_order_value(quantity * price, self.settings.order_value_limit))
 
-    async def place_order(self, username: str, request: OrderCreate, apply_op: MarkApplied | None = None) -> Order:
+    async def place_order(self, username: str, request: OrderCreate) -> Order:
         asset = await self.tradeable_asset(request.asset_id)
         self.check_quantity(asset, request.quantity)
         if not request.order_type.is_market:
-            order = await self._place_resting(username, asset, request, apply_op)
+            order = await self._place_resting(username, asset, request)
             self.metrics.record_order(order.order_type.value, order.status.value)
             return order
         quote = self.quote(asset, request.quantity)
         if request.price is not None and worse_than_bound(request.order_type.side, quote.price, request.price):
             raise PriceProtection(f"The market price {quote.price} is worse than your bound {request.price}")
-        return await self._fill_market(username, asset, request, quote, apply_op)
+        return await self._fill_market(username, asset, request, quote)
 
     async def place_notional_order(
         self,
@@ -127,7 +126,6 @@ class OrderService:
         *,
         time_in_force: TimeInForce = TimeInForce.GTC,
         client_order_id: str | None = None,
-        apply_op: MarkApplied | None = None,
     ) -> Order:
         """A market order for `notional` USD: the units the current price buys, rounded down, at that price."""
         if not order_type.is_market:
@@ -148,22 +146,18 @@ class OrderService:
             time_in_force=time_in_force,
             client_order_id=client_order_id,
         )
-        return await self._fill_market(username, asset, request, self.quote(asset, quantity, price), apply_op)
+        return await self._fill_market(username, asset, request, self.quote(asset, quantity, price))
 
-    async def _fill_market(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
-    ) -> Order:
+    async def _fill_market(self, username: str, asset: Asset, request: OrderCreate, quote: Quote) -> Order:
         if request.order_type.side is OrderSide.BUY:
-            order = await self._market_buy(username, asset, request, quote, apply_op)
+            order = await self._market_buy(username, asset, request, quote)
         else:
-            order = await self._market_sell(username, asset, request, quote, apply_op)
+            order = await self._market_sell(username, asset, request, quote)
         self.metrics.record_order(order.order_type.value, order.status.value)
         self.events.publish(username, "order.completed", order)
         return order
 
-    async def _place_resting(
-        self, username: str, asset: Asset, request: OrderCreate, apply_op: MarkApplied | None
-    ) -> Order:
+    async def _place_resting(self, username: str, asset: Asset, request: OrderCreate) -> Order:
         market_price = self.prices.fresh_price(asset.asset_id, self.settings.max_price_age_seconds)
         check_placement(request, market_price, self.clock.now())
         if marketable(request, market_price):
@@ -171,14 +165,14 @@ class OrderService:
             # order bounded by the limit (which the market price is at or better than).
             quote = self.quote(asset, request.quantity)
             if request.order_type.side is OrderSide.BUY:
-                order = await self._market_buy(username, asset, request, quote, apply_op)
+                order = await self._market_buy(username, asset, request, quote)
             else:
-                order = await self._market_sell(username, asset, request, quote, apply_op)
+                order = await self._market_sell(username, asset, request, quote)
             self.events.publish(username, "order.completed", order)
             return order
         if request.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
-            return await self.placement.record_unfilled(username, request, apply_op)
-        return await self.placement.queue(username, request, market_price, apply_op)
+            return await self.placement.record_unfilled(username, request)
+        return await self.placement.queue(username, request, market_price)
 
     async def cancel_order(self, username: str, order_id: str) -> Order:
         """Cancel a queued order, releasing its reservation in the same transaction."""
@@ -195,21 +189,17 @@ class OrderService:
             update={"executed_price": quote.price, "total_amount": total, "executed_at": order.created_at}
         )
 
-    async def _market_buy(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
-    ) -> Order:
+    async def _market_buy(self, username: str, asset: Asset, request: OrderCreate, quote: Quote) -> Order:
         order = self._new_order(username, request, quote, buy_cost(quote.value))
         try:
-            await self.settlement.settle_buy(order, self.orders.create_order_op(order), mark=apply_op)
+            await self.settlement.settle_buy(order, self.orders.create_order_op(order))
         except GuardFailed as failed:
             raise market_refusal(failed, order) from failed
         assert order.total_amount is not None
         self.metrics.record_trade(order.total_amount)
         return order
 
-    async def _market_sell(
-        self, username: str, asset: Asset, request: OrderCreate, quote: Quote, apply_op: MarkApplied | None
-    ) -> Order:
+    async def _market_sell(self, username: str, asset: Asset, request: OrderCreate, quote: Quote) -> Order:
         proceeds = sell_proceeds(quote.value)
         if proceeds <= 0:
             raise InvalidOrder("The order is worth less than 0.01 USD")
@@ -222,7 +212,7 @@ class OrderService:
 
         try:
             order = await self.settlement.settle_sell(
-                username, asset.asset_id, request.quantity, filled, from_held=False, mark=apply_op
+                username, asset.asset_id, request.quantity, filled, from_held=False
             )
         except UnitsMissing as missing:
             raise InsufficientHoldings(

@@ -31,9 +31,10 @@ from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.holding import AssetTransaction
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.exceptions import ConditionFailed, StoreError
-from cnop.common.idempotency import MarkApplied
+from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.services.order.rules import cost_basis_out, fund_buy
 
@@ -105,7 +106,10 @@ class Legs:
             raise GuardFailed(self.leg_at(exc.index), exc.index) from exc
 
 
-def idempotency_leg(legs: Legs, mark: MarkApplied | None, result_id: str) -> Legs:
+def idempotency_leg(legs: Legs, result_id: str) -> Legs:
+    """The client's idempotency record marked applied with `result_id`, when the use case runs
+    under an idempotency key (`cnop.services.idempotent`)."""
+    mark = applying_mark()
     return legs if mark is None else legs.add(Leg.IDEMPOTENCY, mark(result_id))
 
 
@@ -134,17 +138,19 @@ class Settlement:
         total: Decimal | None = None,
     ) -> Op:
         return self.holdings.asset_transaction_op(
-            username=order.username,
-            asset_id=order.asset_id,
-            transaction_id=new_id(),
-            transaction_type=kind,
-            quantity=order.quantity,
-            available_change=available,
-            held_change=held,
-            price=price,
-            total=total,
-            order_id=order.order_id,
-            now=now,
+            AssetTransaction(
+                transaction_id=new_id(),
+                username=order.username,
+                asset_id=order.asset_id,
+                transaction_type=kind,
+                quantity=order.quantity,
+                available_change=available,
+                held_change=held,
+                price=price,
+                total=total,
+                order_id=order.order_id,
+                created_at=now,
+            )
         )
 
     def hold_legs(self, order: Order, order_op: Op) -> Legs:
@@ -289,11 +295,9 @@ class Settlement:
 
     # --- settling -----------------------------------------------------------------------------
 
-    async def settle_buy(
-        self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "", mark: MarkApplied | None = None
-    ) -> Order:
+    async def settle_buy(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Order:
         """Apply a buy's legs at once; raises `GuardFailed` naming the leg that refused."""
-        legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), mark, order.order_id)
+        legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), order.order_id)
         await legs.commit(self.store)
         return order
 
@@ -306,7 +310,6 @@ class Settlement:
         *,
         from_held: bool,
         note: str = "",
-        mark: MarkApplied | None = None,
     ) -> Order:
         """Read the holding, take `quantity` units out at its average cost, apply at once.
 
@@ -331,7 +334,7 @@ class Settlement:
                 note=note,
             )
             try:
-                await idempotency_leg(legs, mark, order.order_id).commit(self.store)
+                await idempotency_leg(legs, order.order_id).commit(self.store)
             except GuardFailed as failed:
                 if failed.leg is Leg.HOLDING:
                     continue  # the holding changed since we read it: read again

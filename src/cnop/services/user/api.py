@@ -143,7 +143,7 @@ async def move_cash(
         scope=kind,
         client_key=idempotency_key,
         payload={"amount": body.amount},
-        work=lambda apply_op: move(principal.username, body.amount, apply_op),
+        work=lambda: move(principal.username, body.amount),
         rebuild=lambda transaction_id: money.movement_of(principal.username, transaction_id),
     )
 

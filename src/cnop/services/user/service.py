@@ -25,7 +25,7 @@ from cnop.common.exceptions import (
     StoreError,
     UserNotFound,
 )
-from cnop.common.idempotency import MarkApplied
+from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
 from cnop.common.shared.invalidation import TOKEN, USER, Invalidations, LocalInvalidations
@@ -199,19 +199,13 @@ class MoneyService:
             usage[kind] = (Decimal(item["total"]) if item and "total" in item else Decimal("0.00"), limit)
         return usage
 
-    async def deposit(
-        self, username: str, amount: Decimal, apply_op: MarkApplied | None = None
-    ) -> MoneyMovementResponse:
-        return await self._move(username, TransactionType.DEPOSIT, amount, apply_op)
+    async def deposit(self, username: str, amount: Decimal) -> MoneyMovementResponse:
+        return await self._move(username, TransactionType.DEPOSIT, amount)
 
-    async def withdraw(
-        self, username: str, amount: Decimal, apply_op: MarkApplied | None = None
-    ) -> MoneyMovementResponse:
-        return await self._move(username, TransactionType.WITHDRAW, amount, apply_op)
+    async def withdraw(self, username: str, amount: Decimal) -> MoneyMovementResponse:
+        return await self._move(username, TransactionType.WITHDRAW, amount)
 
-    async def _move(
-        self, username: str, kind: TransactionType, amount: Decimal, apply_op: MarkApplied | None
-    ) -> MoneyMovementResponse:
+    async def _move(self, username: str, kind: TransactionType, amount: Decimal) -> MoneyMovementResponse:
         deposit = kind is TransactionType.DEPOSIT
         limit = self.settings.daily_deposit_limit if deposit else self.settings.daily_withdraw_limit
         if amount > limit:
@@ -231,8 +225,9 @@ class MoneyService:
             entry, deposited=amount if deposit else Decimal(0), withdrawn=Decimal(0) if deposit else amount
         )
         ops.append(self._daily_limit_op(username, kind.value, amount, limit))
-        if apply_op is not None:
-            ops.append(apply_op(entry.transaction_id))
+        mark = applying_mark()  # set when the request carries an idempotency key
+        if mark is not None:
+            ops.append(mark(entry.transaction_id))
         try:
             await self.store.transact(ops)
         except ConditionFailed as exc:

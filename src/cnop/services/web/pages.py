@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import ValidationError
@@ -25,9 +25,10 @@ from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO, entry_from_item
 from cnop.common.dao.holding_dao import HoldingDAO
-from cnop.common.dao.order_dao import OrderDAO, order_from_item
+from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import InvalidCursor, Page
 from cnop.common.entities.balance import TransactionType
+from cnop.common.entities.holding import AssetTransaction
 from cnop.common.entities.order import ASSET_ID_PATTERN, ORDER_ID_PATTERN, OrderCreate, OrderStatus, OrderType
 from cnop.common.exceptions import CnopError, ValidationFailed
 from cnop.services.admin_api import PriceSet, set_manual_price
@@ -138,7 +139,10 @@ def notice(request: Request) -> str | None:
     return NOTICES.get(request.query_params.get("notice", ""))
 
 
-async def page_or_first(fetch: Callable[[str | None], Awaitable[Page]], cursor: str | None) -> Page:
+T = TypeVar("T")
+
+
+async def page_or_first(fetch: Callable[[str | None], Awaitable[Page[T]]], cursor: str | None) -> Page[T]:
     """The page at `cursor`; the first page when the cursor is not one we made (a stale link)."""
     try:
         return await fetch(cursor)
@@ -328,7 +332,7 @@ async def dashboard(
         portfolio=portfolio,
         insight=insight,
         ledger=[entry_from_item(item) for item in ledger.items],
-        orders=[order_from_item(item) for item in recent.items],
+        orders=recent.items,
         slices=slices,
         total_cost=cost,
         total_pnl=pnl,
@@ -527,13 +531,13 @@ class OrdersView:
         asset = asset_id.upper() if asset_id and asset_id.isalnum() else None
         matches = order_filter(asset, kind, wanted_status)
         history = await page_or_first(
-            lambda at: self.orders.get_orders_by_user(principal.username, limit=25, cursor=at, matches=matches),
+            lambda at: self.orders.get_orders_by_user(principal.username, limit=25, cursor=at, where=matches),
             cursor,
         )
         query = {"status": status, "asset_id": asset or "", "order_type": kind.value if kind else ""}
         return {
             "open_orders": open_orders,
-            "history": [order_from_item(item) for item in history.items],
+            "history": history.items,
             "next_cursor": history.next_cursor,
             "filters": query,
             "status_choices": STATUS_CHOICES,
@@ -625,7 +629,7 @@ async def ledger_page(
     )
     held_assets = sorted(h.asset_id for h in await holdings.get_holdings(principal.username))
     chosen = asset_id.upper() if asset_id.upper() in held_assets else (held_assets[0] if held_assets else "")
-    asset_rows: list[dict[str, Any]] = []
+    asset_rows: list[AssetTransaction] = []
     asset_next = None
     if chosen:
         asset_page_ = await page_or_first(
