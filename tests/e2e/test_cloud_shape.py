@@ -1,5 +1,5 @@
 """The cloud shape as real processes on 127.0.0.1: DynamoDB Local, Redis, two gateways, user,
-order, inventory, insights and a worker (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
+order, inventory, insights and two workers (`cnop.dev.CloudOnOneMachine`, what `cnop dev cloud` runs).
 
 One black-box journey through a gateway (a worker's fill reaching the user's event stream through
 Redis), the token rules across processes, one request id in

@@ -21,9 +21,9 @@ from tests.support.fake_prices import FakePrices
 
 PASSWORD = "Str0ng!Passw0rd"
 DEADLINE = 60.0
-# One worker for now: two trigger engines on DynamoDB Local race for the same order each tick and
-# can leave it resting for minutes; the engine split by asset of the shared state removes the race.
-WORKERS = 1
+# Two workers: they split the trigger work by asset (shard leases in Redis) and compete for the
+# price lease, as in a cluster.
+WORKERS = 2
 
 
 @contextmanager
