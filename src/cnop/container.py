@@ -31,6 +31,7 @@ from cnop.common.shared.invalidation import ALL, TOKEN, USER, Invalidations, inv
 from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import SharedRedis, open_redis, watch_redis
 from cnop.common.shared.redis_events import RedisEventBus
+from cnop.common.shared.shards import AssetShards
 from cnop.market.bus import LocalPriceBus, PriceBus, RedisPriceBus
 from cnop.market.catalogue import CatalogueAsset, load_catalogue
 from cnop.market.feed import PriceFeed
@@ -258,5 +259,9 @@ def build_container(
             holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
             ttl = max(3 * settings.expiry_check_seconds, settings.price_lease_seconds)
             container.triggers.expiry_lease = FencedLease(shared, "expiry", holder, ttl)
+            shards = AssetShards(shared, holder, settings.price_lease_seconds)
+            shards.on_gain = container.triggers.catch_up
+            container.triggers.shards = shards
+            container.background.append(shards.run)
         container.background.append(container.triggers.run)
     return container

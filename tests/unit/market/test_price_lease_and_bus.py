@@ -15,6 +15,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.config import Settings
 from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import SharedRedis, open_redis
+from cnop.common.shared.shards import SHARDS, AssetShards
 from cnop.container import build_container
 from cnop.market.bus import LocalPriceBus, RedisPriceBus
 from cnop.market.catalogue import load_catalogue
@@ -330,3 +331,57 @@ async def test_gtd_expiry_runs_in_one_engine_of_the_fleet_and_moves_when_its_hol
             await container.store.close()
             if container.redis is not None:
                 await container.redis.close()
+
+
+# --- trigger work split between engines --------------------------------------------------------
+
+
+async def test_engines_split_the_shards_and_a_dead_engines_shards_are_taken_over(shared: SharedRedis) -> None:
+    gained: dict[str, list[set[int]]] = {"a": [], "b": []}
+    a, b = AssetShards(shared, "a", 5.0), AssetShards(shared, "b", 5.0)
+    a.on_gain = gained["a"].append
+    b.on_gain = gained["b"].append
+
+    await a.balance()
+    assert a.owned == set(range(SHARDS))  # alone, it owns everything
+    await b.balance()  # b joins: there is nothing free yet
+    await a.balance()  # a sees two members and gives half back
+    await b.balance()  # b takes the free half
+    await a.balance()
+    await b.balance()
+
+    assert a.owned.isdisjoint(b.owned)
+    assert a.owned | b.owned == set(range(SHARDS))
+    assert len(a.owned) == len(b.owned) == SHARDS // 2
+    for asset in ("BTC", "ETH", "SOL", "DOGE", "ADA"):
+        assert a.owns(asset) != b.owns(asset)
+    assert gained["b"] and set().union(*gained["b"]) == b.owned
+
+    # a dies without a word: its shard leases lapse and its heartbeat goes stale.
+    dead = a.owned
+    for k in dead:
+        await shared.client.delete(a.leases[k].key)
+    await shared.client.zadd(b.members_key, {"a": 0})
+    await b.balance()
+
+    assert b.owned == set(range(SHARDS))
+    assert gained["b"][-1] == dead
+    # Tokens only grow: the survivor's leases on a's old shards are newer than a's were.
+    assert all(b.leases[k].token is not None for k in dead)
+
+
+async def test_an_engine_skips_the_ticks_of_assets_another_engine_owns(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    settings = _settings(tmp_path, redis_url, redis_prefix, trigger_engine=True, price_source="manual")
+    one = build_container(settings)
+    try:
+        shards = one.triggers.shards
+        assert isinstance(shards, AssetShards)
+        assert not shards.owns("BTC")  # nothing acquired yet: another engine may own it
+        await shards.balance()
+        assert shards.owns("BTC") and shards.owns("ETH")
+    finally:
+        await one.store.close()
+        if one.redis is not None:
+            await one.redis.close()

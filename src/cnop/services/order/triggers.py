@@ -25,6 +25,7 @@ from cnop.common.database.store import ItemStore, SortKey
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.events import EventBus
 from cnop.common.shared.lease import FencedLease
+from cnop.common.shared.shards import AllAssets, AssetShards, shard_of
 from cnop.market.prices import PriceBook, Tick
 from cnop.services.order.fills import Fills
 from cnop.services.order.placement import resting_index
@@ -48,6 +49,9 @@ class TriggerEngine:
         self.fills = 0
         # With Redis: expiry runs only in the engine holding this lease, so once per fleet, not N times.
         self.expiry_lease: FencedLease | None = None
+        # With Redis: the assets this engine handles now (the fleet's engines split them).
+        self.shards: AllAssets | AssetShards = AllAssets()
+        self._catching_up: set[asyncio.Task[int]] = set()
         # The time of the oldest tick taken from the book but not yet finished (None: caught up).
         self._working_since: datetime | None = None
 
@@ -78,11 +82,21 @@ class TriggerEngine:
         """Apply one batch of ticks; returns how many orders filled."""
         filled = 0
         for tick in ticks:
+            if not self.shards.owns(tick.asset_id):
+                continue  # another engine of the fleet handles this asset now
             try:
                 filled += await self.process_tick(tick.asset_id, tick.price)
             except Exception:  # one bad order or outage must not stop the engine
                 log.exception("trigger_tick_failed", asset_id=tick.asset_id)
         return filled
+
+    def catch_up(self, shards: set[int]) -> None:
+        """Shards just taken over: act on their assets' current prices (what a dead engine left)."""
+        size = getattr(self.shards, "shards", 1)
+        ticks = [t for t in self.book.snapshot().values() if shard_of(t.asset_id, size) in shards]
+        task = asyncio.get_running_loop().create_task(self.process(ticks))
+        self._catching_up.add(task)
+        task.add_done_callback(self._catching_up.discard)
 
     async def process_tick(self, asset_id: str, price: Decimal) -> int:
         for order in await self.trailing_to_move(asset_id, price):
