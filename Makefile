@@ -25,8 +25,8 @@ run: install
 	$(BIN)/cnop serve --host $(HOST) --port $(PORT)
 
 # The cloud shape as processes on 127.0.0.1 (gateways on 8100 and 8101); Ctrl-C stops everything.
-# Redis joins once the shared state reads it (until then each process keeps its own).
-cloud: install deps-dynamodb
+# With Redis (installed by deps-redis) for the shared state: prices, events, limits, caches.
+cloud: install deps-dynamodb deps-redis
 	$(BIN)/cnop dev cloud
 
 lint: install

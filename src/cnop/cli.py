@@ -253,7 +253,9 @@ def dev_cloud(
     dynamodb_local: Annotated[
         bool, typer.Option(help="Start DynamoDB Local (installed by `make deps-dynamodb`); else the SQLite file")
     ] = True,
-    redis: Annotated[bool, typer.Option(help="Start redis-server for the shared state")] = False,
+    redis: Annotated[
+        bool, typer.Option(help="Start redis-server for the shared state (--no-redis: each process keeps its own)")
+    ] = True,
 ) -> None:
     """The cloud shape as processes on 127.0.0.1: DynamoDB Local, Redis, every service, gateways; Ctrl-C stops."""
     import shutil
