@@ -71,6 +71,7 @@ def holding_from_item(item: Item) -> Holding:
         cost_basis=item["cost_basis"],
         created_at=parse_isoformat(item["created_at"]),
         updated_at=parse_isoformat(item["updated_at"]),
+        version=item.get("version", ZERO),
     )
 
 
@@ -79,11 +80,8 @@ class HoldingDAO:
         self.store = store
         self.clock = clock
 
-    async def get_holding_item(self, username: str, asset_id: str) -> Item | None:
-        return await self.store.get(keys.USERS, keys.holding_key(username, asset_id))
-
     async def get_holding(self, username: str, asset_id: str) -> Holding | None:
-        item = await self.get_holding_item(username, asset_id)
+        item = await self.store.get(keys.USERS, keys.holding_key(username, asset_id))
         return holding_from_item(item) if item is not None else None
 
     async def get_holdings(self, username: str) -> list[Holding]:

@@ -25,6 +25,9 @@ class Holding(BaseModel):
     cost_basis: Decimal
     created_at: datetime
     updated_at: datetime
+    version: Decimal = Decimal(0)
+    """Bumped by every change; a sell that computed its cost basis from this snapshot applies
+    only while the holding is still at this version (see services/order/settlement.py)."""
 
     @property
     def quantity(self) -> Decimal:

@@ -319,18 +319,18 @@ class Settlement:
         above.
         """
         for attempt in range(SELL_ATTEMPTS):
-            holding = await self.holdings.get_holding_item(username, asset_id)
-            have = ZERO if holding is None else holding["held" if from_held else "available"]
+            holding = await self.holdings.get_holding(username, asset_id)
+            have = ZERO if holding is None else (holding.held if from_held else holding.available)
             if holding is None or have < quantity:
                 raise UnitsMissing(have)
-            basis_out = cost_basis_out(holding["available"] + holding["held"], holding["cost_basis"], quantity)
+            basis_out = cost_basis_out(holding.available + holding.held, holding.cost_basis, quantity)
             order, order_op = filled(basis_out)
             legs = self.sell_legs(
                 order,
                 order_op,
                 basis_out=basis_out,
                 from_held=from_held,
-                expected_version=holding["version"] if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
+                expected_version=holding.version if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
                 note=note,
             )
             try:
