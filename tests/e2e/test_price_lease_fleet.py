@@ -14,14 +14,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import httpx2
 import pytest
 import redis
 
 from tests.support.fake_prices import FakePrices, serve_fake_prices
-from tests.support.fleet import Fleet, client, login, register
+from tests.support.fleet import Fleet, client, lease_holder, login, quote, register
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.system
@@ -80,26 +79,6 @@ def shared(redis_server: RedisServer) -> Iterator[redis.Redis]:
     connection = redis.Redis.from_url(redis_server.url, decode_responses=True)
     yield connection
     connection.close()
-
-
-def quote(http: httpx2.Client, asset: str) -> tuple[Decimal, str]:
-    r = http.get(f"/api/v1/inventory/assets/{asset}")
-    assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()["data"]
-    return Decimal(str(data["price_usd"])), str(data["last_updated"])
-
-
-def lease_holder(shared: redis.Redis, prefix: str, fleet: Fleet) -> tuple[int, str] | None:
-    """(token, worker name) of the lease's holder, from its value `TOKEN:HOST:PID:NONCE`."""
-    value = shared.get(f"{prefix}lease:prices")
-    if not value:
-        return None
-    token, _host, pid, _nonce = str(value).split(":")
-    for name in fleet.worker_names():
-        process = fleet.member(name).process
-        if process is not None and process.pid == int(pid):
-            return int(token), name
-    return int(token), f"pid {pid}"
 
 
 def test_both_api_processes_quote_the_stream_a_worker_publishes(

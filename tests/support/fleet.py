@@ -20,10 +20,12 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import redis
 
 from cnop.dev import STOP_TIMEOUT_SECONDS, Member
 from tests.support.cnop_server import free_port
@@ -208,3 +210,24 @@ def register(http: httpx2.Client, username: str) -> None:
 def json_of(response: httpx2.Response) -> Any:
     assert response.status_code < 300, (response.status_code, response.text)
     return response.json()
+
+
+def quote(http: httpx2.Client, asset: str) -> tuple[Decimal, str]:
+    """(price, last_updated) of an asset as one API process quotes it."""
+    r = http.get(f"/api/v1/inventory/assets/{asset}")
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()["data"]
+    return Decimal(str(data["price_usd"])), str(data["last_updated"])
+
+
+def lease_holder(shared: redis.Redis, prefix: str, fleet: Fleet) -> tuple[int, str] | None:
+    """(token, worker name) of the price lease's holder, from its value `TOKEN:HOST:PID:NONCE`."""
+    value = shared.get(f"{prefix}lease:prices")
+    if not value:
+        return None
+    token, _host, pid, _nonce = str(value).split(":")
+    for name in fleet.worker_names():
+        process = fleet.member(name).process
+        if process is not None and process.pid == int(pid):
+            return int(token), name
+    return int(token), f"pid {pid}"
