@@ -10,34 +10,20 @@ keep moving on both. Every "within" is polled with a generous deadline, never ti
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
 import redis
 
-from tests.support.fleet import Fleet, client, lease_holder, quote
+from tests.support.fleet import Fleet, client, lease_holder, poll, quote
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.system
 
-DEADLINE_SECONDS = 15.0
 ASSET = "BTC"
-T = TypeVar("T")
-
-
-def poll(fetch: Callable[[], T], until: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        value = fetch()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_SECONDS:g} s: {what} (last: {value!r})")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -10,35 +10,18 @@ polled with a generous deadline, never timed.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import TypeVar
 
 import pytest
 import redis
 
 from tests.support.fake_prices import FakePrices, serve_fake_prices
-from tests.support.fleet import Fleet, client, lease_holder, login, quote, register
+from tests.support.fleet import Fleet, client, lease_holder, login, poll, quote, register
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.system
-
-DEADLINE_SECONDS = 15.0
-T = TypeVar("T")
-
-
-def poll(fetch: Callable[[], T], until: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        value = fetch()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_SECONDS:g} s: {what} (last: {value!r})")
-        time.sleep(0.1)
-
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:

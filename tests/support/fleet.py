@@ -18,13 +18,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
+import pytest
 import redis
 
 from cnop.dev import STOP_TIMEOUT_SECONDS, Member
@@ -33,6 +34,8 @@ from tests.support.cnop_server import free_port
 PASSWORD = "Str0ng!Passw0rd"
 ADMIN = "fleet_admin"
 READY_SECONDS = 120.0
+DEADLINE_SECONDS = 15.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -231,3 +234,15 @@ def lease_holder(shared: redis.Redis, prefix: str, fleet: Fleet) -> tuple[int, s
         if process is not None and process.pid == int(pid):
             return int(token), name
     return int(token), f"pid {pid}"
+
+
+def poll(fetch: Callable[[], T], until: Callable[[T], bool], what: str) -> T:
+    """`fetch()` until `until` holds of its value, for at most DEADLINE_SECONDS (never timed)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        value = fetch()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE_SECONDS:g} s: {what} (last: {value!r})")
+        time.sleep(0.1)
