@@ -293,6 +293,8 @@ class RedisPriceBus:
         ticks = []
         for asset_id, value in latest.items():
             ticks.extend(decode_ticks(f"{asset_id}|{value}"))
+        if history:  # at start-up the shared prices and history replace this process's own seed
+            self.book.forget(t.asset_id for t in ticks)
         self.book.apply(ticks)
         if history:
             since = self.clock.now() - HOURS.span

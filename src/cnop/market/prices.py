@@ -304,6 +304,17 @@ class PriceBook:
             self._publish(accepted)
         return accepted
 
+    def forget(self, asset_ids: Iterable[str]) -> None:
+        """Drop these assets' history, so that a shared history can take its place in full.
+
+        A process following a shared price stream starts from the shared latest prices and
+        history, not from its own start-up seed (stamped at its own start, it would hide the
+        shared buckets after it and give each process different 24-hour figures).
+        """
+        for asset_id in asset_ids:
+            self._assets.pop(asset_id, None)
+            self._stats.pop(asset_id, None)
+
     def restore(self, asset_id: str, points: Iterable[Tick]) -> int:
         """Put older points (kept in the store across a restart) before the asset's history.
 
@@ -330,7 +341,7 @@ class PriceBook:
 
         Unlike `restore`, the extremes inside each bucket survive, so a process that loads the
         shared history computes the same 24-hour figures as one that saw every tick. Only
-        buckets whose last tick is older than the asset's first tick in memory are taken (that
+        buckets whose last tick is not newer than the asset's first tick in memory are taken (that
         first tick and the ones after it are added again on top, merging into their bucket);
         nothing is published and the current price does not change. `first` is the first price
         ever recorded (what the 24-hour change is measured from while history is younger than a
@@ -343,11 +354,16 @@ class PriceBook:
             tier = tiers.get(point.resolution)
             if tier is None or point.last.asset_id != asset_id or point.last.price <= 0:
                 continue
-            if in_memory is not None and point.last.at >= in_memory:
+            if in_memory is not None and point.last.at > in_memory:  # (its own tick merges again)
                 continue
             tier[point.bucket] = point
         taken = sum(len(tier) for tier in tiers.values())
         if not taken:
+            # No bucket before the ticks in memory, but the first price ever recorded still is
+            # what the 24-hour change is measured from.
+            if current is not None and first is not None and current.first is not None and first.at < current.first.at:
+                current.first = first
+                self._stats.pop(asset_id, None)
             return 0
         history = _AssetHistory(self._history_size)
         for resolution, target in ((_MINUTE, history.minutes), (_HOUR, history.hours)):
