@@ -15,7 +15,7 @@ import binascii
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeAlias
+from typing import Any, Generic, Protocol, TypeAlias, runtime_checkable
 
 import simplejson
 from typing_extensions import TypeVar
@@ -336,6 +336,31 @@ class ItemStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+Plan: TypeAlias = Callable[["Item | None"], Sequence[Op]]
+"""Builds a transaction's ops from one item as it is inside that transaction (None: absent)."""
+
+
+@runtime_checkable
+class PlannedTransactions(Protocol):
+    """An engine that reads an item and applies what a plan builds from it in ONE transaction.
+
+    No other write can come between the read and the writes, so the plan needs no guard on what
+    it read (a version, say) and is never retried for a change made meanwhile. SQLite does it
+    (the plan runs on the store thread, under the write lock). DynamoDB cannot (a transaction
+    does not read), so it does not offer this; callers read, build and apply under guards there.
+    """
+
+    async def transact_planned(self, table: str, key: Key, plan: Plan) -> None:
+        """Read the live item at `key` of `table`, apply the ops `plan(item)` returns, all or none.
+
+        An exception raised by `plan` aborts the transaction (nothing is written) and is raised
+        here; a failing condition of a built op raises `ConditionFailed` with its index among the
+        built ops. `plan` runs on another thread and may run more than once (only its last run's
+        ops are applied); it must be quick, and must not depend on context variables.
+        """
+        ...
 
 
 async def query_all(

@@ -429,11 +429,12 @@ class DynamoDBStore:
             if not isinstance(op, Update):
                 raise ConditionFailed(index)
             current = decode_item(reason["Item"]) if "Item" in reason else None
+            live = current if is_live(current, now) else None
             if not evaluate(op.condition, current, now):
-                raise ConditionFailed(index)
+                raise ConditionFailed(index, item=live)
             assumption = Assumption.of(op, current, now)
             if assumption == assumptions[index]:
-                raise ConditionFailed(index)  # DynamoDB said no; trust it
+                raise ConditionFailed(index, item=live)  # DynamoDB said no; trust it
             assumptions[index] = assumption
             corrected = True
         if not corrected:
