@@ -343,9 +343,11 @@ class Settlement:
         # one before it left (known exactly when that one committed), so they never race each
         # other. Not a lock: nothing relies on it for correctness (the version guard does), and
         # a sell whose predecessor ends otherwise simply reads the holding.
-        chain = (username, asset_id)
+        chain, loop = (username, asset_id), asyncio.get_running_loop()
         before = self._sell_chain.get(chain)
-        mine: asyncio.Future[Holding | None] = asyncio.get_running_loop().create_future()
+        if before is not None and before.get_loop() is not loop:
+            before = None  # another event loop's sell (tests): not one to follow
+        mine: asyncio.Future[Holding | None] = loop.create_future()
         self._sell_chain[chain] = mine
         after: Holding | None = None
         try:
