@@ -43,7 +43,8 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
-from cnop.common.database.store import ItemStore, Op
+from cnop.common.database.store import ItemStore
+from cnop.common.database.transaction import Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
@@ -136,7 +137,7 @@ async def seeded(store: ItemStore) -> tuple[Settlement, OrderDAO, str, FakeClock
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     return Settlement(store, balances, holdings, AssetDAO.house_trade_op), OrderDAO(store, clock), username, clock
 
 
@@ -165,7 +166,9 @@ async def contention(store: ItemStore, contenders: int, *, planned: bool) -> dic
         settlement.planner = None
     units, cost, proceeds = D(40), D("1000.01"), D("30.00")
     buy = order_of(username, clock, OrderType.MARKET_BUY, units, cost)
-    await settlement.settle_buy(buy, orders.create_order_op(buy))
+    legs = Legs()
+    await orders.create_order(buy, tx=legs)
+    await settlement.settle_buy(buy, legs)
     counts = Counter[str]()
     real_transact, real_get = store.transact, store.get
     real_planned = getattr(store, "transact_planned", None)
@@ -183,9 +186,9 @@ async def contention(store: ItemStore, contenders: int, *, planned: bool) -> dic
         assert real_planned is not None
         await real_planned(table, key, plan)
 
-    def filled(basis_out: Decimal) -> tuple[Order, Op]:
+    async def filled(basis_out: Decimal, legs: Legs) -> Order:
         order = order_of(username, clock, OrderType.MARKET_SELL, D(1), proceeds, realized_pnl=proceeds - basis_out)
-        return order, orders.create_order_op(order)
+        return await orders.create_order(order, tx=legs)
 
     async def sell() -> Order | None:
         try:

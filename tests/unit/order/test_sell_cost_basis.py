@@ -29,7 +29,8 @@ from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import user_to_item
 from cnop.common.database import keys
-from cnop.common.database.store import ItemStore, NotExists, Op, PlannedTransactions, Put
+from cnop.common.database.store import ItemStore, NotExists, PlannedTransactions, Put
+from cnop.common.database.transaction import GuardFailed, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType, OrderUpdate
@@ -37,7 +38,7 @@ from cnop.common.entities.user import User
 from cnop.common.ids import new_id
 from cnop.services.order.placement import resting_index
 from cnop.services.order.rules import trigger_of
-from cnop.services.order.settlement import GuardFailed, Settlement, UnitsMissing
+from cnop.services.order.settlement import Settlement, UnitsMissing
 from tests.conftest import StoreFactory
 from tests.support.books import assert_audit_passes
 
@@ -102,12 +103,14 @@ class Books:
 
     async def buy(self, quantity: Decimal, cost: Decimal) -> None:
         order = self.order(OrderType.MARKET_BUY, quantity, cost)
-        await self.settlement.settle_buy(order, self.orders.create_order_op(order))
+        legs = Legs()
+        await self.orders.create_order(order, tx=legs)
+        await self.settlement.settle_buy(order, legs)
 
     async def market_sell(self, quantity: Decimal, proceeds: Decimal) -> Order | None:
-        def filled(basis_out: Decimal) -> tuple[Order, Op]:
+        async def filled(basis_out: Decimal, legs: Legs) -> Order:
             order = self.order(OrderType.MARKET_SELL, quantity, proceeds, realized_pnl=proceeds - basis_out)
-            return order, self.orders.create_order_op(order)
+            return await self.orders.create_order(order, tx=legs)
 
         try:
             return await self.settlement.settle_sell(self.username, ASSET, quantity, filled, from_held=False)
@@ -127,9 +130,9 @@ class Books:
             }
         )
         try:
-            await self.settlement.hold_legs(order, self.orders.create_order_op(order, resting_index(order))).commit(
-                self.store
-            )
+            legs = Legs()
+            await self.orders.create_order(order, resting_index(order), tx=legs)
+            await (await self.settlement.hold_legs(order, legs)).commit(self.store)
         except GuardFailed:
             return False
         self.resting.append(order)
@@ -140,7 +143,7 @@ class Books:
         order = self.resting.pop(0)
         now = self.clock.now()
 
-        def filled(basis_out: Decimal) -> tuple[Order, Op]:
+        async def filled(basis_out: Decimal, legs: Legs) -> Order:
             update = OrderUpdate(
                 status=OrderStatus.COMPLETED,
                 executed_price=D("1000000"),
@@ -149,8 +152,7 @@ class Books:
                 executed_at=now,
                 updated_at=now,
             )
-            op = self.orders.update_order_status_op(order, update, trigger_seen=trigger_of(order).price)
-            return update.applied_to(order), op
+            return await self.orders.update_order_status(order, update, trigger_seen=trigger_of(order).price, tx=legs)
 
         return await self.settlement.settle_sell(
             self.username, ASSET, order.quantity, filled, from_held=True, note=" (limit_sell)"
@@ -161,8 +163,9 @@ class Books:
         order = self.resting.pop(0)
         now = self.clock.now()
         update = OrderUpdate(status=OrderStatus.CANCELLED, reason="cancelled", cancelled_at=now, updated_at=now)
-        op = self.orders.update_order_status_op(order, update, trigger_seen=trigger_of(order).price)
-        await self.settlement.release_legs(order, op, OrderStatus.CANCELLED, now).commit(self.store)
+        legs = Legs()
+        await self.orders.update_order_status(order, update, trigger_seen=trigger_of(order).price, tx=legs)
+        await (await self.settlement.release_legs(order, legs, OrderStatus.CANCELLED, now)).commit(self.store)
 
     def order(self, order_type: OrderType, quantity: Decimal, total: Decimal, **more: Any) -> Order:
         now = self.clock.now()
@@ -219,7 +222,7 @@ async def open_books(store: ItemStore, *, planned: bool, cash: str = "100000000.
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     settlement = Settlement(store, balances, holdings, AssetDAO.house_trade_op, planned_sells=planned)
     return Books(store, clock, holdings, OrderDAO(store, clock), settlement, username)
 

@@ -17,21 +17,21 @@ Market buys and sells, marketable limit orders, trigger fills and the fill of a 
 stop-limit all come through `settle_buy` / `settle_sell`. A failed condition comes back as
 `GuardFailed(leg=...)`, so callers map it to a domain error by the leg's name, never by an op's
 position. How a sell takes out its cost basis (in the transaction where the engine allows it,
-else read and retry: `SELL_ATTEMPTS`) lives here and nowhere else
-(docs/decisions/0024-sells.md).
+else read and retry: `SELL_ATTEMPTS`) lives here and nowhere else (docs/decisions/0024-sells.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
+from typing import Any, TypeVar
 
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.database.store import Item, ItemStore, Op, PlannedTransactions
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.holding import AssetTransaction, Holding
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
@@ -52,26 +52,10 @@ NO_CASH = Decimal("0.00")
 # kept changing). Only other processes' trades and buys of the same holding can make it retry.
 SELL_ATTEMPTS = 32
 
+T = TypeVar("T")
+
 # Builds the house inventory's side of a trade: (asset, units to the house, cash to the house).
 HouseTrade = Callable[[str, Decimal, Decimal], Op]
-
-
-class Leg(StrEnum):
-    ORDER = "order"
-    LEDGER = "ledger"
-    BALANCE = "balance"
-    HOLDING = "holding"
-    ASSET_TRANSACTION = "asset_transaction"
-    HOUSE = "house"
-    IDEMPOTENCY = "idempotency"
-
-
-class GuardFailed(ConditionFailed):
-    """A leg's condition did not hold: `leg` names it, `index` is its op's place in the transaction."""
-
-    def __init__(self, leg: Leg, index: int, item: Item | None = None) -> None:
-        self.leg = leg
-        super().__init__(index, f"the {leg.value} leg's condition failed", item=item)
 
 
 class UnitsMissing(Exception):
@@ -82,42 +66,24 @@ class UnitsMissing(Exception):
         super().__init__(f"only {have} units")
 
 
-class Legs:
-    """The ops of one transaction, each named by the leg it belongs to."""
-
-    __slots__ = ("names", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[Op] = []
-        self.names: list[Leg] = []
-
-    def add(self, leg: Leg, *ops: Op) -> Legs:
-        self.ops.extend(ops)
-        self.names.extend(leg for _ in ops)
-        return self
-
-    def leg_at(self, index: int) -> Leg:
-        return self.names[index]
-
-    async def commit(self, store: ItemStore) -> None:
-        """Apply every leg at once; a failed condition raises `GuardFailed` naming its leg."""
-        try:
-            await store.transact(self.ops)
-        except ConditionFailed as exc:
-            raise self.failure(exc) from exc
-
-    def failure(self, exc: ConditionFailed) -> ConditionFailed:
-        """`exc` as the `GuardFailed` of the leg whose op it names (itself if none does)."""
-        if not 0 <= exc.index < len(self.names):
-            return exc
-        return GuardFailed(self.leg_at(exc.index), exc.index, exc.item)
-
-
 def idempotency_leg(legs: Legs, result_id: str) -> Legs:
     """The client's idempotency record marked applied with `result_id`, when the use case runs
     under an idempotency key (`cnop.services.idempotent`)."""
     mark = applying_mark()
     return legs if mark is None else legs.add(Leg.IDEMPOTENCY, mark(result_id))
+
+
+def at_once(step: Awaitable[T]) -> T:
+    """The result of a leg builder that only adds ops to its `Legs` (a DAO write with `tx=`),
+    run to its end here and now: a plan runs on the store's thread, where nothing can be awaited."""
+    assert isinstance(step, Coroutine)
+    coroutine: Coroutine[Any, Any, T] = step
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a leg builder waited for something inside a planned transaction")
 
 
 class Settlement:
@@ -141,9 +107,9 @@ class Settlement:
 
     # --- the legs -----------------------------------------------------------------------------
 
-    def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
-        ops = self.balances.entry_ops(*entries)
-        return legs.add(Leg.LEDGER, *ops[:-1]).add(Leg.BALANCE, ops[-1])
+    async def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
+        await self.balances.create_transaction(*entries, tx=legs)
+        return legs
 
     def _asset_transaction(
         self,
@@ -172,11 +138,11 @@ class Settlement:
             )
         )
 
-    def hold_legs(self, order: Order, order_op: Op) -> Legs:
+    async def hold_legs(self, order: Order, legs: Legs) -> Legs:
         """A resting order's reservation moves from available to held: cash for a buy (an
-        ORDER_HOLD entry), units for a sell (a `hold` asset transaction)."""
+        ORDER_HOLD entry), units for a sell (a `hold` asset transaction). `legs` holds the
+        order's own write already (`OrderDAO.create_order(..., tx=legs)`)."""
         now, held = order.created_at, order.held_amount
-        legs = Legs().add(Leg.ORDER, order_op)
         if order.side is OrderSide.BUY:
             entry = BalanceTransaction(
                 transaction_id=new_id(),
@@ -189,15 +155,15 @@ class Settlement:
                 order_id=order.order_id,
                 created_at=now,
             )
-            return self._cash_legs(legs, entry)
+            return await self._cash_legs(legs, entry)
         legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=-held, held=held))
         return legs.add(Leg.ASSET_TRANSACTION, self._asset_transaction(order, "hold", now, available=-held, held=held))
 
-    def release_legs(self, order: Order, order_op: Op, status: OrderStatus, now: datetime) -> Legs:
+    async def release_legs(self, order: Order, legs: Legs, status: OrderStatus, now: datetime) -> Legs:
         """A resting order that ends without a fill gives its reservation back (ORDER_RELEASE
-        for cash, a `release` asset transaction for units)."""
+        for cash, a `release` asset transaction for units). `legs` holds the order's status
+        change already (`OrderDAO.update_order_status(..., tx=legs)`)."""
         held = order.held_amount
-        legs = Legs().add(Leg.ORDER, order_op)
         if order.side is OrderSide.BUY:
             if held <= 0:
                 return legs
@@ -212,15 +178,16 @@ class Settlement:
                 order_id=order.order_id,
                 created_at=now,
             )
-            return self._cash_legs(legs, entry)
+            return await self._cash_legs(legs, entry)
         legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=held, held=-held))
         return legs.add(
             Leg.ASSET_TRANSACTION, self._asset_transaction(order, "release", now, available=held, held=-held)
         )
 
-    def buy_legs(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Legs:
-        """`order` is the order as filled (executed price, total cost, executed at); `held` the
-        reservation the cost is paid from first (a resting buy), any excess from available cash."""
+    async def buy_legs(self, order: Order, legs: Legs, *, held: Decimal = ZERO, note: str = "") -> Legs:
+        """`order` is the order as filled (executed price, total cost, executed at), its own write
+        in `legs` already; `held` the reservation the cost is paid from first (a resting buy),
+        any excess from available cash."""
         assert order.executed_price is not None
         assert order.total_amount is not None
         assert order.executed_at is not None
@@ -253,7 +220,7 @@ class Settlement:
                     created_at=now,
                 )
             )
-        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), *entries)
+        await self._cash_legs(legs, *entries)
         legs.add(
             Leg.HOLDING,
             self.holdings.change_op(order.username, order.asset_id, now, available=order.quantity, cost_basis=cost),
@@ -264,18 +231,19 @@ class Settlement:
         )
         return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, -order.quantity, cost))
 
-    def sell_legs(
+    async def sell_legs(
         self,
         order: Order,
-        order_op: Op,
+        legs: Legs,
         *,
         basis_out: Decimal,
         from_held: bool,
         expected_version: Decimal | None,
         note: str = "",
     ) -> Legs:
-        """`order` is the order as filled; the units leave available (a market sell) or held (a
-        resting sell's reservation), with `basis_out` of the cost basis."""
+        """`order` is the order as filled, its own write in `legs` already; the units leave
+        available (a market sell) or held (a resting sell's reservation), with `basis_out` of the
+        cost basis."""
         assert order.executed_price is not None
         assert order.total_amount is not None
         assert order.executed_at is not None
@@ -293,7 +261,7 @@ class Settlement:
         )
         units = -order.quantity
         available, held = (ZERO, units) if from_held else (units, ZERO)
-        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), entry)
+        await self._cash_legs(legs, entry)
         legs.add(
             Leg.HOLDING,
             self.holdings.change_op(
@@ -314,10 +282,10 @@ class Settlement:
 
     # --- settling -----------------------------------------------------------------------------
 
-    async def settle_buy(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Order:
-        """Apply a buy's legs at once; raises `GuardFailed` naming the leg that refused."""
-        legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), order.order_id)
-        await legs.commit(self.store)
+    async def settle_buy(self, order: Order, legs: Legs, *, held: Decimal = ZERO, note: str = "") -> Order:
+        """Apply a buy's legs at once (`legs` holds the order's own write); raises `GuardFailed`
+        naming the leg that refused."""
+        await idempotency_leg(await self.buy_legs(order, legs, held=held, note=note), order.order_id).commit(self.store)
         return order
 
     async def settle_sell(
@@ -325,17 +293,18 @@ class Settlement:
         username: str,
         asset_id: str,
         quantity: Decimal,
-        filled: Callable[[Decimal], tuple[Order, Op]],
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
         *,
         from_held: bool,
         note: str = "",
     ) -> Order:
         """Take `quantity` units out of the holding at its average cost, all legs at once.
 
-        `filled(basis_out)` gives the order as filled and its own op for that cost basis (it is
-        called again on every attempt). Raises `UnitsMissing` when the units are not there,
-        `GuardFailed` for a leg other than the holding, and retries the holding's per the policy
-        above.
+        `filled(basis_out, legs)` gives the order as filled for that cost basis, its own write
+        added to `legs` (it is called again, with fresh legs, on every attempt; on a planning
+        engine inside the transaction, so it must only add to `legs`). Raises `UnitsMissing` when
+        the units are not there, `GuardFailed` for a leg other than the holding, and retries the
+        holding's per the policy above.
         """
         if self.planner is not None:
             return await self._settle_sell_planned(self.planner, username, asset_id, quantity, filled, from_held, note)
@@ -366,7 +335,7 @@ class Settlement:
         self,
         holding: Holding | None,
         quantity: Decimal,
-        filled: Callable[[Decimal], tuple[Order, Op]],
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
         from_held: bool,
         note: str,
     ) -> tuple[Order, Holding]:
@@ -375,14 +344,10 @@ class Settlement:
         for _ in range(SELL_ATTEMPTS):
             basis_out = self._basis_out(holding, quantity, from_held)
             assert holding is not None
-            order, order_op = filled(basis_out)
-            legs = self.sell_legs(
-                order,
-                order_op,
-                basis_out=basis_out,
-                from_held=from_held,
-                expected_version=holding.version,
-                note=note,
+            legs = Legs()
+            order = await filled(basis_out, legs)
+            await self.sell_legs(
+                order, legs, basis_out=basis_out, from_held=from_held, expected_version=holding.version, note=note
             )
             try:
                 await idempotency_leg(legs, order.order_id).commit(self.store)
@@ -395,10 +360,10 @@ class Settlement:
                 else:
                     holding = await self.holdings.get_holding(holding.username, holding.asset_id)
                 continue
-            units = -order.quantity
+            moved = "held" if from_held else "available"
             left = holding.model_copy(
                 update={
-                    "held" if from_held else "available": (holding.held if from_held else holding.available) + units,
+                    moved: getattr(holding, moved) - order.quantity,
                     "cost_basis": holding.cost_basis - basis_out,
                     "version": holding.version + 1,
                 }
@@ -420,7 +385,7 @@ class Settlement:
         username: str,
         asset_id: str,
         quantity: Decimal,
-        filled: Callable[[Decimal], tuple[Order, Op]],
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
         from_held: bool,
         note: str,
     ) -> Order:
@@ -431,9 +396,10 @@ class Settlement:
 
         def plan(item: Item | None) -> list[Op]:
             basis_out = self._basis_out(self.holdings.from_item(item), quantity, from_held)
-            order, order_op = filled(basis_out)
-            legs = self.sell_legs(
-                order, order_op, basis_out=basis_out, from_held=from_held, expected_version=None, note=note
+            legs = Legs()
+            order = at_once(filled(basis_out, legs))
+            at_once(
+                self.sell_legs(order, legs, basis_out=basis_out, from_held=from_held, expected_version=None, note=note)
             )
             if mark is not None:
                 legs.add(Leg.IDEMPOTENCY, mark(order.order_id))
