@@ -1,4 +1,4 @@
-"""Order service use cases: market orders, each one store transaction (design §6)."""
+"""Order service use cases: market orders, each one store transaction (docs/storage.md §3)."""
 
 from __future__ import annotations
 
@@ -178,10 +178,6 @@ class OrderService:
     async def cancel_order(self, username: str, order_id: str) -> Order:
         """Cancel a queued order, releasing its reservation in the same transaction."""
         return await self.release.cancel(username, order_id)
-
-    async def queued_orders_of(self, username: str) -> list[Order]:
-        """Every queued order of a user (the open orders a page or the events stream shows)."""
-        return await self.orders.get_queued_orders(username)
 
     def _new_order(self, username: str, request: OrderCreate, quote: Quote, total: Decimal) -> Order:
         """An order filled now, at the quote."""
