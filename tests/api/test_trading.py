@@ -11,7 +11,6 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock
-from cnop.common.database import keys
 from tests.support.api import Api, assert_problem, funded_user, snapshot
 from tests.support.wire import read
 
@@ -20,7 +19,7 @@ D = Decimal
 
 async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     username, headers = await funded_user(api, "10000")
-    house_before = await api.container.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
+    house_before = await api.container.asset_dao.house_totals("BTC")
     assert house_before is not None
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="btc", quantity="0.12345678")
@@ -35,13 +34,14 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     assert buy["trail_anchor"] is None
     assert '"quantity":"0.12345678"' in r.text and '"total_amount":"6172.84"' in r.text
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("3827.16") and s["balance"]["held"] == 0
-    assert s["holding"]["available"] == D("0.12345678") and s["holding"]["cost_basis"] == D("6172.84")
-    assert s["house"]["quantity"] == house_before["quantity"] - D("0.12345678")
-    assert s["house"]["cash"] == D("6172.84")
-    payment = [e for e in s["ledger"] if e["transaction_type"] == "order_payment"]
-    assert len(payment) == 1 and payment[0]["available_change"] == D("-6172.84") and payment[0]["order_id"] == buy["order_id"]
-    assert [t["transaction_type"] for t in s["asset_txns"]] == ["buy"]
+    assert s.balance is not None and s.holding is not None and s.house is not None
+    assert s.balance.available == D("3827.16") and s.balance.held == 0
+    assert s.holding.available == D("0.12345678") and s.holding.cost_basis == D("6172.84")
+    assert s.house.quantity == house_before.quantity - D("0.12345678")
+    assert s.house.cash == D("6172.84")
+    payment = [e for e in s.ledger if e.transaction_type == "order_payment"]
+    assert len(payment) == 1 and payment[0].available_change == D("-6172.84") and payment[0].order_id == buy["order_id"]
+    assert [t.transaction_type for t in s.asset_txns] == ["buy"]
 
     api.set_price("BTC", "51000.5")
     r = await api.order(headers, order_type="market_sell", asset_id="BTC", quantity="0.1")
@@ -51,12 +51,13 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     assert sell["total_amount"] == "5100.05" and sell["executed_price"] == "51000.5" and sell["price"] == "51000.5"
     assert sell["quantity"] == "0.1" and sell["held_amount"] == "0" and sell["realized_pnl"] == "100.05"
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("8927.21")
-    assert s["holding"]["available"] == D("0.02345678") and s["holding"]["cost_basis"] == D("1172.84")
-    assert s["house"]["quantity"] == house_before["quantity"] - D("0.02345678")
-    assert s["house"]["cash"] == D("1072.79")
-    assert sorted(e["transaction_type"] for e in s["ledger"]) == ["deposit", "order_payment", "order_proceeds"]
-    assert len(s["orders"]) == 2
+    assert s.balance is not None and s.holding is not None and s.house is not None
+    assert s.balance.available == D("8927.21")
+    assert s.holding.available == D("0.02345678") and s.holding.cost_basis == D("1172.84")
+    assert s.house.quantity == house_before.quantity - D("0.02345678")
+    assert s.house.cash == D("1072.79")
+    assert sorted(e.transaction_type for e in s.ledger) == ["deposit", "order_payment", "order_proceeds"]
+    assert len(s.orders) == 2
 
     r = await api.client.get("/api/v1/orders", headers=headers)
     assert read(r)["data"] == [sell, buy]
@@ -216,8 +217,9 @@ async def test_client_order_id_replays_and_refuses_reuse(api: Api) -> None:
     other = await api.order(headers, **{**body, "quantity": "0.02"})
     assert_problem(other, 422, "idempotency_key_reused")
     s = await snapshot(api, username)
-    assert len(s["orders"]) == 1 and s["holding"]["available"] == D("0.01")
-    assert s["balance"]["available"] == D("9500.00")
+    assert s.balance is not None and s.holding is not None
+    assert len(s.orders) == 1 and s.holding.available == D("0.01")
+    assert s.balance.available == D("9500.00")
 
 
 async def test_other_users_order_is_404_and_cannot_be_cancelled(api: Api) -> None:
@@ -288,14 +290,14 @@ async def _check_after_burst(api: Api, username: str, results: list[Any]) -> Non
             assert r.json()["code"] in ("insufficient_funds", "insufficient_holdings")
     ok_ids = {r.json()["data"]["order_id"] for r in results if r.status_code == 201}
     s = await snapshot(api, username)
-    stored = {o["order_id"] for o in s["orders"]}
+    stored = {o.order_id for o in s.orders}
     assert ok_ids <= stored
-    ledger_orders = {e["order_id"] for e in s["ledger"] if e["order_id"]}
+    ledger_orders = {e.order_id for e in s.ledger if e.order_id}
     assert ok_ids <= ledger_orders  # every 201 is in the ledger
-    assert s["balance"]["available"] >= 0
+    assert s.balance is not None and s.balance.available >= 0
     for asset in ("BTC", "ETH"):
-        holding = await api.container.store.get(keys.USERS, keys.holding_key(username, asset))
-        assert holding is None or holding["available"] >= 0
+        holding = await api.container.holding_dao.get_holding(username, asset)
+        assert holding is None or holding.available >= 0
 
 
 async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
@@ -306,7 +308,7 @@ async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
     results = await _mixed_orders(api, headers, 100, seed=1)
     await _check_after_burst(api, username, results)
     s = await snapshot(api, username)
-    assert len(s["orders"]) == sum(1 for r in results if r.status_code == 201)  # every 4xx left no trace
+    assert len(s.orders) == sum(1 for r in results if r.status_code == 201)  # every 4xx left no trace
     report = await run_audit(api.container.store)
     assert report.ok, report.violations
 
