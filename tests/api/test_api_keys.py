@@ -44,15 +44,19 @@ async def test_a_new_key_shows_its_secret_once_and_stores_only_a_keyed_hash(api:
     assert created["expires_at"] is None and created["expired"] is False and created["last_used_at"] is None
     assert "shown only this once" in created["message"]
 
+    stored = await api.container.api_key_dao.get_api_key(created["key_id"])
+    assert stored is not None
+    assert secret not in repr(stored)
+    assert stored.secret_hash == api.container.api_keys.hasher.hash(created["key_id"], secret)
+    assert stored.username == username
+    # Storage-level on purpose: no stored attribute at all (mapped to the entity or not) holds
+    # the secret, which no DAO read could show.
     item = await api.container.store.get(keys.USERS, keys.api_key_key(created["key_id"]))
-    assert item is not None
-    assert secret not in str(item)
-    assert item["secret_hash"] == api.container.api_keys.hasher.hash(created["key_id"], secret)
-    assert item["username"] == username
+    assert item is not None and secret not in str(item)
 
     listed = await api.client.get(KEYS, headers=headers)
     assert listed.status_code == 200
-    assert secret not in listed.text and item["secret_hash"] not in listed.text
+    assert secret not in listed.text and stored.secret_hash not in listed.text
     body = listed.json()
     assert body["limit"] == 10
     assert [k["key_id"] for k in body["data"]] == [created["key_id"]]

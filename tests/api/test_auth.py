@@ -12,7 +12,6 @@ from typing import Any
 import jwt
 import pytest
 
-from cnop.common.database import keys
 from cnop.common.security.login_guard import login_guard_from_settings
 from cnop.common.security.password_manager import PasswordManager
 from tests.support.api import PASSWORD, Api, assert_problem, reg_body
@@ -36,23 +35,21 @@ async def test_register_creates_user_email_claim_and_zero_balance(api: Api) -> N
     assert user["marketing_emails_consent"] is True
     assert user["role"] == "customer"
     assert "password" not in r.text and "password_hash" not in user
-    store = api.container.store
-    assert await store.get(keys.USERS, keys.user_key("alice_01")) is not None
-    claim = await store.get(keys.USERS, keys.email_key("alice@example.com"))
-    assert claim is not None and claim["username"] == "alice_01"
-    bal = await store.get(keys.USERS, keys.balance_key("alice_01"))
-    assert bal is not None and bal["available"] == Decimal("0") and bal["held"] == Decimal("0")
+    assert await api.container.user_dao.find_user("alice_01") is not None
+    assert await api.container.user_dao.email_owner("alice@example.com") == "alice_01"
+    bal = await api.container.balance_dao.find_balance("alice_01")
+    assert bal is not None and bal.available == Decimal("0") and bal.held == Decimal("0")
 
 
 async def test_register_duplicate_username_or_email_is_409_and_changes_nothing(api: Api) -> None:
     assert (await api.client.post("/api/v1/auth/register", json=reg_body())).status_code == 201
     r = await api.client.post("/api/v1/auth/register", json=reg_body(email="other@example.com", username="ALICE_01"))
     assert_problem(r, 409, "username_taken")
-    assert await api.container.store.get(keys.USERS, keys.email_key("other@example.com")) is None
+    assert await api.container.user_dao.email_owner("other@example.com") is None
     r = await api.client.post("/api/v1/auth/register", json=reg_body(username="bob_0001", email="ALICE@example.com"))
     assert_problem(r, 409, "email_taken")
-    assert await api.container.store.get(keys.USERS, keys.user_key("bob_0001")) is None
-    assert await api.container.store.get(keys.USERS, keys.balance_key("bob_0001")) is None
+    assert await api.container.user_dao.find_user("bob_0001") is None
+    assert await api.container.balance_dao.find_balance("bob_0001") is None
 
 
 @pytest.mark.parametrize(
@@ -91,7 +88,7 @@ async def test_register_validation_is_422_and_stores_nothing(api: Api, field: st
     body = assert_problem(r, 422, "weak_password" if field == "password" and len(value) >= 12 and len(value) <= 128 else "validation_error")
     if body["code"] == "validation_error":
         assert any(field in e["field"] for e in body["errors"]), body
-    assert await api.container.store.get(keys.USERS, keys.user_key("alice_01")) is None
+    assert await api.container.user_dao.find_user("alice_01") is None
 
 
 @pytest.mark.parametrize("missing", ["username", "email", "password", "first_name", "last_name"])
@@ -198,16 +195,16 @@ async def test_an_empty_phone_means_no_phone_on_register_and_profile_update(api:
     r = await api.client.post("/api/v1/auth/register", json=reg_body(username="frank_01", phone=empty))
     assert r.status_code == 201, r.text
     assert r.json()["user"]["phone"] is None
-    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
-    assert stored is not None and stored.get("phone") is None
+    stored = await api.container.user_dao.find_user("frank_01")
+    assert stored is not None and stored.phone is None
     headers = await api.login("frank_01")
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": "5551234567"})
     assert r.status_code == 200 and r.json()["user"]["phone"] == "5551234567"
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": empty, "first_name": "Franz"})
     assert r.status_code == 200, r.text
     assert r.json()["user"]["phone"] is None and r.json()["user"]["first_name"] == "Franz"
-    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
-    assert stored is not None and stored.get("phone") is None and stored["first_name"] == "Franz"
+    stored = await api.container.user_dao.find_user("frank_01")
+    assert stored is not None and stored.phone is None and stored.first_name == "Franz"
     assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["phone"] is None
 
 
@@ -218,9 +215,8 @@ async def test_profile_email_change_moves_the_claim_and_409_when_taken(api: Api)
     assert_problem(r, 409, "email_taken")
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"email": "New@Example.com"})
     assert r.status_code == 200 and r.json()["user"]["email"] == "new@example.com"
-    store = api.container.store
-    assert await store.get(keys.USERS, keys.email_key("erin_001@example.com")) is None
-    assert (await store.get(keys.USERS, keys.email_key("new@example.com")))["username"] == "erin_001"  # type: ignore[index]
+    assert await api.container.user_dao.email_owner("erin_001@example.com") is None
+    assert await api.container.user_dao.email_owner("new@example.com") == "erin_001"
 
 
 @pytest.mark.parametrize(

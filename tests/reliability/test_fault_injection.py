@@ -230,7 +230,7 @@ def shapes(changes: dict[tuple[str, str, str], Change], ctx: Ctx) -> Counter[tup
 
 async def user_books_balance(api: Api, username: str) -> list[str]:
     """The audit's per-user checks (books of a user who does not exist balance trivially)."""
-    if await api.container.store.get(keys.USERS, keys.user_key(username)) is None:
+    if await api.container.user_dao.find_user(username) is None:
         return []
     report = AuditReport()
     for check in USER_CHECKS:
