@@ -128,6 +128,35 @@ def db_init(store: StoreOption = None) -> None:
     console.print("[green]store ready[/]")
 
 
+@db_app.command("migrate")
+def db_migrate(
+    store: StoreOption = None,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Run every migration again, not only those not applied yet")
+    ] = False,
+) -> None:
+    """Bring items written before a store format change to the current format (idempotent)."""
+    from cnop.common.database.factory import open_store
+    from cnop.common.database.migrations import migrate
+
+    settings = _settings(store)
+
+    async def run() -> None:
+        s = open_store(settings.store, settings)
+        try:
+            await s.create_tables()
+            applied = await migrate(s, rerun=rerun)
+        finally:
+            await s.close()
+        for result in applied:
+            console.print(f"{result.migration.id}: {result.migration.summary} ({result.changed} items changed)")
+        if not applied:
+            console.print("no migration pending")
+
+    asyncio.run(run())
+    console.print("[green]store format current[/]")
+
+
 @app.command("audit")
 def audit(store: StoreOption = None) -> None:
     """Check the ledger invariants; exit 1 with a report on any violation."""

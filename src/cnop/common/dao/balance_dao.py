@@ -12,6 +12,7 @@ from cnop.common.database.store import (
     Condition,
     Exists,
     Ge,
+    InvalidCursor,
     Item,
     ItemStore,
     NotExists,
@@ -20,7 +21,8 @@ from cnop.common.database.store import (
     Put,
     SortKey,
     Update,
-    filtered_query,
+    decode_cursor,
+    encode_cursor,
 )
 from cnop.common.entities.balance import Balance, BalanceTransaction, TransactionStatus, TransactionType
 
@@ -58,6 +60,7 @@ def balance_from_item(item: Item) -> Balance:
 def entry_to_item(entry: BalanceTransaction) -> Item:
     return {
         **keys.ledger_key(entry.username, entry.transaction_id),
+        **keys.ledger_type_index(entry.username, entry.transaction_type.value, keys.ledger_sk(entry.transaction_id)),
         "transaction_id": entry.transaction_id,
         "username": entry.username,
         "transaction_type": entry.transaction_type.value,
@@ -163,7 +166,11 @@ class BalanceDAO:
         cursor: str | None = None,
         transaction_type: TransactionType | None = None,
     ) -> Page:
-        """The user's ledger, newest first. A type filter reads on until the page is full."""
+        """The user's ledger, newest first; with a type, that type's key range of the ledger index.
+
+        A cursor is a position in the user's ledger (the key of the last entry seen), whichever
+        listing made it, so a page of one listing may be followed by a page of another.
+        """
         if transaction_type is None:
             return await self.store.query(
                 keys.USERS,
@@ -174,14 +181,12 @@ class BalanceDAO:
                 descending=True,
             )
         wanted = transaction_type.value
-        return await filtered_query(
-            self.store,
+        return await self.store.query(
             keys.USERS,
-            keys.user_pk(username),
-            lambda item: bool(item["transaction_type"] == wanted),
-            sk=SortKey.prefix(keys.TXN_PREFIX),
+            keys.ledger_type_index_pk(username, wanted),
+            index=keys.LEDGER_TYPE_INDEX,
             limit=limit,
-            cursor=cursor,
+            cursor=None if cursor is None else _index_cursor(username, wanted, cursor),
             descending=True,
         )
 
@@ -200,3 +205,12 @@ class BalanceDAO:
                 )
             ]
         )
+
+
+def _index_cursor(username: str, transaction_type: str, cursor: str) -> str:
+    """`cursor` (a position in the user's ledger) as a position in the ledger index of one type."""
+    last = decode_cursor(cursor)
+    if last["pk"] != keys.user_pk(username):
+        raise InvalidCursor("cursor of another partition")
+    position = {"pk": last["pk"], "sk": last["sk"]}
+    return encode_cursor({**position, **keys.ledger_type_index(username, transaction_type, last["sk"])})

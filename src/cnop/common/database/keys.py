@@ -73,6 +73,22 @@ def ledger_key(username: str, transaction_id: str) -> dict[str, str]:
     return key(user_pk(username), ledger_sk(transaction_id))
 
 
+# The ledger by type (GSI1 on the users table): every entry is also filed under one index
+# partition per (user, entry type), sorted by the entry's own sort key, so a listing filtered by
+# type is a key range there, newest first as the ledger itself, however many entries of other
+# types the user has. A type never contains "#", so the last segment is the type.
+LEDGER_TYPE_INDEX = GSI1.name
+
+
+def ledger_type_index_pk(username: str, transaction_type: str) -> str:
+    return f"LEDGER#{username}#{transaction_type}"
+
+
+def ledger_type_index(username: str, transaction_type: str, sk: str) -> dict[str, str]:
+    """The index attributes of the ledger entry with sort key `sk` (written with the entry)."""
+    return {GSI1.pk_attr: ledger_type_index_pk(username, transaction_type), GSI1.sk_attr: sk}
+
+
 def daily_limit_key(username: str, kind: str, day: str) -> dict[str, str]:
     return key(user_pk(username), f"LIMIT#{kind}#{day}")
 
@@ -177,3 +193,13 @@ PRICE_HISTORY_PK = "PRICES"
 
 def price_point_key(asset_id: str, resolution_seconds: int, slot: int) -> dict[str, str]:
     return key(PRICE_HISTORY_PK, f"{asset_id}#{resolution_seconds}#{slot:05d}")
+
+
+# --- store format ---------------------------------------------------------------------------
+
+# One item per applied migration (`cnop db migrate`), in the users table: sort key = its id.
+MIGRATIONS_PK = "MIGRATIONS"
+
+
+def migration_key(migration_id: str) -> dict[str, str]:
+    return key(MIGRATIONS_PK, migration_id)
