@@ -289,9 +289,9 @@ async def test_open_filter_lists_queued_orders(api: Api) -> None:
     queued = await place(api, headers, order_type="limit_buy", quantity="0.01", price="40000")
     await place(api, headers, order_type="market_buy", quantity="0.01")
     r = await api.client.get("/api/v1/orders", headers=headers, params={"status": "open"})
-    assert [o["order_id"] for o in r.json()["data"]] == [queued["order_id"]]
+    assert [o["order_id"] for o in read(r)["data"]] == [queued["order_id"]]
     r = await api.client.get("/api/v1/orders", headers=headers, params={"status": "queued"})
-    assert [o["order_id"] for o in r.json()["data"]] == [queued["order_id"]]
+    assert [o["order_id"] for o in read(r)["data"]] == [queued["order_id"]]
 
 
 async def test_cancel_racing_a_fill_exactly_one_wins(api: Api) -> None:

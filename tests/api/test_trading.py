@@ -167,9 +167,9 @@ async def test_inactive_asset_is_not_tradeable_and_changes_nothing(api: Api) -> 
     before = await snapshot(api, username, "SOL")
     assert_problem(await api.order(headers, order_type="market_buy", asset_id="SOL", quantity="1"), 422, "asset_not_tradeable")
     assert await snapshot(api, username, "SOL") == before
-    listed = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250})).json()
+    listed = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250}))
     assert "SOL" not in [a["asset_id"] for a in listed["data"]]
-    all_assets = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250, "active_only": False})).json()
+    all_assets = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250, "active_only": False}))
     assert "SOL" in [a["asset_id"] for a in all_assets["data"]]
     assert all_assets["active_count"] == all_assets["total_count"] - 1
     r = await api.client.post("/api/v1/admin/assets/SOL/activate", headers=admin)
@@ -210,7 +210,7 @@ async def test_client_order_id_replays_and_refuses_reuse(api: Api) -> None:
     api.set_price("BTC", "50000")
     body = {"order_type": "market_buy", "asset_id": "BTC", "quantity": "0.01", "client_order_id": "my-order-1"}
     first = await api.order(headers, **body)
-    assert first.status_code == 201 and first.json()["data"]["client_order_id"] == "my-order-1"
+    assert first.status_code == 201 and read(first)["data"]["client_order_id"] == "my-order-1"
     api.set_price("BTC", "55000")
     again = await api.order(headers, **body)
     assert again.status_code == 201 and again.content == first.content
@@ -226,14 +226,14 @@ async def test_other_users_order_is_404_and_cannot_be_cancelled(api: Api) -> Non
     _, alice = await funded_user(api)
     _, bob = await funded_user(api)
     api.set_price("BTC", "50000")
-    order = (await api.order(alice, order_type="market_buy", asset_id="BTC", quantity="0.01")).json()["data"]
+    order = read(await api.order(alice, order_type="market_buy", asset_id="BTC", quantity="0.01"))["data"]
     assert_problem(await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=bob), 404, "order_not_found")
     assert_problem(await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=bob), 404, "order_not_found")
-    assert (await api.client.get("/api/v1/orders", headers=bob)).json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert read(await api.client.get("/api/v1/orders", headers=bob)) == {"data": [], "has_more": False, "next_cursor": None}
     assert_problem(await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=alice), 409, "order_not_cancellable")
     assert_problem(await api.client.get("/api/v1/orders/short", headers=alice), 422, "validation_error")
     r = await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=alice)
-    assert r.json()["data"]["status"] == "completed"
+    assert read(r)["data"]["status"] == "completed"
 
 
 async def test_order_list_filters_and_pages(api: Api) -> None:
@@ -244,18 +244,18 @@ async def test_order_list_filters_and_pages(api: Api) -> None:
     for asset, kind in [("BTC", "market_buy"), ("ETH", "market_buy"), ("BTC", "market_sell"), ("ETH", "market_buy")]:
         r = await api.order(headers, order_type=kind, asset_id=asset, quantity="0.01")
         assert r.status_code == 201, r.text
-        ids.append(r.json()["data"]["order_id"])
+        ids.append(read(r)["data"]["order_id"])
     async def listed(**params: Any) -> list[str]:
         r = await api.client.get("/api/v1/orders", headers=headers, params=params)
         assert r.status_code == 200, r.text
-        return [o["order_id"] for o in r.json()["data"]]
+        return [o["order_id"] for o in read(r)["data"]]
     assert await listed() == ids[::-1]
     assert await listed(asset_id="btc") == [ids[2], ids[0]]
     assert await listed(order_type="market_sell") == [ids[2]]
     assert await listed(status="completed") == ids[::-1]
     assert await listed(status="open") == []
     assert await listed(status="closed") == ids[::-1]
-    first = (await api.client.get("/api/v1/orders", headers=headers, params={"limit": 3})).json()
+    first = read(await api.client.get("/api/v1/orders", headers=headers, params={"limit": 3}))
     assert first["has_more"] is True
     rest = await listed(limit=3, cursor=first["next_cursor"])
     assert [o["order_id"] for o in first["data"]] + rest == ids[::-1]
@@ -269,7 +269,7 @@ async def test_asset_transactions_unknown_asset_is_404_and_empty_is_empty(api: A
     assert_problem(await api.client.get("/api/v1/assets/NOPE/transactions", headers=headers), 404, "asset_not_found")
     assert_problem(await api.client.get("/api/v1/assets/BAD!/transactions", headers=headers), 422, "validation_error")
     r = await api.client.get("/api/v1/assets/BTC/transactions", headers=headers)
-    assert r.status_code == 200 and r.json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert r.status_code == 200 and read(r) == {"data": [], "has_more": False, "next_cursor": None}
 
 
 async def _mixed_orders(api: Api, headers: dict[str, str], count: int, seed: int) -> list[Any]:
@@ -287,8 +287,8 @@ async def _check_after_burst(api: Api, username: str, results: list[Any]) -> Non
     assert all(r.status_code in (201, 422) for r in results), [r.text for r in results if r.status_code not in (201, 422)]
     for r in results:
         if r.status_code == 422:
-            assert r.json()["code"] in ("insufficient_funds", "insufficient_holdings")
-    ok_ids = {r.json()["data"]["order_id"] for r in results if r.status_code == 201}
+            assert read(r)["code"] in ("insufficient_funds", "insufficient_holdings")
+    ok_ids = {read(r)["data"]["order_id"] for r in results if r.status_code == 201}
     s = await snapshot(api, username)
     stored = {o.order_id for o in s.orders}
     assert ok_ids <= stored

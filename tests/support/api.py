@@ -33,6 +33,7 @@ from cnop.gateway.app import create_app
 from cnop.market.prices import Tick
 from cnop.services.user.schemas import RegisterRequest
 from tests.conftest import StoreFactory
+from tests.support.wire import read
 
 PASSWORD = "Str0ng!Passw0rd"
 _counter = itertools.count()
@@ -80,7 +81,7 @@ class Api:
     async def login(self, username: str, password: str = PASSWORD) -> dict[str, str]:
         r = await self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
         assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
     async def deposit(self, headers: dict[str, str], amount: str) -> None:
         r = await self.client.post("/api/v1/balance/deposit", json={"amount": amount}, headers=headers)
@@ -151,7 +152,7 @@ def reg_body(**overrides: Any) -> dict[str, Any]:
 def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
+    body: dict[str, Any] = read(r)
     assert body["status"] == status and body["code"] == code
     assert body["request_id"] == r.headers["x-request-id"]
     assert "Traceback" not in r.text
