@@ -19,7 +19,6 @@ from fastapi import FastAPI
 
 from cnop.common.clock import Clock, FakeClock
 from cnop.common.config import Settings
-from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.database.store import Page, SortKey
 from cnop.common.entities.asset import HouseTotals
 from cnop.common.entities.balance import Balance, BalanceTransaction
@@ -203,16 +202,10 @@ async def every(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
             return found
 
 
-def _entry(item: Any) -> BalanceTransaction:
-    # The ledger's page holds entities once the DAO maps them; raw items are mapped here until then.
-    return item if isinstance(item, BalanceTransaction) else entry_from_item(item)
-
-
 async def ledger(api: Api, username: str) -> list[BalanceTransaction]:
     """The user's whole ledger through the BalanceDAO, newest first."""
     dao = api.container.balance_dao
-    page = await every(lambda at: dao.get_user_transactions(username, limit=_PAGE, cursor=at))
-    return [_entry(item) for item in page]
+    return await every(lambda at: dao.get_user_transactions(username, limit=_PAGE, cursor=at))
 
 
 async def orders(api: Api, username: str) -> list[Order]:
