@@ -14,6 +14,7 @@ from cnop.common.database.store import (
     Ge,
     Item,
     ItemStore,
+    Key,
     NotExists,
     Op,
     Page,
@@ -84,6 +85,15 @@ class HoldingDAO:
         item = await self.store.get(keys.USERS, keys.holding_key(username, asset_id))
         return holding_from_item(item) if item is not None else None
 
+    @staticmethod
+    def holding_ref(username: str, asset_id: str) -> tuple[str, Key]:
+        """The table and key of a holding (to read it inside a planned transaction)."""
+        return keys.USERS, keys.holding_key(username, asset_id)
+
+    @staticmethod
+    def from_item(item: Item | None) -> Holding | None:
+        return holding_from_item(item) if item is not None else None
+
     async def get_holdings(self, username: str) -> list[Holding]:
         prefix = SortKey.prefix(keys.HOLDING_PREFIX)
         return [
@@ -146,5 +156,18 @@ class HoldingDAO:
             limit=limit,
             cursor=cursor,
             descending=True,
+        )
+        return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)
+
+    async def get_all_asset_transactions(
+        self, username: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AssetTransaction]:
+        """The user's movements of every asset, by asset and, within one asset, oldest first."""
+        page = await self.store.query(
+            keys.ORDERS,
+            keys.user_pk(username),
+            sk=SortKey.prefix(keys.ASSET_TXN_PREFIX),
+            limit=limit,
+            cursor=cursor,
         )
         return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)
