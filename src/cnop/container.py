@@ -151,7 +151,7 @@ def build_container(
         if shared is None or manual or publisher
         else None
     )
-    user_dao = UserDAO(store, passwords, clock)
+    user_dao = UserDAO(store, passwords, clock, invalidations=invalidations)
     balance_dao = BalanceDAO(store, clock)
     asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
     holding_dao = HoldingDAO(store, clock)
@@ -199,6 +199,7 @@ def build_container(
             clock,
             api_keys=api_keys,
             invalidations=invalidations,
+            principal_cache_seconds=settings.principal_cache_seconds,
         ),
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,
