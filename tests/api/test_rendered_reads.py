@@ -22,6 +22,7 @@ from cnop.market.prices import Tick
 from cnop.services.inventory.schemas import AssetDetailResponse
 from cnop.services.inventory.service import InventoryService
 from tests.support.api import Api
+from tests.support.wire import read
 
 # Headers that differ from one answer to the next whatever the body.
 _PER_REQUEST = {"x-request-id", "x-ratelimit-remaining", "x-ratelimit-reset", "date", "x-process-time"}
@@ -89,21 +90,21 @@ async def test_kept_asset_bodies_follow_ticks_and_asset_writes(fake_clock_api: t
     # A tick: the list and the detail show it at once.
     clock.advance(5)
     api.set_price("BTC", "70123.45")
-    body = (await check_list(api, {"limit": 250})).json()
+    body = read(await check_list(api, {"limit": 250}))
     assert next(a for a in body["data"] if a["asset_id"] == "BTC")["price_usd"] == "70123.45"
-    assert (await check_detail(api, "BTC")).json()["data"]["high_24h"] == "70123.45"
+    assert read(await check_detail(api, "BTC"))["data"]["high_24h"] == "70123.45"
 
     # An asset write through the admin routes: counts, pages and the detail follow it.
     await admin_toggle(api, admin, "SOL", active=False)
     for params in pages:
         await check_list(api, params)
-    listed = (await check_list(api, {"limit": 250})).json()
+    listed = read(await check_list(api, {"limit": 250}))
     assert "SOL" not in [a["asset_id"] for a in listed["data"]]
     assert listed["active_count"] == listed["total_count"] - 1
-    assert (await check_detail(api, "SOL")).json()["data"]["availability_status"] == "unavailable"
+    assert read(await check_detail(api, "SOL"))["data"]["availability_status"] == "unavailable"
     await admin_toggle(api, admin, "SOL", active=True)
-    assert (await check_detail(api, "SOL")).json()["data"]["is_active"] is True
-    cursor = (await check_list(api, {"limit": 7})).json()["next_cursor"]
+    assert read(await check_detail(api, "SOL"))["data"]["is_active"] is True
+    cursor = read(await check_list(api, {"limit": 7}))["next_cursor"]
     await check_list(api, {"limit": 7, "cursor": cursor})
 
     # A batch of ticks for many assets at a later moment, and one for an asset at the same moment.
@@ -123,15 +124,15 @@ async def test_an_asset_change_announced_by_another_process_reaches_the_kept_bod
 ) -> None:
     """Another process writes the asset and publishes on the invalidation channel (as AssetDAO does)."""
     api, _ = fake_clock_api
-    before = (await check_list(api, {"limit": 250})).json()
+    before = read(await check_list(api, {"limit": 250}))
     await check_detail(api, "ETH")
     await api.container.store.transact(
         [Update(keys.INVENTORY, keys.asset_key("ETH"), set={"name": "Ether (renamed)", "is_active": False})]
     )
     await api.container.invalidations.publish(ASSET, "ETH")
-    after = (await check_list(api, {"limit": 250})).json()
+    after = read(await check_list(api, {"limit": 250}))
     assert after["active_count"] == before["active_count"] - 1
-    detail = (await check_detail(api, "ETH")).json()["data"]
+    detail = read(await check_detail(api, "ETH"))["data"]
     assert detail["name"] == "Ether (renamed)" and detail["is_active"] is False
 
 

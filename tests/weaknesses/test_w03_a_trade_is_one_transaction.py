@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from cnop.common.database import keys
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.books import Books, assert_audit_passes, books, exact
@@ -36,9 +35,9 @@ async def faulty(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, Faulty
 
 
 async def house_units(api: Api) -> Decimal:
-    item = await api.container.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
-    assert item is not None
-    return Decimal(item["quantity"])
+    house = await api.container.asset_dao.house_totals("BTC")
+    assert house is not None
+    return house.quantity
 
 
 def trade_moved(before: Books, after: Books, cash: Decimal, units: Decimal) -> bool:

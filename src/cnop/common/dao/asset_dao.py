@@ -10,7 +10,7 @@ from typing import Any
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
 from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
-from cnop.common.entities.asset import Asset
+from cnop.common.entities.asset import Asset, HouseTotals
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 from cnop.common.shared.invalidation import ALL, ASSET, Invalidations, LocalInvalidations
 
@@ -193,6 +193,19 @@ class AssetDAO:
         """The units of an asset the house holds now (0 for an unknown asset)."""
         item = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id), consistent=False)
         return Decimal(item["quantity"]) if item is not None else Decimal(0)
+
+    async def house_totals(self, asset_id: str) -> HouseTotals | None:
+        """The house's units, trade cash and initial units of an asset (consistent read); None
+        for an unknown asset. For the audit and tests: trades use `house_quantity`."""
+        item = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))
+        if item is None:
+            return None
+        return HouseTotals(
+            asset_id=asset_id,
+            quantity=item["quantity"],
+            cash=item.get("cash", Decimal("0.00")),
+            initial_quantity=item["initial_quantity"],
+        )
 
     @staticmethod
     def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:

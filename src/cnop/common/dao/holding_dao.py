@@ -158,3 +158,16 @@ class HoldingDAO:
             descending=True,
         )
         return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)
+
+    async def get_all_asset_transactions(
+        self, username: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AssetTransaction]:
+        """The user's movements of every asset, by asset and, within one asset, oldest first."""
+        page = await self.store.query(
+            keys.ORDERS,
+            keys.user_pk(username),
+            sk=SortKey.prefix(keys.ASSET_TXN_PREFIX),
+            limit=limit,
+            cursor=cursor,
+        )
+        return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)

@@ -113,6 +113,12 @@ def idempotency_key(username: str, scope: str, client_key: str) -> dict[str, str
     return key(user_pk(username), f"{IDEMPOTENCY_PREFIX}{scope}#{client_key}")
 
 
+def idempotency_scope_and_key(key_or_item: Mapping[str, Any]) -> tuple[str, str]:
+    """The (scope, client key) an idempotency record's key was made of (a scope has no `#`)."""
+    scope, _, client_key = str(sort_key_of(key_or_item)).removeprefix(IDEMPOTENCY_PREFIX).partition("#")
+    return scope, client_key
+
+
 def api_key_key(key_id: str) -> dict[str, str]:
     """An API key, found by its id alone (the id arrives with every bot request)."""
     return key(f"APIKEY#{key_id}", "KEY")
