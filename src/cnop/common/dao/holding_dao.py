@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
+from cnop.common.dao.balance_dao import balance_from_item, balance_item
 from cnop.common.database import keys
 from cnop.common.database.store import (
     And,
@@ -23,6 +24,7 @@ from cnop.common.database.store import (
     Update,
     query_all,
 )
+from cnop.common.entities.balance import Balance
 from cnop.common.entities.holding import AssetTransaction, Holding
 
 ZERO = Decimal(0)
@@ -100,6 +102,26 @@ class HoldingDAO:
             holding_from_item(item)
             async for item in query_all(self.store, keys.USERS, keys.user_pk(username), sk=prefix)
         ]
+
+    async def get_balance_and_holdings(self, username: str) -> tuple[Balance, list[Holding]]:
+        """The user's cash balance and every holding, in one query (`keys.BALANCE_AND_HOLDINGS`).
+
+        A user without a balance item (never the case for a registered user) has a zero balance,
+        as `BalanceDAO.get_balance` gives.
+        """
+        low, high = keys.BALANCE_AND_HOLDINGS
+        balance: Balance | None = None
+        holdings: list[Holding] = []
+        sk = SortKey.between(low, high)
+        async for item in query_all(self.store, keys.USERS, keys.user_pk(username), sk=sk):
+            sort_key = keys.sort_key_of(item)
+            if sort_key == keys.BALANCE_USD:
+                balance = balance_from_item(item)
+            elif sort_key.startswith(keys.HOLDING_PREFIX):
+                holdings.append(holding_from_item(item))
+        if balance is None:
+            balance = balance_from_item(balance_item(username, self.clock.now()))
+        return balance, holdings
 
     def change_op(
         self,

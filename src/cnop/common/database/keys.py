@@ -102,6 +102,12 @@ def holding_key(username: str, asset_id: str) -> dict[str, str]:
     return key(user_pk(username), holding_sk(asset_id))
 
 
+# A user's cash balance and holdings are neighbours in sort order: nothing else of a user sorts
+# between them (APIKEYS < BALANCE#USD < HOLDING#... < IDEM#... < LIMIT#... < PROFILE < TXN#...),
+# so one key range (inclusive) reads both, and a portfolio is one query. `$` follows `#`.
+BALANCE_AND_HOLDINGS = (BALANCE_USD, "HOLDING$")
+
+
 def revoked_token_key(jti: str) -> dict[str, str]:
     return key(f"TOKEN#{jti}", "REVOKED")
 
