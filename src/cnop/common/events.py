@@ -55,7 +55,7 @@ class Event:
 
     __slots__ = ("_data", "_source", "at", "id", "position", "type")
 
-    def __init__(self, id: str, type: str, data: Any, at: float, position: tuple[int, int]) -> None:  # noqa: A002
+    def __init__(self, id: str, type: str, data: Any, at: float, position: tuple[int, int]) -> None:
         self.id = id
         self.type = type
         self._data = data
@@ -64,7 +64,7 @@ class Event:
         self.position = position
 
     @classmethod
-    def later(cls, id: str, type: str, source: Any, at: float, position: tuple[int, int]) -> Event:  # noqa: A002
+    def later(cls, id: str, type: str, source: Any, at: float, position: tuple[int, int]) -> Event:
         event = cls(id, type, None, at, position)
         event._source = source
         return event
@@ -85,7 +85,8 @@ class Event:
         return hash((self.id, self.type, self.at, self.position))
 
     def __repr__(self) -> str:
-        return f"Event(id={self.id!r}, type={self.type!r}, data={self.data!r}, at={self.at!r}, position={self.position!r})"
+        fields = f"id={self.id!r}, type={self.type!r}, data={self.data!r}, at={self.at!r}, position={self.position!r}"
+        return f"Event({fields})"
 
 
 @dataclass(eq=False, slots=True)
