@@ -34,13 +34,14 @@ import typing
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from fastapi._body_limit import wrap_app_with_body_limit
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_body_to_args, request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, _apply_router_form_limits, _update_scope
+from fastapi.telemetry import TelemetryConfig
 from fastapi.telemetry._api import _route_selected
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.requests import Request
@@ -52,6 +53,12 @@ from starlette.types import Receive, Scope, Send
 from cnop.common.jsonio import DuplicateKey, loads_request
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+NATIVE_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
+"""`FastAPI(telemetry=...)` of every app here. FastAPI's native OpenTelemetry hooks emit only once
+an OpenTelemetry provider is configured, which this project never does (it exports Prometheus
+metrics and structured access logs); asking whether one is configured cost 8.5 µs on every
+request (decision 0030)."""
 COMPONENT_ATTRIBUTE = "cnop_component"
 """A dependency carrying this attribute returns `app.state.container.<value>` (see `provide`)."""
 
