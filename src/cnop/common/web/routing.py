@@ -65,7 +65,7 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 NATIVE_TELEMETRY_OFF: Final[TelemetryConfig] = {"tracing": False, "metrics": False, "logs": False}
 """`FastAPI(telemetry=...)` of every app here. FastAPI's native OpenTelemetry hooks emit only once
 an OpenTelemetry provider is configured, which this project never does (it exports Prometheus
-metrics and structured access logs); asking whether one is configured cost 8.5 µs on every
+metrics and structured access logs); asking whether one is configured cost 2.5 µs on every
 request (decision 0030)."""
 COMPONENT_ATTRIBUTE = "cnop_component"
 """A dependency carrying this attribute returns `app.state.container.<value>` (see `provide`)."""
