@@ -116,16 +116,20 @@ _INSERT_SQL = {
 }
 
 
+_INDEX_COLUMNS = tuple((spec.pk_attr, spec.sk_attr, spec.sk_type == "N") for spec in keys.INDEXES.values())
+
+
 def _columns(item: Item) -> list[Any]:
     """The row for an item: keys, index columns (numbers made sortable), TTL and the JSON body."""
     columns: list[Any] = [item["pk"], item["sk"]]
-    for spec in keys.INDEXES.values():
-        pk_value, sk_value = item.get(spec.pk_attr), item.get(spec.sk_attr)
+    get = item.get
+    for pk_attr, sk_attr, numeric in _INDEX_COLUMNS:
+        pk_value, sk_value = get(pk_attr), get(sk_attr)
         if pk_value is None or sk_value is None:
-            columns += [None, None]
+            columns += (None, None)
         else:
-            columns += [pk_value, encode_number_key(sk_value) if spec.sk_type == "N" else sk_value]
-    expires = item.get(TTL_ATTRIBUTE)
+            columns += (pk_value, encode_number_key(sk_value) if numeric else sk_value)
+    expires = get(TTL_ATTRIBUTE)
     columns.append(float(expires) if expires is not None else None)
     columns.append(_dumps(item))
     return columns

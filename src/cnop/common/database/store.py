@@ -592,10 +592,21 @@ def check_item(item: Item) -> None:
     _refuse_floats(item)
 
 
+# The exact types of nearly every stored value: neither a float nor a container, so one set
+# lookup clears them (subclasses of anything, e.g. an enum, take the isinstance checks).
+_PLAIN_TYPES = frozenset({str, Decimal, int, bool, type(None)})
+
+
 def _refuse_floats(value: Any) -> None:
     # On every write: a flat loop over the common case (scalars), recursion only for containers.
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return
     values = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else (value,)
+    plain = _PLAIN_TYPES
     for inner in values:
+        if type(inner) in plain:
+            continue
         if isinstance(inner, float):
             raise TypeError("floats are not stored; use Decimal")
         if isinstance(inner, dict | list | tuple):
