@@ -43,3 +43,16 @@ def test_group_commit_is_on_unless_configured_off(tmp_path: Path) -> None:
     off = open_store(f"sqlite:///{tmp_path}/b.db", Settings(sqlite_group_commit=False))
     assert isinstance(default, SQLiteStore) and default.group_commit is True
     assert isinstance(off, SQLiteStore) and off.group_commit is False
+
+
+async def test_the_connection_checkpoints_its_wal_every_4000_pages_unless_told_otherwise(tmp_path: Path) -> None:
+    for store, pages in (
+        (open_store(f"sqlite:///{tmp_path}/d.db", Settings()), 4000),
+        (SQLiteStore(f"{tmp_path}/e.db", wal_autocheckpoint=1000), 1000),
+    ):
+        assert isinstance(store, SQLiteStore)
+        try:
+            await store.ping()
+            assert store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
+        finally:
+            await store.close()
