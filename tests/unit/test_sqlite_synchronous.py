@@ -56,3 +56,12 @@ async def test_the_connection_checkpoints_its_wal_every_4000_pages_unless_told_o
             assert store._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
         finally:
             await store.close()
+
+
+def test_inline_reads_are_on_unless_configured_off_and_never_in_memory(tmp_path: Path) -> None:
+    default = open_store(f"sqlite:///{tmp_path}/a.db", Settings())
+    off = open_store(f"sqlite:///{tmp_path}/b.db", Settings(sqlite_inline_reads=False))
+    memory = open_store("sqlite://:memory:", Settings())
+    assert isinstance(default, SQLiteStore) and default.inline_reads is True
+    assert isinstance(off, SQLiteStore) and off.inline_reads is False
+    assert isinstance(memory, SQLiteStore) and memory.inline_reads is False
