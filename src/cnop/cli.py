@@ -128,6 +128,31 @@ def db_init(store: StoreOption = None) -> None:
     console.print("[green]store ready[/]")
 
 
+@db_app.command("migrate")
+def db_migrate(store: StoreOption = None) -> None:
+    """Bring items written by an older version to the current format (each step once per store)."""
+    from cnop.common.clock import SystemClock
+    from cnop.common.database.factory import open_store
+    from cnop.common.migrations import migrate
+
+    settings = _settings(store)
+
+    async def run() -> None:
+        s = open_store(settings.store, settings)
+        try:
+            await s.create_tables()
+            applied = await migrate(s, settings, SystemClock())
+        finally:
+            await s.close()
+        for step in applied:
+            console.print(f"[green]applied[/] {step.name}: {step.summary} ({step.changed} changed)")
+        if not applied:
+            console.print("nothing to migrate")
+
+    asyncio.run(run())
+    console.print("[green]store up to date[/]")
+
+
 @app.command("audit")
 def audit(store: StoreOption = None) -> None:
     """Check the ledger invariants; exit 1 with a report on any violation."""

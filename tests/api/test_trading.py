@@ -13,6 +13,7 @@ from cnop.audit import run_audit
 from cnop.common.clock import FakeClock
 from cnop.common.database import keys
 from tests.support.api import Api, assert_problem, funded_user, snapshot
+from tests.support.house import house_totals
 from tests.support.wire import read
 
 D = Decimal
@@ -20,8 +21,7 @@ D = Decimal
 
 async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     username, headers = await funded_user(api, "10000")
-    house_before = await api.container.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
-    assert house_before is not None
+    house_before = await house_totals(api.container.store, "BTC")
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="btc", quantity="0.12345678")
     assert r.status_code == 201, r.text

@@ -28,6 +28,7 @@ from cnop.gateway.app import create_app
 from cnop.market.prices import Tick
 from cnop.services.user.schemas import RegisterRequest
 from tests.conftest import StoreFactory
+from tests.support.house import house_totals
 
 PASSWORD = "Str0ng!Passw0rd"
 _counter = itertools.count()
@@ -163,7 +164,7 @@ async def snapshot(api: Api, username: str, asset_id: str = "BTC") -> dict[str, 
         "ledger": (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000)).items,
         "orders": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ORDER_PREFIX), limit=1000)).items,
         "asset_txns": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ASSET_TXN_PREFIX), limit=1000)).items,
-        "house": await store.get(keys.INVENTORY, keys.house_inventory_key(asset_id)),
+        "house": await house_totals(store, asset_id),
         "idempotency": (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=1000)).items,
     }
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from cnop.common.database import keys
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.books import Books, assert_audit_passes, books, exact
 from tests.support.faulty_store import Fault, FaultyStore
+from tests.support.house import house_totals
 
 
 @pytest.fixture
@@ -36,9 +36,7 @@ async def faulty(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, Faulty
 
 
 async def house_units(api: Api) -> Decimal:
-    item = await api.container.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
-    assert item is not None
-    return Decimal(item["quantity"])
+    return (await house_totals(api.container.store, "BTC"))["quantity"]
 
 
 def trade_moved(before: Books, after: Books, cash: Decimal, units: Decimal) -> bool:

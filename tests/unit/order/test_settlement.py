@@ -34,6 +34,7 @@ from cnop.services.order.settlement import (
     Settlement,
     UnitsMissing,
 )
+from tests.support.house import house_totals
 
 D = Decimal
 USER = "alice"
@@ -80,7 +81,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         holdings,
         assets,
         OrderDAO(store, clock),
-        Settlement(store, balances, holdings, AssetDAO.house_trade_op),
+        Settlement(store, balances, holdings, assets.house),
     )
     await store.close()
 
@@ -104,9 +105,8 @@ def filled(world: World, order_type: OrderType, quantity: str, price: str, total
 
 
 async def house(world: World) -> tuple[Decimal, Decimal]:
-    item = await world.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
-    assert item is not None
-    return item["quantity"], item["cash"]
+    totals = await house_totals(world.store, "BTC")
+    return totals["quantity"], totals["cash"]
 
 
 async def ledger(world: World) -> list[BalanceTransaction]:

@@ -8,7 +8,9 @@ A trade is one store transaction made of named legs:
     holding      the user's units and their cost basis, guarded likewise (and, for a sell, on
                  the version read, so the cost basis leaving is the one computed)
     asset_transaction   the record of the units that moved
-    house        the house inventory's side, guarded so it never hands out units it lacks
+    house        the house inventory's side, on one of the asset's inventory shards (picked by
+                 the order id), guarded so it never hands out units it lacks; when the shard
+                 lacks them the leg is rebuilt from what the shards hold (decision 0025)
     idempotency  the client's idempotency record, marked applied (when there is one)
 
 The reservation of a resting order (`hold_legs`) and its return when the order ends without a
@@ -23,9 +25,11 @@ lives here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Protocol
 
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
@@ -49,8 +53,27 @@ NO_CASH = Decimal("0.00")
 SELL_ATTEMPTS = 32
 EXACT_COST_BASIS_ATTEMPTS = 4
 
-# Builds the house inventory's side of a trade: (asset, units to the house, cash to the house).
-HouseTrade = Callable[[str, Decimal, Decimal], Op]
+# How often a trade's house leg is rebuilt from a fresh read of the shards before the trade is
+# refused for want of inventory (other trades may take the units found meanwhile).
+HOUSE_ATTEMPTS = 4
+
+
+class House(Protocol):
+    """The house inventory's side of a trade (`cnop.common.dao.house_dao.HouseInventory`):
+    `quantity` units and `cash` to the house (negative: from it); `spread` (the order id)
+    spreads concurrent trades over the asset's shards."""
+
+    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op]: ...
+
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HouseChange:
+    asset_id: str
+    quantity: Decimal
+    cash: Decimal
+    spread: str
 
 
 class Leg(StrEnum):
@@ -82,11 +105,12 @@ class UnitsMissing(Exception):
 class Legs:
     """The ops of one transaction, each named by the leg it belongs to."""
 
-    __slots__ = ("names", "ops")
+    __slots__ = ("house", "names", "ops")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.names: list[Leg] = []
+        self.house: HouseChange | None = None
 
     def add(self, leg: Leg, *ops: Op) -> Legs:
         self.ops.extend(ops)
@@ -95,6 +119,19 @@ class Legs:
 
     def leg_at(self, index: int) -> Leg:
         return self.names[index]
+
+    def with_house(self, ops: list[Op]) -> Legs:
+        """The same legs with the house leg's ops replaced by `ops` (in the same place)."""
+        rebuilt = Legs()
+        rebuilt.house = self.house
+        placed = False
+        for leg, op in zip(self.names, self.ops, strict=True):
+            if leg is not Leg.HOUSE:
+                rebuilt.add(leg, op)
+            elif not placed:
+                rebuilt.add(Leg.HOUSE, *ops)
+                placed = True
+        return rebuilt
 
     async def commit(self, store: ItemStore) -> None:
         """Apply every leg at once; a failed condition raises `GuardFailed` naming its leg."""
@@ -114,13 +151,34 @@ def idempotency_leg(legs: Legs, result_id: str) -> Legs:
 
 
 class Settlement:
-    def __init__(self, store: ItemStore, balances: BalanceDAO, holdings: HoldingDAO, house_trade: HouseTrade) -> None:
+    def __init__(self, store: ItemStore, balances: BalanceDAO, holdings: HoldingDAO, house: House) -> None:
         self.store = store
         self.balances = balances
         self.holdings = holdings
-        self.house_trade = house_trade
+        self.house = house
 
     # --- the legs -----------------------------------------------------------------------------
+
+    def _house_leg(self, legs: Legs, order: Order, quantity: Decimal, cash: Decimal) -> Legs:
+        legs.house = HouseChange(order.asset_id, quantity, cash, order.order_id)
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, quantity, cash, order.order_id))
+
+    async def _commit(self, legs: Legs) -> None:
+        """Commit; when the house leg's shard lacks the units (or does not exist), rebuild the
+        leg from what the asset's shards hold and try again, and refuse (`GuardFailed` of the
+        house leg) only when the house as a whole lacks them."""
+        for attempt in range(HOUSE_ATTEMPTS):
+            try:
+                await legs.commit(self.store)
+                return
+            except GuardFailed as failed:
+                change = legs.house
+                if failed.leg is not Leg.HOUSE or change is None or attempt == HOUSE_ATTEMPTS - 1:
+                    raise
+                cover = await self.house.cover_ops(change.asset_id, change.quantity, change.cash, change.spread)
+                if cover is None:
+                    raise
+                legs = legs.with_house(cover)
 
     def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
         ops = self.balances.entry_ops(*entries)
@@ -243,7 +301,7 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "buy", now, available=order.quantity, held=ZERO, price=price, total=cost),
         )
-        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, -order.quantity, cost))
+        return self._house_leg(legs, order, -order.quantity, cost)
 
     def sell_legs(
         self,
@@ -291,14 +349,14 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "sell", now, available=available, held=held, price=price, total=proceeds),
         )
-        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, order.quantity, -proceeds))
+        return self._house_leg(legs, order, order.quantity, -proceeds)
 
     # --- settling -----------------------------------------------------------------------------
 
     async def settle_buy(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Order:
         """Apply a buy's legs at once; raises `GuardFailed` naming the leg that refused."""
         legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), order.order_id)
-        await legs.commit(self.store)
+        await self._commit(legs)
         return order
 
     async def settle_sell(
@@ -334,7 +392,7 @@ class Settlement:
                 note=note,
             )
             try:
-                await idempotency_leg(legs, order.order_id).commit(self.store)
+                await self._commit(idempotency_leg(legs, order.order_id))
             except GuardFailed as failed:
                 if failed.leg is Leg.HOLDING:
                     continue  # the holding changed since we read it: read again

@@ -1,0 +1,152 @@
+"""The house inventory's shards on both engines (decision 0025): a trade takes a shard that holds
+enough units, or several; the house refuses only what it lacks as a whole; the rebalancer
+evens the shards out and grows an asset to the configured count; the audit adds them up."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from cnop.audit import run_audit
+from cnop.common.clock import FakeClock, isoformat
+from cnop.common.dao.asset_dao import AssetDAO
+from cnop.common.dao.balance_dao import BalanceDAO
+from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.house_dao import HouseInventory, split
+from cnop.common.dao.order_dao import OrderDAO
+from cnop.common.database import keys
+from cnop.common.database.store import ItemStore, Put, Update
+from cnop.common.entities.asset import Asset
+from cnop.common.entities.balance import BalanceTransaction, TransactionType
+from cnop.common.entities.order import Order, OrderStatus, OrderType
+from cnop.common.ids import new_id
+from cnop.services.order.settlement import GuardFailed, Leg, Settlement
+
+D = Decimal
+
+
+async def open_house(store: ItemStore, quantity: str, shards: int) -> tuple[HouseInventory, Settlement]:
+    clock = FakeClock()
+    now = clock.now()
+    house = HouseInventory(store, shards)
+    btc = Asset(asset_id="BTC", name="Bitcoin", symbol="BTC", scale=8, created_at=now, updated_at=now)
+    assert await AssetDAO(store, clock, house=house).create_asset(btc, D(quantity))
+    balances = BalanceDAO(store, clock)
+    profile = {
+        **keys.user_key("alice"),
+        keys.GSI1.pk_attr: keys.USERS_INDEX_PK,
+        keys.GSI1.sk_attr: "alice",
+        "username": "alice",
+        "created_at": isoformat(now),
+    }
+    await store.transact([Put(keys.USERS, profile), balances.create_balance_op("alice")])
+    deposit = BalanceTransaction(
+        transaction_id=new_id(),
+        username="alice",
+        transaction_type=TransactionType.DEPOSIT,
+        amount=D("100000.00"),
+        available_change=D("100000.00"),
+        held_change=D("0.00"),
+        description="Deposit",
+        created_at=now,
+    )
+    await store.transact(balances.entry_ops(deposit))
+    return house, Settlement(store, balances, HoldingDAO(store, clock), house)
+
+
+async def buy(store: ItemStore, settlement: Settlement, quantity: str) -> None:
+    now = FakeClock().now()
+    order = Order(
+        order_id=new_id(),
+        username="alice",
+        order_type=OrderType.MARKET_BUY,
+        asset_id="BTC",
+        quantity=D(quantity),
+        status=OrderStatus.COMPLETED,
+        executed_price=D("1000"),
+        total_amount=D(quantity) * 1000,
+        executed_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    await settlement.settle_buy(order, OrderDAO(store, FakeClock()).create_order_op(order))
+
+
+async def shard_units(house: HouseInventory) -> list[Decimal]:
+    return [item.quantity for item in (await house.read("BTC")).items]
+
+
+def test_a_split_is_exact_at_the_asset_scale() -> None:
+    assert split(D("10"), 3, 2) == [D("3.34"), D("3.33"), D("3.33")]
+    assert split(D("1"), 1, 8) == [D("1")]
+    assert sum(split(D("0.00000007"), 16, 8)) == D("0.00000007")
+
+
+async def test_a_new_asset_spreads_its_house_units_over_its_shards(store: ItemStore) -> None:
+    house, _ = await open_house(store, "10", 4)
+    assert await shard_units(house) == [D("2.5")] * 4
+    assert await house.quantity("BTC") == D("10")
+    header = await store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
+    assert header is not None and header["shards"] == 4 and header["initial_quantity"] == D("10")
+    assert "quantity" not in header
+
+
+async def test_a_buy_larger_than_any_shard_takes_several_and_the_house_refuses_only_what_it_lacks(
+    store: ItemStore,
+) -> None:
+    house, settlement = await open_house(store, "10", 4)
+    await buy(store, settlement, "3")  # each shard holds 2.5
+    assert await house.quantity("BTC") == D("7")
+    assert sum(await shard_units(house), D(0)) == D("7") and min(await shard_units(house)) >= 0
+    state = await house.read("BTC")
+    assert state.cash == D("3000")
+    await buy(store, settlement, "7")  # everything the house has left
+    assert await shard_units(house) == [D(0)] * 4
+    with pytest.raises(GuardFailed) as failed:
+        await buy(store, settlement, "0.00000001")
+    assert failed.value.leg is Leg.HOUSE
+    report = await run_audit(store)
+    assert report.ok, report.violations
+
+
+async def test_the_rebalancer_tops_up_a_drained_shard_and_keeps_the_total(store: ItemStore) -> None:
+    house, _ = await open_house(store, "8", 4)
+    await store.transact(
+        [
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 0), add={"quantity": D("-1.9")}),
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 3), add={"quantity": D("1.9")}),
+        ]
+    )
+    assert await shard_units(house) == [D("0.1"), D("2"), D("2"), D("3.9")]
+    assert await house.rebalance("BTC", 8) == 1
+    assert await shard_units(house) == [D("2"), D("2"), D("2"), D("2")]
+    assert await house.rebalance("BTC", 8) == 0  # balanced: nothing to do
+    assert (await run_audit(store)).ok
+
+
+async def test_the_rebalancer_grows_an_asset_to_the_configured_shards(store: ItemStore) -> None:
+    await open_house(store, "8", 2)
+    wider = HouseInventory(store, 4)
+    assert await wider.rebalance("BTC", 8) >= 2
+    header = await store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
+    assert header is not None and header["shards"] == 4
+    units = await shard_units(wider)
+    assert len(units) == 4 and sum(units, D(0)) == D("8") and min(units) >= D("1")
+    assert (await run_audit(store)).ok
+
+
+async def test_the_audit_counts_every_shard_and_flags_a_stray_or_negative_one(store: ItemStore) -> None:
+    await open_house(store, "8", 2)
+    await store.transact(
+        [
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 0), add={"quantity": D("-5")}),
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 1), add={"quantity": D("1")}),
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 5), add={"quantity": D("4")}),
+        ]
+    )
+    report = await run_audit(store)
+    assert report.violations == [
+        "BTC: negative house shard 0 -1.00000000",
+        "BTC: house shard 5 beyond the 2 the header counts",
+    ]
