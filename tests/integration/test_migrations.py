@@ -94,12 +94,12 @@ async def write_pre_shard_holder(store: ItemStore, username: str, asset_id: str,
 class LegacyHouse:
     """The house leg as written before 0001-house-shards: every trade on the single house item."""
 
-    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op]:
+    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op]:
         guard = Ge("quantity", -quantity) if quantity < 0 else None
         key = keys.house_inventory_key(asset_id)
         return [Update(keys.INVENTORY, key, add={"quantity": quantity, "cash": cash}, condition=guard)]
 
-    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op] | None:
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None:
         return None
 
 

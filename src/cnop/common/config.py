@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_HOUSE_SHARDS = 16
+DEFAULT_HOUSE_SHARDS = 32
 
 
 def _split_csv(value: object) -> object:

@@ -10,8 +10,9 @@ N shard items (`keys.house_shard_key`, each its own partition), and a trade writ
   that exist, and `shards`, how many shard items the asset has. Trades never write it. (Before
   the migration `0001-house-shards` it was the only house item and held `quantity` and `cash`
   too; the readers below still count such a legacy item, so an old store trades until migrated.)
-- a shard holds `quantity` and `cash`. A trade picks one by a hash of its order id, so
-  concurrent trades spread over the shards without reading anything first (`trade_ops`); a buy
+- a shard holds `quantity` and `cash`. A trade takes the next shard in turn (round robin from a
+  random start per process), so concurrent trades spread over the shards without reading
+  anything first (`trade_ops`); a buy
   is guarded so the shard never hands out units it lacks, a sell so it lands on a shard that
   exists (a trade never creates a shard).
 - when that guard fails, `cover_ops` reads every house item and takes the units from one shard
@@ -26,8 +27,9 @@ The audit (`cnop audit`) adds every house item of an asset: house + users = init
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import zlib
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
@@ -101,6 +103,7 @@ class HouseInventory:
             raise ValueError(f"an asset has 1 to {MAX_SHARDS} house shards")
         self.store = store
         self.shards = shards
+        self._turns = itertools.count(random.randrange(shards))
 
     # --- creating -----------------------------------------------------------------------------
 
@@ -122,26 +125,27 @@ class HouseInventory:
 
     # --- the house leg of a trade -------------------------------------------------------------
 
-    def shard_for(self, spread: str) -> int:
-        """The shard a trade keyed by `spread` (its order id) tries first."""
-        return zlib.crc32(spread.encode()) % self.shards
+    def next_shard(self) -> int:
+        """The shard a trade tries first: the next in turn, from a random start per process, so
+        no two of this process's last `shards` trades share one (and processes start apart)."""
+        return next(self._turns) % self.shards
 
-    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op]:
-        """The house's side of a trade on the shard `spread` picks, without a read: `quantity`
+    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op]:
+        """The house's side of a trade on the next shard in turn, without a read: `quantity`
         units and `cash` to the house (negative: from it). The guard fails when that shard lacks
         the units (a buy) or does not exist; `cover_ops` then finds where they are."""
-        key = keys.house_shard_key(asset_id, self.shard_for(spread))
+        key = keys.house_shard_key(asset_id, self.next_shard())
         guard = Ge("quantity", -quantity) if quantity < 0 else Exists()
         return [Update(keys.INVENTORY, key, add={"quantity": quantity, "cash": cash}, condition=guard)]
 
-    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op] | None:
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None:
         """The house's side of a trade from what the house items hold now: one item that holds
-        enough (looking from the shard `spread` picks), else several; None when the house as a
+        enough (looking from the next shard in turn), else several; None when the house as a
         whole lacks the units."""
         state = await self.read(asset_id)
         if not state.items:
             return None
-        start, ring = self.shard_for(spread), max(self.shards, state.shards)
+        start, ring = self.next_shard(), max(self.shards, state.shards)
         ordered = sorted(state.items, key=lambda i: -1 if i.shard is None else (i.shard - start) % ring)
         if quantity >= 0:
             return [self._move(ordered[0].key, quantity, cash)]

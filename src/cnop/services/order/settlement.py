@@ -8,8 +8,8 @@ A trade is one store transaction made of named legs:
     holding      the user's units and their cost basis, guarded likewise (and, for a sell, on
                  the version read, so the cost basis leaving is the one computed)
     asset_transaction   the record of the units that moved
-    house        the house inventory's side, on one of the asset's inventory shards (picked by
-                 the order id), guarded so it never hands out units it lacks; when the shard
+    house        the house inventory's side, on one of the asset's inventory shards (the next in
+                 turn), guarded so it never hands out units it lacks; when the shard
                  lacks them the leg is rebuilt from what the shards hold (decision 0025)
     idempotency  the client's idempotency record, marked applied (when there is one)
 
@@ -37,7 +37,7 @@ from cnop.common.database.store import ItemStore, Op
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.holding import AssetTransaction
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
-from cnop.common.exceptions import ConditionFailed, StoreError
+from cnop.common.exceptions import ConditionFailed, StoreError, TransactionConflict
 from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.services.order.rules import cost_basis_out, fund_buy
@@ -53,19 +53,22 @@ NO_CASH = Decimal("0.00")
 SELL_ATTEMPTS = 32
 EXACT_COST_BASIS_ATTEMPTS = 4
 
-# How often a trade's house leg is rebuilt from a fresh read of the shards before the trade is
-# refused for want of inventory (other trades may take the units found meanwhile).
+# How often a trade's house leg is rebuilt before the trade gives up: from a fresh read of the
+# shards when its shard lacks the units (other trades may take the units found meanwhile), or on
+# the next shard when the store gave up on a conflict (another trade kept its shard busy).
 HOUSE_ATTEMPTS = 4
 
 
 class House(Protocol):
     """The house inventory's side of a trade (`cnop.common.dao.house_dao.HouseInventory`):
-    `quantity` units and `cash` to the house (negative: from it); `spread` (the order id)
-    spreads concurrent trades over the asset's shards."""
+    `quantity` units and `cash` to the house (negative: from it), on one of the asset's `shards`
+    (`trade_ops`, no read), or from what the shards hold (`cover_ops`; None: the house lacks them)."""
 
-    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op]: ...
+    shards: int
 
-    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal, spread: str) -> list[Op] | None: ...
+    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op]: ...
+
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,6 @@ class HouseChange:
     asset_id: str
     quantity: Decimal
     cash: Decimal
-    spread: str
 
 
 class Leg(StrEnum):
@@ -160,25 +162,31 @@ class Settlement:
     # --- the legs -----------------------------------------------------------------------------
 
     def _house_leg(self, legs: Legs, order: Order, quantity: Decimal, cash: Decimal) -> Legs:
-        legs.house = HouseChange(order.asset_id, quantity, cash, order.order_id)
-        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, quantity, cash, order.order_id))
+        legs.house = HouseChange(order.asset_id, quantity, cash)
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, quantity, cash))
 
     async def _commit(self, legs: Legs) -> None:
         """Commit; when the house leg's shard lacks the units (or does not exist), rebuild the
         leg from what the asset's shards hold and try again, and refuse (`GuardFailed` of the
-        house leg) only when the house as a whole lacks them."""
+        house leg) only when the house as a whole lacks them. When the store gave up on a
+        conflict (a cancelled transaction: nothing applied), try the next shard, if there is one."""
         for attempt in range(HOUSE_ATTEMPTS):
+            last = attempt == HOUSE_ATTEMPTS - 1
+            change = legs.house
             try:
                 await legs.commit(self.store)
                 return
             except GuardFailed as failed:
-                change = legs.house
-                if failed.leg is not Leg.HOUSE or change is None or attempt == HOUSE_ATTEMPTS - 1:
+                if failed.leg is not Leg.HOUSE or change is None or last:
                     raise
-                cover = await self.house.cover_ops(change.asset_id, change.quantity, change.cash, change.spread)
+                cover = await self.house.cover_ops(change.asset_id, change.quantity, change.cash)
                 if cover is None:
                     raise
                 legs = legs.with_house(cover)
+            except TransactionConflict:
+                if change is None or last or self.house.shards == 1:
+                    raise
+                legs = legs.with_house(self.house.trade_ops(change.asset_id, change.quantity, change.cash))
 
     def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
         ops = self.balances.entry_ops(*entries)
