@@ -55,6 +55,7 @@ bench: install
 
 bench-store: install deps-dynamodb
 	$(BIN)/python -m benchmarks.store_bench
+	$(BIN)/python -m benchmarks.dynamodb_orders
 
 bench-scale: install
 	$(BIN)/python -m benchmarks.scale_bench

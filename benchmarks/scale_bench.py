@@ -9,7 +9,9 @@ on its thread), as `benchmarks/pages_bench.py` does, so the figure is the server
 
 1. **Ledger size**: on one store, a user with `SCALE_LEDGER` (100,000) ledger entries against a
    user with 100. Each round: a market buy, a market sell (0.0001 BTC), `GET /api/v1/portfolio`,
-   `GET /api/v1/balance` and the ledger's first page.
+   `GET /api/v1/balance`, the ledger's first page, and the first page of the ledger filtered by
+   a rare type (`system_adjustment`: 20 pairs of +/- 0.01 spread evenly through each seeded
+   ledger, so 40 entries among 100 and among 100,000).
 2. **Registered users**: a store with `SCALE_USERS` (100,000) users against one with 1,000; the
    user measured on each makes the same rounds.
 
@@ -19,7 +21,9 @@ holds), users are copies of one registered user's items (profile, email claim, b
 share one precomputed password hash instead of spending hours in Argon2id. Figures: the median
 over attempts of CPU µs per request (process CPU time, loop and store thread) and the ratio
 large ÷ small. Beside them, the holdings query of the long ledger's user as two SQL forms on the
-same file (the partition filter the engine used before, the key range it reads now). `cnop
+same file (the partition filter the engine used before, the key range it reads now), and the
+filtered page through the store as it was read before (the ledger filtered in memory until the
+page is full) and as it is read now (the ledger index by type, decision 0026). `cnop
 audit`'s checks run on the stores afterwards (on the 100,000 users' only with `SCALE_AUDIT_MANY=1`:
 about 6 ms per user). Writes
 benchmarks/results/scale.json.
@@ -48,7 +52,8 @@ from cnop.audit import run_audit
 from cnop.common.config import Settings
 from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore, prefix_end
-from cnop.common.database.store import Item, NotExists, Op, Put, SortKey
+from cnop.common.database.store import Item, NotExists, Op, Put, SortKey, filtered_query
+from cnop.common.entities.balance import TransactionType
 from cnop.common.ids import new_id
 from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
 from cnop.container import Container, build_container
@@ -60,7 +65,7 @@ PASSWORD = "Str0ng!Passw0rd"
 PROTO = "scaleproto"
 SECRET = "scale-bench-secret-that-is-long-enough-0123456789"
 BATCH = 100  # items per seeding transaction (the store's limit)
-REQUESTS = ("market buy", "market sell", "portfolio", "balance", "ledger page")
+REQUESTS = ("market buy", "market sell", "portfolio", "balance", "ledger page", "ledger filtered")
 
 
 def env_int(name: str, default: int) -> int:
@@ -122,8 +127,14 @@ class System:
             await self.store.transact(ops)
 
 
+ADJUSTMENT_PAIRS = 20  # per seeded user: the rare type of the filtered listing, spread evenly
+FILTERED_TYPE = "system_adjustment"
+
+
 async def seed_ledger(system: System, username: str, token: str, entries: int) -> None:
-    """`entries` more ledger entries for `username`: copies of a real 0.01 deposit and withdrawal."""
+    """`entries` more ledger entries for `username`: copies of a real 0.01 deposit and withdrawal,
+    among them `ADJUSTMENT_PAIRS` pairs of 0.01 adjustments (+ and -) spread evenly through the
+    ledger, the rare type that the filtered listing asks for."""
     headers = {"Authorization": f"Bearer {token}"}
     for path in ("/api/v1/balance/deposit", "/api/v1/balance/withdraw"):
         answer = await system.client.post(path, json={"amount": "0.01"}, headers=headers)
@@ -131,13 +142,18 @@ async def seed_ledger(system: System, username: str, token: str, entries: int) -
     page = await system.store.query(keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000)
     by_type = {item["transaction_type"]: item for item in page.items if item["amount"].copy_abs() == Decimal("0.01")}
     templates = [by_type["deposit"], by_type["withdraw"]]
+    adjustments = [{**t, "transaction_type": FILTERED_TYPE, "description": "Scale seed adjustment"} for t in templates]
     existing = len(page.items)
+    pairs = max(0, entries - existing) // 2  # pairs keep the ledger's sum
+    every = max(1, pairs // ADJUSTMENT_PAIRS)
     items = []
-    for n in range(max(0, entries - existing)):
-        transaction_id = new_id()
-        items.append({**templates[n % 2], "sk": keys.ledger_sk(transaction_id), "transaction_id": transaction_id})
-    if len(items) % 2:  # pairs keep the ledger's sum; an odd one out is a deposit and its withdrawal
-        items.pop()
+    for n in range(pairs):
+        pair = adjustments if n % every == every // 2 and n // every < ADJUSTMENT_PAIRS else templates
+        for template in pair:
+            transaction_id = new_id()
+            sk = keys.ledger_sk(transaction_id)
+            index = keys.ledger_type_index(username, template["transaction_type"], sk)
+            items.append({**template, "sk": sk, "transaction_id": transaction_id, **index})
     await system.seed(items)
 
 
@@ -176,6 +192,9 @@ def rounds_of(system: System, token: str) -> dict[str, Callable[[], Awaitable[ht
         "portfolio": lambda: system.client.get("/api/v1/portfolio", headers=headers),
         "balance": lambda: system.client.get("/api/v1/balance", headers=headers),
         "ledger page": lambda: system.client.get("/api/v1/balance/transactions?limit=20", headers=headers),
+        "ledger filtered": lambda: system.client.get(
+            f"/api/v1/balance/transactions?limit=20&transaction_type={FILTERED_TYPE}", headers=headers
+        ),
     }
 
 
@@ -252,6 +271,58 @@ def prefix_query_ab(path: str, username: str, attempts: int, rounds: int = 200) 
     return {"cpu_us_median": medians, "ratio": round(medians["partition filter"] / medians["key range"], 1)}
 
 
+async def filtered_listing_ab(
+    system: System, small: str, large: str, attempts: int, rounds: int = 20
+) -> dict[str, Any]:
+    """The ledger's first page of one rare type, for both users, as the listing read it before (the
+    ledger read newest first and filtered in memory until the page is full) and as it reads now (a
+    key range of the ledger index): CPU µs per page through the store, the four alternating."""
+    store = system.store
+    wanted = TransactionType(FILTERED_TYPE)
+
+    def before(username: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: filtered_query(
+            store,
+            keys.USERS,
+            keys.user_pk(username),
+            lambda item: bool(item["transaction_type"] == FILTERED_TYPE),
+            sk=SortKey.prefix(keys.TXN_PREFIX),
+            limit=20,
+            descending=True,
+        )
+
+    def now(username: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: system.container.balance_dao.get_user_transactions(username, limit=20, transaction_type=wanted)
+
+    forms = {
+        f"before, {small}": before(small),
+        f"before, {large}": before(large),
+        f"index, {small}": now(small),
+        f"index, {large}": now(large),
+    }
+    pages = {name: await fetch() for name, fetch in forms.items()}
+
+    def listed(page: Any) -> tuple[str, ...]:  # raw items before, ledger entries from the DAO now
+        return tuple(i["transaction_id"] if isinstance(i, dict) else i.transaction_id for i in page.items)
+
+    assert len({listed(page) for name, page in pages.items() if small in name}) == 1
+    assert len({listed(page) for name, page in pages.items() if large in name}) == 1
+    timings: dict[str, list[float]] = {name: [] for name in forms}
+    for attempt in range(attempts):
+        for name in list(forms) if attempt % 2 == 0 else list(forms)[::-1]:
+            started = time.process_time()
+            for _ in range(rounds):
+                await forms[name]()
+            timings[name].append((time.process_time() - started) / rounds * 1e6)
+    medians = {name: round(statistics.median(values), 1) for name, values in timings.items()}
+    return {
+        "cpu_us_median": medians,
+        "ratio_large_to_small_before": round(medians[f"before, {large}"] / medians[f"before, {small}"], 2),
+        "ratio_large_to_small_index": round(medians[f"index, {large}"] / medians[f"index, {small}"], 3),
+        "page_items": len(pages[f"index, {large}"].items),
+    }
+
+
 async def audit(system: System) -> dict[str, Any]:
     started = time.perf_counter()
     report = await run_audit(system.store)
@@ -322,6 +393,7 @@ async def main() -> dict[str, Any]:
                 attempts,
             )
             report["prefix_query"] = prefix_query_ab(ledger.store.path, "long_ledger", attempts)
+            report["filtered_listing"] = await filtered_listing_ab(ledger, "short_ledger", "long_ledger", attempts)
             audited = [("ledger", ledger), ("few", few)]
             if os.environ.get("SCALE_AUDIT_MANY") == "1":  # about 6 ms per user on this machine
                 audited.append(("many", many))
@@ -345,6 +417,12 @@ def print_summary(report: dict[str, Any]) -> None:
     print(
         f"holdings query beside {report['settings']['ledger']} ledger entries, CPU µs: {prefix['cpu_us_median']}"
         f" (filter ÷ range: {prefix['ratio']})"
+    )
+    listing = report["filtered_listing"]
+    print(
+        f"filtered ledger page ({FILTERED_TYPE}, {listing['page_items']} items) through the store, CPU µs:"
+        f" {listing['cpu_us_median']} (long ÷ short: before {listing['ratio_large_to_small_before']},"
+        f" index {listing['ratio_large_to_small_index']})"
     )
     print(f"audit: {json.dumps(report['audit'])}")
 

@@ -85,7 +85,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
         await resting_background(store, resting)
         users = [f"trader{n:02d}" for n in range(CROSSING)]
         for user in users:
-            await store.transact([balances.create_balance_op(user)])
+            await balances.create_balance(user)
             deposit = BalanceTransaction(
                 transaction_id=new_id(),
                 username=user,
@@ -96,7 +96,7 @@ async def measure(resting: int, rounds: int) -> list[float]:
                 description="bench",
                 created_at=now,
             )
-            await store.transact(balances.entry_ops(deposit))
+            await balances.create_transaction(deposit)
         timings = []
         for _ in range(rounds):
             for user in users:

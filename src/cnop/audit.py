@@ -1,6 +1,7 @@
 """`cnop audit`: check the ledger invariants of design §5 over the whole store.
 
-1. per user, ledger entries sum to the cash balance (available and held separately);
+1. per user, ledger entries sum to the cash balance (available and held separately), and each
+   is filed under its type in the ledger index (`keys.ledger_type_index`);
    per user and asset, asset transactions sum to the holding;
 2. nothing available or held is negative;
 3. held cash and units equal the reservations of the user's resting orders;
@@ -52,9 +53,16 @@ async def check_cash(store: ItemStore, username: str, report: AuditReport) -> No
         report.violations.append(f"{username}: no balance record")
         return
     available = held = Decimal(0)
+    unfiled = 0
     async for entry in query_all(store, keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX)):
         available += entry["available_change"]
         held += entry["held_change"]
+        index = keys.ledger_type_index(username, entry["transaction_type"], entry["sk"])
+        unfiled += any(entry.get(name) != value for name, value in index.items())
+    if unfiled:
+        report.violations.append(
+            f"{username}: {unfiled} ledger entries not filed under their type (run `cnop db migrate`)"
+        )
     if available != balance["available"]:
         report.violations.append(
             f"{username}: ledger sums to available {available}, balance says {balance['available']}"

@@ -129,11 +129,15 @@ def db_init(store: StoreOption = None) -> None:
 
 
 @db_app.command("migrate")
-def db_migrate(store: StoreOption = None) -> None:
-    """Bring items written by an older version to the current format (each step once per store)."""
-    from cnop.common.clock import SystemClock
+def db_migrate(
+    store: StoreOption = None,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="Run every migration again, not only those not applied yet")
+    ] = False,
+) -> None:
+    """Bring items written before a store format change to the current format (idempotent)."""
     from cnop.common.database.factory import open_store
-    from cnop.common.migrations import migrate
+    from cnop.common.database.migrations import migrate
 
     settings = _settings(store)
 
@@ -141,16 +145,16 @@ def db_migrate(store: StoreOption = None) -> None:
         s = open_store(settings.store, settings)
         try:
             await s.create_tables()
-            applied = await migrate(s, settings, SystemClock())
+            applied = await migrate(s, rerun=rerun)
         finally:
             await s.close()
-        for step in applied:
-            console.print(f"[green]applied[/] {step.name}: {step.summary} ({step.changed} changed)")
+        for result in applied:
+            console.print(f"{result.migration.id}: {result.migration.summary} ({result.changed} items changed)")
         if not applied:
-            console.print("nothing to migrate")
+            console.print("no migration pending")
 
     asyncio.run(run())
-    console.print("[green]store up to date[/]")
+    console.print("[green]store format current[/]")
 
 
 @app.command("audit")

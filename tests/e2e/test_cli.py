@@ -48,3 +48,15 @@ def test_db_init_user_create_and_audit(tmp_path: Path) -> None:
     result = runner.invoke(app, ["audit", "--store", url])
     assert result.exit_code == 1
     assert "root_admin: ledger sums to available 0" in result.output
+
+
+def test_db_migrate_runs_each_migration_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    assert runner.invoke(app, ["db", "init", "--store", url]).exit_code == 0
+    first = runner.invoke(app, ["db", "migrate", "--store", url])
+    assert first.exit_code == 0, first.output
+    assert "0001-ledger-type-index" in first.output and "(0 items changed)" in first.output
+    again = runner.invoke(app, ["db", "migrate", "--store", url])
+    assert again.exit_code == 0 and "no migration pending" in again.output
+    rerun = runner.invoke(app, ["db", "migrate", "--rerun", "--store", url])
+    assert rerun.exit_code == 0 and "0001-ledger-type-index" in rerun.output

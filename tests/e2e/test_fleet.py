@@ -10,6 +10,7 @@ this is the integrated proof. Every "within" is polled with a generous deadline,
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -217,6 +218,56 @@ def test_both_processes_quote_the_same_price_after_each_admin_change(
         _set_price(apis[index % 2], admin, "BCH", price)  # on either process
         for http in apis:
             _poll(lambda: _quote(http, "BCH"), lambda quote: quote == Decimal(price))  # noqa: B023
+
+
+def _asset_bodies(http: httpx2.Client, asset: str) -> tuple[bytes, bytes]:
+    """The asset list and one asset's detail, as bytes (both are kept renderings on each process)."""
+    listed = http.get("/api/v1/inventory/assets", params={"limit": 250, "active_only": "false"})
+    detail = http.get(f"/api/v1/inventory/assets/{asset}")
+    assert listed.status_code == 200 and detail.status_code == 200, (listed.text, detail.text)
+    return listed.content, detail.content
+
+
+def _listed(bodies: tuple[bytes, bytes], asset: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(bodies[0])["data"]
+    return next(a for a in data if a["asset_id"] == asset)
+
+
+def test_kept_asset_bodies_on_each_process_follow_changes_made_on_the_other(
+    apis: tuple[httpx2.Client, httpx2.Client],
+) -> None:
+    """Each process keeps its rendered asset list and details; a tick on the shared price stream and an
+    asset write announced on the invalidation channel (assets are cached for an hour here) replace
+    them on both, and both then answer the same bytes."""
+    admin = login(apis[0], ADMIN)
+    for http in apis:
+        _asset_bodies(http, "XLM")  # rendered and kept on both
+    changes: list[tuple[Callable[[], None], Callable[[tuple[bytes, bytes]], bool]]] = [
+        (
+            lambda: _set_price(apis[1], admin, "XLM", "0.1234"),
+            lambda b: _listed(b, "XLM")["price_usd"] == "0.1234" and json.loads(b[1])["data"]["price_usd"] == "0.1234",
+        ),
+        (
+            lambda: _admin(apis[0], admin, "XLM", "deactivate"),
+            lambda b: (
+                _listed(b, "XLM")["is_active"] is False
+                and json.loads(b[1])["data"]["availability_status"] == "unavailable"
+            ),
+        ),
+        (
+            lambda: _admin(apis[1], admin, "XLM", "activate"),
+            lambda b: _listed(b, "XLM")["is_active"] is True and json.loads(b[1])["data"]["is_active"] is True,
+        ),
+    ]
+    for change, shows in changes:
+        change()
+        seen = [_poll(lambda http=http: _asset_bodies(http, "XLM"), shows) for http in apis]  # type: ignore[misc]
+        assert seen[0] == seen[1]  # the very same bytes on both processes
+
+
+def _admin(http: httpx2.Client, admin: dict[str, str], asset: str, action: str) -> None:
+    r = http.post(f"/api/v1/admin/assets/{asset}/{action}", headers=admin)
+    assert r.status_code == 200, r.text
 
 
 def test_a_workers_fill_after_an_admin_price_change_reaches_the_stream_on_the_other_process(

@@ -17,11 +17,12 @@ from cnop.common.dao.house_dao import HouseInventory, split
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
 from cnop.common.database.store import ItemStore, Put, Update
+from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.ids import new_id
-from cnop.services.order.settlement import GuardFailed, Leg, Settlement
+from cnop.services.order.settlement import GuardFailed, Settlement
 
 D = Decimal
 
@@ -40,7 +41,9 @@ async def open_house(store: ItemStore, quantity: str, shards: int) -> tuple[Hous
         "username": "alice",
         "created_at": isoformat(now),
     }
-    await store.transact([Put(keys.USERS, profile), balances.create_balance_op("alice")])
+    joined = Legs().add(Leg.USER, Put(keys.USERS, profile))
+    await balances.create_balance("alice", tx=joined)
+    await joined.commit(store)
     deposit = BalanceTransaction(
         transaction_id=new_id(),
         username="alice",
@@ -51,7 +54,7 @@ async def open_house(store: ItemStore, quantity: str, shards: int) -> tuple[Hous
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     return house, Settlement(store, balances, HoldingDAO(store, clock), house)
 
 
@@ -70,7 +73,9 @@ async def buy(store: ItemStore, settlement: Settlement, quantity: str) -> None:
         created_at=now,
         updated_at=now,
     )
-    await settlement.settle_buy(order, OrderDAO(store, FakeClock()).create_order_op(order))
+    legs = Legs()
+    await OrderDAO(store, FakeClock()).create_order(order, tx=legs)
+    await settlement.settle_buy(order, legs)
 
 
 async def shard_units(house: HouseInventory) -> list[Decimal]:

@@ -1,6 +1,6 @@
 """`cnop db migrate` on both engines: a store written before a format change reads the new way.
 
-0001-house-shards: before it, each asset had one house-inventory item (`ASSET#{id} / INVENTORY`
+0002-house-shards: before it, each asset had one house-inventory item (`ASSET#{id} / INVENTORY`
 with `quantity`, `cash` and `initial_quantity`) that every trade wrote. The store below is
 written that way, item for item, as the code before the change wrote it.
 """
@@ -11,32 +11,33 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cnop.audit import run_audit
 from cnop.cli import app
 from cnop.common.clock import FakeClock, isoformat
-from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import asset_to_item
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.house_dao import MAX_SHARDS, HouseInventory
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
+from cnop.common.database.migrations import migrate, pending
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.database.store import Ge, ItemStore, NotExists, Op, Put, Update
+from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.ids import new_id
-from cnop.common.migrations import MIGRATIONS, migrate, pending
 from cnop.services.order.settlement import Settlement
 
 D = Decimal
 
 
 async def write_pre_shard_asset(store: ItemStore, asset_id: str, quantity: str, cash: str, initial: str) -> None:
-    """An asset and its single house item, as stored before 0001-house-shards."""
+    """An asset and its single house item, as stored before 0002-house-shards."""
     now = FakeClock().now()
     asset = Asset(asset_id=asset_id, name=asset_id, symbol=asset_id, scale=8, created_at=now, updated_at=now)
     legacy = {
@@ -61,7 +62,9 @@ async def write_pre_shard_holder(store: ItemStore, username: str, asset_id: str,
         "username": username,
         "created_at": isoformat(now),
     }
-    await store.transact([Put(keys.USERS, profile), balances.create_balance_op(username)])
+    joined = Legs().add(Leg.USER, Put(keys.USERS, profile))
+    await balances.create_balance(username, tx=joined)
+    await joined.commit(store)
     deposit = BalanceTransaction(
         transaction_id=new_id(),
         username=username,
@@ -72,7 +75,7 @@ async def write_pre_shard_holder(store: ItemStore, username: str, asset_id: str,
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     order = Order(
         order_id=new_id(),
         username=username,
@@ -88,11 +91,13 @@ async def write_pre_shard_holder(store: ItemStore, username: str, asset_id: str,
     )
     # The trade's legs, on a house that writes the single item as the code before did.
     settlement = Settlement(store, balances, holdings, LegacyHouse())
-    await settlement.settle_buy(order, OrderDAO(store, clock).create_order_op(order))
+    legs = Legs()
+    await OrderDAO(store, clock).create_order(order, tx=legs)
+    await settlement.settle_buy(order, legs)
 
 
 class LegacyHouse:
-    """The house leg as written before 0001-house-shards: every trade on the single house item."""
+    """The house leg as written before 0002-house-shards: every trade on the single house item."""
 
     def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op]:
         guard = Ge("quantity", -quantity) if quantity < 0 else None
@@ -108,17 +113,19 @@ async def house_items(store: ItemStore, asset_id: str) -> dict[str, dict[str, ob
     return {item.key["pk"]: {"quantity": item.quantity, "cash": item.cash} for item in state.items}
 
 
-async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(store: ItemStore) -> None:
+async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(
+    store: ItemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await write_pre_shard_asset(store, "BTC", "500", "0.00", "500")
     await write_pre_shard_asset(store, "ETH", "10000.00000001", "0.00", "10000.00000001")
     await write_pre_shard_holder(store, "alice", "BTC", "0.5", "25000.00")
     await write_pre_shard_holder(store, "bob", "ETH", "1", "3000.00")
     assert (await run_audit(store)).ok, (await run_audit(store)).violations
-    settings = Settings(house_shards=4)
+    monkeypatch.setenv("CNOP_HOUSE_SHARDS", "4")
 
-    assert [m.name for m in await pending(store)] == [m.name for m in MIGRATIONS]
-    applied = await migrate(store, settings, FakeClock())
-    assert [(a.name, a.changed) for a in applied] == [("0001-house-shards", 2)]
+    assert "0002-house-shards" in [m.id for m in await pending(store)]
+    applied = {a.migration.id: a.changed for a in await migrate(store)}
+    assert applied["0002-house-shards"] == 2
 
     header = await store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
     assert header is not None
@@ -143,7 +150,8 @@ async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(st
 
     # Recorded: a second run changes nothing.
     assert await pending(store) == []
-    assert await migrate(store, settings, FakeClock()) == []
+    assert await migrate(store) == []
+    assert {a.migration.id: a.changed for a in await migrate(store, rerun=True)}["0002-house-shards"] == 0
     assert await house_items(store, "BTC") == {
         f"HOUSE#BTC#0{k}": {"quantity": D("124.875"), "cash": D("25000.00") if k == 0 else D("0.00")} for k in range(4)
     }
@@ -172,9 +180,9 @@ async def test_an_unmigrated_store_still_trades_on_its_single_house_item(store: 
         updated_at=now,
     )
 
-    def filled(basis_out: Decimal) -> tuple[Order, Op]:
+    async def filled(basis_out: Decimal, legs: Legs) -> Order:
         sold = order.model_copy(update={"realized_pnl": D("10000.00") - basis_out})
-        return sold, OrderDAO(store, clock).create_order_op(sold)
+        return await OrderDAO(store, clock).create_order(sold, tx=legs)
 
     await settlement.settle_sell("alice", "BTC", D("0.2"), filled, from_held=False)
     assert await house_items(store, "BTC") == {"ASSET#BTC": {"quantity": D("1.7"), "cash": D("15000.00")}}
@@ -202,10 +210,10 @@ def test_the_command_migrates_a_store_file(tmp_path: Path) -> None:
     env = {"CNOP_HOUSE_SHARDS": "2"}
     first = runner.invoke(app, ["db", "migrate", "--store", f"sqlite:///{path}"], env=env)
     assert first.exit_code == 0, first.output
-    assert "applied 0001-house-shards" in first.output and "(1 changed)" in first.output
+    assert "0002-house-shards: " in first.output and "(1 items changed)" in first.output
     assert asyncio.run(read()) == {
         "HOUSE#BTC#00": {"quantity": D("250"), "cash": D("0.00")},
         "HOUSE#BTC#01": {"quantity": D("250"), "cash": D("0.00")},
     }
     again = runner.invoke(app, ["db", "migrate", "--store", f"sqlite:///{path}"], env=env)
-    assert again.exit_code == 0 and "nothing to migrate" in again.output
+    assert again.exit_code == 0 and "no migration pending" in again.output

@@ -165,7 +165,9 @@ async def snapshot(api: Api, username: str, asset_id: str = "BTC") -> dict[str, 
         "orders": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ORDER_PREFIX), limit=1000)).items,
         "asset_txns": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ASSET_TXN_PREFIX), limit=1000)).items,
         "house": await house_totals(store, asset_id),
-        "idempotency": (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=1000)).items,
+        "idempotency": (
+            await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=1000)
+        ).items,
     }
 
 

@@ -33,7 +33,9 @@ class FakePrices:
 
     def body(self) -> bytes:
         with self._lock:
-            entries = [{"id": cid, "symbol": sym, "current_price": str(price)} for cid, sym, price in self._prices.values()]
+            entries = [
+                {"id": cid, "symbol": sym, "current_price": str(price)} for cid, sym, price in self._prices.values()
+            ]
         # CoinGecko sends numbers; a JSON number with the exact digits.
         return json.dumps(entries).replace('"current_price": "', '"current_price": ').replace('"}', "}").encode()
 

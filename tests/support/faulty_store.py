@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from cnop.common.database.store import Item, ItemStore, Key, Op, Page, SortKey
+from cnop.common.database.store import Item, ItemStore, Key, Op, StoreWrapper
 from cnop.common.exceptions import StoreError
 
 T = TypeVar("T")
@@ -42,7 +42,9 @@ class Change:
 
 
 @dataclass
-class FaultyStore:
+class FaultyStore(StoreWrapper):
+    """Every call of the port passes `around` (see `StoreWrapper`), which numbers and fails it."""
+
     inner: ItemStore
     armed: bool = False
     fail_at: int | None = None
@@ -67,66 +69,23 @@ class FaultyStore:
         """Stop failing and numbering calls, but keep the record of what changed."""
         self.fail_at = None
 
-    async def _call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+    async def around(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         if not self.armed:
-            return await run()
+            return await call()
         index = len(self.calls) if self.only is None else self.calls.count(self.only)
         self.calls.append(name)
         if index != self.fail_at or (self.only is not None and name != self.only):
-            return await run()
+            return await call()
         self.injected = f"{self.fault.value} at call {index} ({name})"
         if self.fault is Fault.ERROR:
             raise InjectedFault(f"injected store error at call {index} ({name})")
-        await run()
+        await call()
         raise InjectedFault(f"injected timeout after call {index} ({name}) was applied")
 
-    # --- the port -----------------------------------------------------------------------------
-
-    async def create_tables(self) -> None:
-        await self.inner.create_tables()
-
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
-        return await self._call("get", lambda: self.inner.get(table, key, consistent=consistent))
-
-    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
-        return await self._call("batch_get", lambda: self.inner.batch_get(table, keys))
-
-    async def query(
-        self,
-        table: str,
-        pk: str,
-        *,
-        sk: SortKey | None = None,
-        index: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        descending: bool = False,
-        consistent: bool = True,
-    ) -> Page:
-        return await self._call(
-            "query",
-            lambda: self.inner.query(
-                table,
-                pk,
-                sk=sk,
-                index=index,
-                limit=limit,
-                cursor=cursor,
-                descending=descending,
-                consistent=consistent,
-            ),
-        )
-
-    async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
+    async def _transact(self, ops: list[Op], token: str | None) -> None:
         if self.armed:
             await self._remember(ops)
-        await self._call("transact", lambda: self.inner.transact(ops, token=token))
-
-    async def ping(self) -> None:
-        await self._call("ping", self.inner.ping)
-
-    async def close(self) -> None:
-        await self.inner.close()
+        await super()._transact(ops, token)
 
     # --- what changed -------------------------------------------------------------------------
 

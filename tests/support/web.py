@@ -90,7 +90,16 @@ def server_env(tmp: Path, **overrides: str) -> dict[str, str]:
 
 def create_admin(env: dict[str, str], username: str = ADMIN) -> None:
     subprocess.run(
-        [*cnop_command(), "user", "create", username, "--email", f"{username}@example.com", "--admin", "--password-stdin"],
+        [
+            *cnop_command(),
+            "user",
+            "create",
+            username,
+            "--email",
+            f"{username}@example.com",
+            "--admin",
+            "--password-stdin",
+        ],
         input=PASSWORD.encode(),
         env=env,
         check=True,

@@ -68,7 +68,9 @@ class Web:
 
 async def open_web(store: ItemStore, **overrides: Any) -> Web:
     settings = web_settings(**overrides)
-    container = build_container(settings, store=store, passwords=PasswordManager(settings, argon2_params=TEST_ARGON2_PARAMS))
+    container = build_container(
+        settings, store=store, passwords=PasswordManager(settings, argon2_params=TEST_ARGON2_PARAMS)
+    )
     app = create_app(settings, container=container)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
@@ -84,7 +86,9 @@ async def csrf_of(client: httpx.AsyncClient, path: str = "/login") -> str:
     return match.group(1)
 
 
-async def post_form(client: httpx.AsyncClient, path: str, data: dict[str, str], *, page: str = "/login") -> httpx.Response:
+async def post_form(
+    client: httpx.AsyncClient, path: str, data: dict[str, str], *, page: str = "/login"
+) -> httpx.Response:
     token = await csrf_of(client, page)
     return await client.post(path, data={"csrf_token": token, **data})
 

@@ -8,52 +8,36 @@ port has no scan at all, and every query a request makes names one partition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from cnop.common.database import keys
-from cnop.common.database.store import Item, ItemStore, Key, Page
+from cnop.common.database.store import Item, ItemStore, Key, Page, Query, StoreWrapper
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 
 
-@dataclass
-class WatchedStore:
+class WatchedStore(StoreWrapper):
     """Passes every call on; holds `get`s of one partition until released; records queries."""
 
-    inner: ItemStore
-    hold_pk: str | None = None
-    held: asyncio.Event = field(default_factory=asyncio.Event)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    queries: list[tuple[str, str, str | None, int]] = field(default_factory=list)
+    def __init__(self, inner: ItemStore) -> None:
+        super().__init__(inner)
+        self.hold_pk: str | None = None
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.queries: list[tuple[str, str, str | None, int]] = []
 
-    async def create_tables(self) -> None:
-        await self.inner.create_tables()
-
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
         if key["pk"] == self.hold_pk:
             self.held.set()
             await self.release.wait()
-        return await self.inner.get(table, key, consistent=consistent)
+        return await super()._get(table, key, consistent)
 
-    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
-        return await self.inner.batch_get(table, keys)
-
-    async def query(self, table: str, pk: str, **kwargs: Any) -> Page:
-        self.queries.append((table, pk, kwargs.get("index"), kwargs.get("limit", 50)))
-        return await self.inner.query(table, pk, **kwargs)
-
-    async def transact(self, ops: Sequence[Any], *, token: str | None = None) -> None:
-        await self.inner.transact(ops, token=token)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
+    async def _query(self, query: Query) -> Page:
+        self.queries.append((query.table, query.pk, query.index, query.limit))
+        return await super()._query(query)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ so the field they were sent for is named in the 422; a key repeated in one objec
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -109,6 +110,15 @@ class ExactJSONResponse(Response):
         if isinstance(content, BaseModel):
             content = content.model_dump(mode="python")
         return dumps(content)
+
+
+class RenderedJSONResponse(Response):
+    """A body `dumps` already wrote (a cached rendering): the same bytes and headers as `ExactJSONResponse`."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(body, status_code=status_code, headers=headers)
 
 
 class ProblemResponse(ExactJSONResponse):

@@ -251,6 +251,7 @@ class PriceBook:
         self._stats: dict[str, PriceStats] = {}
         self._subscribers: set[asyncio.Queue[list[Tick]]] = set()
         self._last_applied_at: datetime | None = None
+        self._version = 0
         self.dropped_batches = 0
         """Batches discarded from full subscriber queues (each drop loses the oldest batch)."""
 
@@ -298,6 +299,7 @@ class PriceBook:
             self._stats.pop(tick.asset_id, None)
             accepted.append(tick)
         if accepted:
+            self._version += 1
             newest = max(t.at for t in accepted)
             if self._last_applied_at is None or newest > self._last_applied_at:
                 self._last_applied_at = newest
@@ -314,6 +316,7 @@ class PriceBook:
         for asset_id in asset_ids:
             self._assets.pop(asset_id, None)
             self._stats.pop(asset_id, None)
+        self._version += 1
 
     def restore(self, asset_id: str, points: Iterable[Tick]) -> int:
         """Put older points (kept in the store across a restart) before the asset's history.
@@ -334,6 +337,7 @@ class PriceBook:
             history.add(tick, math.floor(tick.at.timestamp()))
         self._assets[asset_id] = history
         self._stats.pop(asset_id, None)
+        self._version += 1
         return len(older)
 
     def restore_points(self, asset_id: str, points: Iterable[PricePoint], *, first: Tick | None = None) -> int:
@@ -364,6 +368,7 @@ class PriceBook:
             if current is not None and first is not None and current.first is not None and first.at < current.first.at:
                 current.first = first
                 self._stats.pop(asset_id, None)
+                self._version += 1
             return 0
         history = _AssetHistory(self._history_size)
         for resolution, target in ((_MINUTE, history.minutes), (_HOUR, history.hours)):
@@ -380,6 +385,7 @@ class PriceBook:
             history.raw.append(newest)
         self._assets[asset_id] = history
         self._stats.pop(asset_id, None)
+        self._version += 1
         return taken
 
     def _publish(self, batch: list[Tick]) -> None:
@@ -411,6 +417,16 @@ class PriceBook:
     def asset_ids(self) -> list[str]:
         """Assets with at least one price, sorted."""
         return sorted(self._assets)
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever anything a reader of the book can see changes.
+
+        Every accepted batch, `forget`, `restore` and `restore_points` moves it on, so whatever
+        is computed from the book's prices and figures (a rendered asset list) stays valid for
+        as long as the version is the same. It only ever grows, within one process.
+        """
+        return self._version
 
     @property
     def last_applied_at(self) -> datetime | None:

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import AssetNotFound, Conflict, PriceUnavailable
 from cnop.common.jsonio import ExactJSONResponse
@@ -95,5 +94,5 @@ async def user_ledger(
         lambda limit, cursor: balances.get_user_transactions(username, limit=limit, cursor=cursor),
         paging,
     )
-    entries = [LedgerEntry.of(entry_from_item(item)) for item in page.items]
+    entries = [LedgerEntry.of(entry) for entry in page.items]
     return ExactJSONResponse(LedgerPage(transactions=entries, has_more=page.has_more, next_cursor=page.next_cursor))

@@ -311,3 +311,24 @@ def test_an_unsubscribed_queue_receives_nothing_more(clock: FakeClock) -> None:
 
     assert queue.empty()
     assert book.subscriber_count == 0
+
+
+def test_the_version_moves_on_whenever_what_readers_see_changes(clock: FakeClock) -> None:
+    book = PriceBook(clock)
+    start = book.version
+    book.apply([tick("100", 0)])
+    assert book.version > start
+    seen = book.version
+    book.apply([tick("-1", 1), tick("90", -5)])  # invalid and out of order: nothing accepted, nothing changed
+    stats = book.stats("BTC")
+    assert book.version == seen and stats is not None and stats.price == Decimal(100)
+    book.apply([tick("100", 0)])  # the same moment again is accepted (and may change the figures)
+    assert book.version > seen
+    seen = book.version
+    assert book.restore("BTC", [tick("80", -3600)]) == 1  # older history changes the 24-hour figures
+    assert book.version > seen
+    seen = book.version
+    assert book.restore("BTC", []) == 0
+    assert book.version == seen
+    book.forget(["BTC"])
+    assert book.version > seen and book.stats("BTC") is None

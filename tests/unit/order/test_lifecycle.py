@@ -19,6 +19,7 @@ from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.dao.order_dao import OrderDAO, RestingIndex
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.database.store import SortKey
+from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import TRANSITIONS, OrderCreate, OrderStatus, OrderType, OrderUpdate
@@ -68,7 +69,7 @@ async def book(tmp_path: Path) -> AsyncIterator[Book]:
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     events = InProcessEventBus(clock)
     settlement = Settlement(store, balances, holdings, HouseInventory(store))
     release = Release(store, orders, settlement, clock, events)
@@ -148,7 +149,7 @@ async def test_a_fill_the_cash_cannot_cover_fails_the_order_and_releases_the_hol
         description="Withdrawal",
         created_at=book.clock.now(),
     )
-    await book.store.transact(book.balances.entry_ops(spend))
+    await book.balances.create_transaction(spend)
     assert await book.fills.fill(order, D("40000.01")) is None
     failed = await book.orders.get_order(USER, order.order_id)
     assert (failed.status, failed.reason) == (
@@ -173,10 +174,14 @@ async def test_the_state_machine_refuses_a_change_out_of_a_final_status(book: Bo
     assert done is not None
     for target in OrderStatus:
         assert target not in TRANSITIONS[OrderStatus.COMPLETED]
+        legs = Legs()
         with pytest.raises(OrderNotCancellable):
-            book.orders.update_order_status_op(done, OrderUpdate(status=target))
+            await book.orders.update_order_status(done, OrderUpdate(status=target), tx=legs)
+        assert legs.ops == []  # refused before anything joins the transaction
     assert OrderStatus.COMPLETED in TRANSITIONS[OrderStatus.QUEUED]
-    book.orders.update_order_status_op(order, OrderUpdate(status=OrderStatus.COMPLETED))  # allowed: builds
+    legs = Legs()
+    await book.orders.update_order_status(order, OrderUpdate(status=OrderStatus.COMPLETED), tx=legs)  # allowed
+    assert legs.names == [Leg.ORDER]
 
 
 async def test_a_trailing_stop_moves_once_per_anchor_and_a_stop_limit_converts_once(book: Book) -> None:
@@ -186,9 +191,9 @@ async def test_a_trailing_stop_moves_once_per_anchor_and_a_stop_limit_converts_o
         D("50000"),
     )
     assert (trailing.trail_anchor, trailing.stop_price) == (D("50000"), D("51000.00000000"))
-    moved = await book.orders.move_trail(trailing, D("49000"), D("50000.00000000"))
+    moved = await book.orders.move_trail(trailing, D("49000"), D("50000.00000000"), "above")
     assert moved is not None and (moved.trail_anchor, moved.stop_price) == (D("49000"), D("50000.00000000"))
-    assert await book.orders.move_trail(trailing, D("48000"), D("49000")) is None  # read at the old anchor
+    assert await book.orders.move_trail(trailing, D("48000"), D("49000"), "above") is None  # read at the old anchor
     stored = await book.orders.get_order(USER, trailing.order_id)
     assert (stored.trail_anchor, stored.stop_price) == (D("49000"), D("50000.00000000"))
 

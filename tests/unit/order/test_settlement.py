@@ -13,12 +13,13 @@ import pytest
 
 from cnop.common.clock import FakeClock
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.dao.balance_dao import BalanceDAO, entry_from_item
+from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.database.store import Eq, Op, Update
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
@@ -26,14 +27,7 @@ from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, Ins
 from cnop.common.idempotency import applying
 from cnop.common.ids import new_id
 from cnop.services.order.service import market_refusal
-from cnop.services.order.settlement import (
-    EXACT_COST_BASIS_ATTEMPTS,
-    SELL_ATTEMPTS,
-    GuardFailed,
-    Leg,
-    Settlement,
-    UnitsMissing,
-)
+from cnop.services.order.settlement import EXACT_COST_BASIS_ATTEMPTS, SELL_ATTEMPTS, Settlement, UnitsMissing
 from tests.support.house import house_totals
 
 D = Decimal
@@ -73,7 +67,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         description="Deposit",
         created_at=now,
     )
-    await store.transact(balances.entry_ops(deposit))
+    await balances.create_transaction(deposit)
     yield World(
         store,
         clock,
@@ -111,14 +105,21 @@ async def house(world: World) -> tuple[Decimal, Decimal]:
 
 async def ledger(world: World) -> list[BalanceTransaction]:
     page = await world.balances.get_user_transactions(USER, limit=50)
-    return [entry_from_item(item) for item in page.items]
+    return page.items
 
 
-def test_a_buy_names_its_legs_in_order(world: World) -> None:
+async def order_legs(world: World, order: Order) -> Legs:
+    """A transaction holding the order's own write (`OrderDAO.create_order` joining it)."""
+    legs = Legs()
+    assert await world.orders.create_order(order, tx=legs) == order
+    return legs
+
+
+async def test_a_buy_names_its_legs_in_order(world: World) -> None:
     order = filled(world, OrderType.MARKET_BUY, "0.1", "50000", "5000.00")
-    legs = world.settlement.buy_legs(order, world.orders.create_order_op(order))
+    legs = await world.settlement.buy_legs(order, await order_legs(world, order))
     assert legs.names == [Leg.ORDER, Leg.LEDGER, Leg.BALANCE, Leg.HOLDING, Leg.ASSET_TRANSACTION, Leg.HOUSE]
-    resting = world.settlement.buy_legs(order, world.orders.create_order_op(order), held=D("5200.00"))
+    resting = await world.settlement.buy_legs(order, await order_legs(world, order), held=D("5200.00"))
     assert resting.names == [
         Leg.ORDER,
         Leg.LEDGER,
@@ -129,8 +130,8 @@ def test_a_buy_names_its_legs_in_order(world: World) -> None:
         Leg.HOUSE,
     ]  # the payment and the refund of the unused 200.00
     sell = filled(world, OrderType.MARKET_SELL, "0.1", "50000", "5000.00")
-    sold = world.settlement.sell_legs(
-        sell, world.orders.create_order_op(sell), basis_out=D("0"), from_held=False, expected_version=None
+    sold = await world.settlement.sell_legs(
+        sell, await order_legs(world, sell), basis_out=D("0"), from_held=False, expected_version=None
     )
     assert sold.names == [Leg.ORDER, Leg.LEDGER, Leg.BALANCE, Leg.HOLDING, Leg.ASSET_TRANSACTION, Leg.HOUSE]
     assert [sold.leg_at(i) for i in range(6)] == sold.names
@@ -138,7 +139,7 @@ def test_a_buy_names_its_legs_in_order(world: World) -> None:
 
 async def test_a_market_buy_moves_cash_units_and_the_house_side_at_once(world: World) -> None:
     order = filled(world, OrderType.MARKET_BUY, "0.1", "50000.05", "5000.01")
-    await world.settlement.settle_buy(order, world.orders.create_order_op(order))
+    await world.settlement.settle_buy(order, await order_legs(world, order))
     balance = await world.balances.get_balance(USER)
     assert (balance.available, balance.held) == (D("4999.99"), D("0.00"))
     holding = await world.holdings.get_holding(USER, "BTC")
@@ -174,11 +175,9 @@ async def test_a_buy_paid_from_a_reservation_refunds_what_it_did_not_use(world: 
         description="hold",
         created_at=world.clock.now(),
     )
-    await world.store.transact(world.balances.entry_ops(hold))
+    await world.balances.create_transaction(hold)
     order = filled(world, OrderType.LIMIT_BUY, "0.1", "39000", "3900.00")
-    await world.settlement.settle_buy(
-        order, world.orders.create_order_op(order), held=D("4000.00"), note=" (limit_buy)"
-    )
+    await world.settlement.settle_buy(order, await order_legs(world, order), held=D("4000.00"), note=" (limit_buy)")
     balance = await world.balances.get_balance(USER)
     assert (balance.available, balance.held) == (D("6100.00"), D("0.00"))
     kinds = {e.transaction_type: e for e in await ledger(world)}
@@ -198,7 +197,7 @@ async def test_a_buy_beyond_the_cash_fails_on_the_balance_leg_and_changes_nothin
     before = await snapshot(world)
     order = filled(world, OrderType.MARKET_BUY, "0.3", "50000", "15000.00")
     with pytest.raises(GuardFailed) as failed:
-        await world.settlement.settle_buy(order, world.orders.create_order_op(order))
+        await world.settlement.settle_buy(order, await order_legs(world, order))
     assert (failed.value.leg, failed.value.index) == (Leg.BALANCE, 2)
     assert await snapshot(world) == before
     refusal = market_refusal(failed.value, order)
@@ -210,7 +209,7 @@ async def test_a_buy_the_house_cannot_supply_fails_on_the_house_leg(world: World
     before = await snapshot(world)
     order = filled(world, OrderType.MARKET_BUY, "11", "1", "11.00")
     with pytest.raises(GuardFailed) as failed:
-        await world.settlement.settle_buy(order, world.orders.create_order_op(order))
+        await world.settlement.settle_buy(order, await order_legs(world, order))
     assert (failed.value.leg, failed.value.index) == (Leg.HOUSE, 5)
     assert await snapshot(world) == before
     refusal = market_refusal(failed.value, order)
@@ -230,7 +229,7 @@ async def test_an_idempotency_record_owned_by_another_fails_on_its_own_leg(world
     before = await snapshot(world)
     order = filled(world, OrderType.MARKET_BUY, "0.1", "1", "0.10")
     with applying(mark), pytest.raises(GuardFailed) as failed:
-        await world.settlement.settle_buy(order, world.orders.create_order_op(order))
+        await world.settlement.settle_buy(order, await order_legs(world, order))
     assert (failed.value.leg, failed.value.index) == (Leg.IDEMPOTENCY, 6)
     assert await snapshot(world) == before
     assert isinstance(market_refusal(failed.value, order), IdempotencyInProgress)
@@ -240,13 +239,13 @@ async def test_an_idempotency_record_owned_by_another_fails_on_its_own_leg(world
 
 async def buy_units(world: World, quantity: str, total: str) -> None:
     order = filled(world, OrderType.MARKET_BUY, quantity, "1", total)
-    await world.settlement.settle_buy(order, world.orders.create_order_op(order))
+    await world.settlement.settle_buy(order, await order_legs(world, order))
 
 
 def selling(world: World, quantity: str, proceeds: str) -> Any:
-    def build(basis_out: Decimal) -> tuple[Order, Op]:
+    async def build(basis_out: Decimal, legs: Legs) -> Order:
         order = filled(world, OrderType.MARKET_SELL, quantity, "40", proceeds, realized_pnl=D(proceeds) - basis_out)
-        return order, world.orders.create_order_op(order)
+        return await world.orders.create_order(order, tx=legs)
 
     return build
 

@@ -165,11 +165,12 @@ class AssetDAO:
     async def deactivate_asset(self, asset_id: str) -> Asset:
         return await self.update_asset(asset_id, {"is_active": False})
 
-    async def get_assets(self, *, limit: int = 50, cursor: str | None = None) -> Page:
-        """Assets in market-cap rank order, then id."""
-        return await self.store.query(
+    async def get_assets(self, *, limit: int = 50, cursor: str | None = None) -> Page[Asset]:
+        """Assets in market-cap rank order, then id, a page at a time (not cached)."""
+        page = await self.store.query(
             keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX, limit=limit, cursor=cursor
         )
+        return Page([asset_from_item(item) for item in page.items], page.next_cursor)
 
     async def all_assets(self) -> list[Asset]:
         """Every asset in rank order (the catalogue is small: tens of assets); cached like `find_asset`."""

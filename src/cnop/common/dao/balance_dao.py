@@ -12,16 +12,18 @@ from cnop.common.database.store import (
     Condition,
     Exists,
     Ge,
+    InvalidCursor,
     Item,
     ItemStore,
     NotExists,
-    Op,
     Page,
     Put,
     SortKey,
     Update,
-    filtered_query,
+    decode_cursor,
+    encode_cursor,
 )
+from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.balance import Balance, BalanceTransaction, TransactionStatus, TransactionType
 
 ZERO = Decimal("0.00")
@@ -58,6 +60,7 @@ def balance_from_item(item: Item) -> Balance:
 def entry_to_item(entry: BalanceTransaction) -> Item:
     return {
         **keys.ledger_key(entry.username, entry.transaction_id),
+        **keys.ledger_type_index(entry.username, entry.transaction_type.value, keys.ledger_sk(entry.transaction_id)),
         "transaction_id": entry.transaction_id,
         "username": entry.username,
         "transaction_type": entry.transaction_type.value,
@@ -91,13 +94,14 @@ class BalanceDAO:
         self.store = store
         self.clock = clock
 
-    def create_balance_op(self, username: str) -> Op:
-        return Put(keys.USERS, balance_item(username, self.clock.now()), NotExists())
-
-    async def create_balance(self, username: str) -> Balance:
-        op = self.create_balance_op(username)
-        await self.store.transact([op])
-        assert isinstance(op, Put)
+    async def create_balance(self, username: str, *, tx: Legs | None = None) -> Balance:
+        """A zero USD balance for a new user; with `tx`, as leg `balance` of the use case's
+        transaction (registration creates it with the user)."""
+        op = Put(keys.USERS, balance_item(username, self.clock.now()), NotExists())
+        if tx is not None:
+            tx.add(Leg.BALANCE, op)
+        else:
+            await self.store.transact([op])
         return balance_from_item(op.item)
 
     async def get_balance(self, username: str) -> Balance:
@@ -106,17 +110,23 @@ class BalanceDAO:
             return balance_from_item(balance_item(username, self.clock.now()))
         return balance_from_item(item)
 
-    def entry_ops(
+    async def create_transaction(
         self,
-        *entries: BalanceTransaction,
+        entry: BalanceTransaction,
+        *more: BalanceTransaction,
         deposited: Decimal = ZERO,
         withdrawn: Decimal = ZERO,
-    ) -> list[Op]:
-        """The ledger entries, then one balance update applying their sum (op `len(entries)`).
+        tx: Legs | None = None,
+    ) -> BalanceTransaction:
+        """Record ledger entries (`entry`, then `more`, of one user) and apply their sum to the
+        balance in the same transaction: a balance never changes without its ledger entry.
 
-        The balance update is guarded so neither available nor held cash can go below zero:
-        that condition, not a lock, is what makes concurrent spending safe.
+        The entries are leg `ledger`, the balance update leg `balance`, guarded so neither
+        available nor held cash can go below zero: that condition, not a lock, is what makes
+        concurrent spending safe. `deposited` / `withdrawn` add to the balance's running totals.
+        With `tx` the legs join the use case's transaction; alone, they apply at once.
         """
+        entries = (entry, *more)
         available = sum((e.available_change for e in entries), ZERO)
         held = sum((e.held_change for e in entries), ZERO)
         guards: list[Condition] = [Exists()]
@@ -129,20 +139,20 @@ class BalanceDAO:
             add["total_deposited"] = deposited
         if withdrawn:
             add["total_withdrawn"] = withdrawn
-        return [
-            *(Put(keys.USERS, entry_to_item(entry), NotExists()) for entry in entries),
+        legs = tx if tx is not None else Legs()
+        legs.add(Leg.LEDGER, *(Put(keys.USERS, entry_to_item(e), NotExists()) for e in entries))
+        legs.add(
+            Leg.BALANCE,
             Update(
                 keys.USERS,
-                keys.balance_key(entries[0].username),
+                keys.balance_key(entry.username),
                 set={"updated_at": isoformat(entries[-1].created_at)},
                 add=add,
                 condition=And(*guards),
             ),
-        ]
-
-    async def create_transaction(self, entry: BalanceTransaction) -> BalanceTransaction:
-        """Record an entry and apply it to the balance, in one transaction."""
-        await self.store.transact(self.entry_ops(entry))
+        )
+        if tx is None:
+            await self.store.transact(legs.ops)
         return entry
 
     async def update_balance(self, entry: BalanceTransaction) -> Balance:
@@ -157,10 +167,14 @@ class BalanceDAO:
         limit: int = 50,
         cursor: str | None = None,
         transaction_type: TransactionType | None = None,
-    ) -> Page:
-        """The user's ledger, newest first. A type filter reads on until the page is full."""
+    ) -> Page[BalanceTransaction]:
+        """The user's ledger, newest first; with a type, that type's key range of the ledger index.
+
+        A cursor is a position in the user's ledger (the key of the last entry seen), whichever
+        listing made it, so a page of one listing may be followed by a page of another.
+        """
         if transaction_type is None:
-            return await self.store.query(
+            page = await self.store.query(
                 keys.USERS,
                 keys.user_pk(username),
                 sk=SortKey.prefix(keys.TXN_PREFIX),
@@ -168,30 +182,39 @@ class BalanceDAO:
                 cursor=cursor,
                 descending=True,
             )
-        wanted = transaction_type.value
-        return await filtered_query(
-            self.store,
-            keys.USERS,
-            keys.user_pk(username),
-            lambda item: bool(item["transaction_type"] == wanted),
-            sk=SortKey.prefix(keys.TXN_PREFIX),
-            limit=limit,
-            cursor=cursor,
-            descending=True,
-        )
+        else:
+            wanted = transaction_type.value
+            page = await self.store.query(
+                keys.USERS,
+                keys.ledger_type_index_pk(username, wanted),
+                index=keys.LEDGER_TYPE_INDEX,
+                limit=limit,
+                cursor=None if cursor is None else _index_cursor(username, wanted, cursor),
+                descending=True,
+            )
+        return Page([entry_from_item(item) for item in page.items], page.next_cursor)
 
     async def get_transaction(self, username: str, transaction_id: str) -> BalanceTransaction | None:
         item = await self.store.get(keys.USERS, keys.ledger_key(username, transaction_id))
         return entry_from_item(item) if item is not None else None
 
-    async def update_transaction_status(self, username: str, transaction_id: str, status: TransactionStatus) -> None:
-        await self.store.transact(
-            [
-                Update(
-                    keys.USERS,
-                    keys.ledger_key(username, transaction_id),
-                    set={"status": status.value},
-                    condition=Exists(),
-                )
-            ]
+    async def update_transaction_status(
+        self, username: str, transaction_id: str, status: TransactionStatus, *, tx: Legs | None = None
+    ) -> None:
+        """Set a ledger entry's status (the entry must exist; leg `ledger` with `tx`)."""
+        op = Update(
+            keys.USERS, keys.ledger_key(username, transaction_id), set={"status": status.value}, condition=Exists()
         )
+        if tx is not None:
+            tx.add(Leg.LEDGER, op)
+        else:
+            await self.store.transact([op])
+
+
+def _index_cursor(username: str, transaction_type: str, cursor: str) -> str:
+    """`cursor` (a position in the user's ledger) as a position in the ledger index of one type."""
+    last = decode_cursor(cursor)
+    if last["pk"] != keys.user_pk(username):
+        raise InvalidCursor("cursor of another partition")
+    position = {"pk": last["pk"], "sk": last["sk"]}
+    return encode_cursor({**position, **keys.ledger_type_index(username, transaction_type, last["sk"])})

@@ -8,7 +8,7 @@ N shard items (`keys.house_shard_key`, each its own partition), and a trade writ
 
 - the header (`keys.house_inventory_key`) holds what never moves: `initial_quantity`, the units
   that exist, and `shards`, how many shard items the asset has. Trades never write it. (Before
-  the migration `0001-house-shards` it was the only house item and held `quantity` and `cash`
+  the migration `0002-house-shards` it was the only house item and held `quantity` and `cash`
   too; the readers below still count such a legacy item, so an old store trades until migrated.)
 - a shard holds `quantity` and `cash`. A trade takes the next shard in turn (round robin from a
   random start per process), so concurrent trades spread over the shards without reading
@@ -36,9 +36,22 @@ from decimal import ROUND_DOWN, Decimal
 
 from cnop.common.config import DEFAULT_HOUSE_SHARDS
 from cnop.common.database import keys
-from cnop.common.database.store import Eq, Exists, Ge, Item, ItemStore, Key, NotExists, Op, Put, Update
+from cnop.common.database.store import (
+    And,
+    AttrNotExists,
+    Eq,
+    Exists,
+    Ge,
+    Item,
+    ItemStore,
+    Key,
+    NotExists,
+    Op,
+    Put,
+    Update,
+)
 from cnop.common.entities.asset import Asset
-from cnop.common.exceptions import StoreError
+from cnop.common.exceptions import ConditionFailed, StoreError
 from cnop.common.shared.lease import FencedLease
 
 log = logging.getLogger(__name__)
@@ -48,6 +61,7 @@ NO_CASH = Decimal("0.00")
 MAX_SHARDS = 64  # an asset's creation writes the header and every shard in one transaction
 # A shard is topped up when it holds less than this part of an equal share.
 LOW_SHARE = Decimal("0.5")
+SPLIT_ATTEMPTS = 8
 
 
 def split(quantity: Decimal, parts: int, scale: int) -> list[Decimal]:
@@ -241,6 +255,37 @@ class HouseInventory:
             amounts[poorest] += moved
             applied += 1
         return applied
+
+    async def split_single_item(self, asset_id: str, scale: int) -> bool:
+        """Migration 0002-house-shards for one asset: its single house item (units, cash and
+        initial quantity) becomes the header and `shards` shards, the units split evenly at
+        `scale` and the cash on shard 0, in one transaction guarded on the values read (a trade
+        that lands meanwhile makes it read again). False when already split (or missing)."""
+        for _ in range(SPLIT_ATTEMPTS):
+            header = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))
+            if header is None or "quantity" not in header:
+                return False
+            quantity, cash = Decimal(header["quantity"]), Decimal(header.get("cash", NO_CASH))
+            unchanged = And(Eq("quantity", quantity), Eq("cash", cash), AttrNotExists("shards"))
+            ops: list[Op] = [
+                Update(
+                    keys.INVENTORY,
+                    keys.house_inventory_key(asset_id),
+                    set={"shards": self.shards},
+                    remove=("quantity", "cash"),
+                    condition=unchanged,
+                ),
+                *(
+                    Put(keys.INVENTORY, shard_item(asset_id, k, share, cash if k == 0 else NO_CASH), NotExists())
+                    for k, share in enumerate(split(quantity, self.shards, scale))
+                ),
+            ]
+            try:
+                await self.store.transact(ops)
+            except ConditionFailed:
+                continue
+            return True
+        raise StoreError(f"{asset_id}: the house item kept changing; run the migration again")
 
     async def _grow(self, asset_id: str, stored: int) -> int:
         ops: list[Op] = [

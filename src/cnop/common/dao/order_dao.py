@@ -16,7 +16,6 @@ from cnop.common.database.store import (
     Item,
     ItemStore,
     NotExists,
-    Op,
     Page,
     Put,
     SortKey,
@@ -24,6 +23,7 @@ from cnop.common.database.store import (
     filtered_query,
     query_all,
 )
+from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.order import (
     Order,
     OrderSide,
@@ -169,13 +169,15 @@ class OrderDAO:
         self.store = store
         self.clock = clock
 
-    def create_order_op(self, order: Order, index: RestingIndex | None = None) -> Op:
-        """Store a new order; a queued one is indexed where its trigger waits."""
+    async def create_order(self, order: Order, index: RestingIndex | None = None, *, tx: Legs | None = None) -> Order:
+        """Store a new order; a queued one is indexed where its trigger waits. With `tx`, the
+        write joins the use case's transaction (leg `order`) instead of applying alone."""
         extra = _resting_attributes(order, index) if index is not None else {}
-        return Put(keys.ORDERS, {**order_to_item(order), **extra}, NotExists())
-
-    async def create_order(self, order: Order, index: RestingIndex | None = None) -> Order:
-        await self.store.transact([self.create_order_op(order, index)])
+        op = Put(keys.ORDERS, {**order_to_item(order), **extra}, NotExists())
+        if tx is not None:
+            tx.add(Leg.ORDER, op)
+        else:
+            await self.store.transact([op])
         return order
 
     async def get_order(self, username: str, order_id: str) -> Order:
@@ -189,13 +191,29 @@ class OrderDAO:
         item = await self.store.get(keys.ORDERS, keys.order_key(username, order_id))
         return order_from_item(item) if item is not None else None
 
-    def update_order_status_op(self, order: Order, update: OrderUpdate, *, trigger_seen: Decimal | None = None) -> Op:
-        """Move an order along the state machine (`entities/order.py`), only from the status it
-        was read in and, for a queued order, only while it waits at the trigger the caller saw
-        (a trailing stop may have moved since). An order that ends leaves the resting indexes."""
+    async def update_order_status(
+        self,
+        order: Order,
+        update: OrderUpdate,
+        *,
+        trigger_seen: Decimal | None = None,
+        tx: Legs | None = None,
+    ) -> Order:
+        """Move an order along the state machine (`entities/order.py: TRANSITIONS`), only from the
+        status it was read in and, for a queued order, only while it waits at the trigger the
+        caller saw (`trigger_seen`: a trailing stop may have moved since). An order that ends
+        leaves the resting indexes. Returns the order as changed.
+
+        A move the state machine does not allow raises `OrderNotCancellable` before anything is
+        written. With `tx`, the write joins the use case's transaction (leg `order`; a failed
+        guard is that transaction's `GuardFailed`); alone, a failed guard is `OrderNotCancellable`.
+        """
         if not can_transition(order.status, update.status):
             raise OrderNotCancellable(f"An order that is {order.status.value} cannot become {update.status.value}")
-        fields: Item = {"status": update.status.value, "updated_at": isoformat(update.updated_at or self.clock.now())}
+        if update.updated_at is None:
+            update = update.model_copy(update={"updated_at": self.clock.now()})
+        assert update.updated_at is not None
+        fields: Item = {"status": update.status.value, "updated_at": isoformat(update.updated_at)}
         for name in ("executed_price", "total_amount", "realized_pnl", "reason"):
             value = getattr(update, name)
             if value is not None:
@@ -207,88 +225,74 @@ class OrderDAO:
         guards: list[Condition] = [Eq("status", order.status.value)]
         if trigger_seen is not None:
             guards.append(Eq(keys.GSI2.sk_attr, trigger_seen))
-        return Update(
+        op = Update(
             keys.ORDERS,
             keys.order_key(order.username, order.order_id),
             set=fields,
             remove=_RESTING_ATTRIBUTES if update.status.is_final else (),
             condition=And(*guards),
         )
-
-    async def update_order_status(self, order: Order, update: OrderUpdate) -> Order:
+        if tx is not None:
+            tx.add(Leg.ORDER, op)
+            return update.applied_to(order)
         try:
-            await self.store.transact([self.update_order_status_op(order, update)])
+            await self.store.transact([op])
         except ConditionFailed as exc:
             raise OrderNotCancellable("The order changed meanwhile") from exc
         return await self.get_order(order.username, order.order_id)
 
-    async def update_order(self, order: Order, changes: dict[str, Any]) -> Order:
+    async def update_order(
+        self,
+        order: Order,
+        changes: dict[str, Any],
+        *,
+        index: RestingIndex | None = None,
+        tx: Legs | None = None,
+    ) -> Order | None:
+        """Change fields of an order other than its status, only while it is as it was read: in
+        the same status, and with every changed field still holding the value read. `index`
+        re-indexes a queued order where its trigger now waits. Returns the order as changed, or
+        None when it changed meanwhile (with `tx`, a failed guard is the transaction's
+        `GuardFailed` on leg `order` instead)."""
         updated = order.model_copy(update={**changes, "updated_at": self.clock.now()})
         item = order_to_item(updated)
-        await self.store.transact(
-            [
-                Update(
-                    keys.ORDERS,
-                    keys.order_key(order.username, order.order_id),
-                    set={name: item[name] for name in (*changes, "updated_at")},
-                    condition=Eq("status", order.status.value),
-                )
-            ]
-        )
+        fields = {_STORED_NAME.get(name, name): item[_STORED_NAME.get(name, name)] for name in (*changes, "updated_at")}
+        if index is not None:
+            fields.update(_resting_attributes(updated, index))
+        guards: list[Condition] = [Eq("status", order.status.value)]
+        read = order_to_item(order)
+        for name in changes:
+            stored = _STORED_NAME.get(name, name)
+            if read[stored] is not None:
+                guards.append(Eq(stored, read[stored]))
+        op = Update(keys.ORDERS, keys.order_key(order.username, order.order_id), set=fields, condition=And(*guards))
+        if tx is not None:
+            tx.add(Leg.ORDER, op)
+            return updated
+        try:
+            await self.store.transact([op])
+        except ConditionFailed:
+            return None
         return updated
 
     # --- resting orders: the trigger engine's steps and queries --------------------------------
 
-    async def move_trail(self, order: Order, anchor: Decimal, stop: Decimal) -> Order | None:
-        """A trailing stop follows a new best price: `anchor`, and `stop` where it now waits.
-        Applies only while the order is queued at the anchor it was read with; None otherwise."""
-        now = self.clock.now()
-        try:
-            await self.store.transact(
-                [
-                    Update(
-                        keys.ORDERS,
-                        keys.order_key(order.username, order.order_id),
-                        set={
-                            "trail_anchor": anchor,
-                            "stop_price": stop,
-                            keys.GSI2.sk_attr: stop,
-                            keys.GSI3.sk_attr: anchor,
-                            "updated_at": isoformat(now),
-                        },
-                        condition=And(
-                            Eq("status", OrderStatus.QUEUED.value), Eq(keys.GSI3.sk_attr, order.trail_anchor)
-                        ),
-                    )
-                ]
-            )
-        except ConditionFailed:
+    async def move_trail(self, order: Order, anchor: Decimal, stop: Decimal, direction: str) -> Order | None:
+        """A trailing stop follows a new best price: `anchor`, and `stop` where it now waits
+        (`direction` of the market). Applies only while the order is queued at the anchor it was
+        read with; None otherwise."""
+        if order.status is not OrderStatus.QUEUED:
             return None
-        return order.model_copy(update={"trail_anchor": anchor, "stop_price": stop, "updated_at": now})
+        return await self.update_order(
+            order, {"trail_anchor": anchor, "stop_price": stop}, index=RestingIndex(direction, stop)
+        )
 
     async def convert_stop_limit(self, order: Order, index: RestingIndex) -> Order | None:
         """A stop-limit whose stop was crossed waits from now on as a limit order at `index`
         (same reservation). Applies only once, while queued at its stop stage; None otherwise."""
-        now = self.clock.now()
-        try:
-            await self.store.transact(
-                [
-                    Update(
-                        keys.ORDERS,
-                        keys.order_key(order.username, order.order_id),
-                        set={
-                            "stage": "limit",
-                            keys.GSI2.pk_attr: keys.trigger_pk(order.asset_id, index.direction),
-                            keys.GSI2.sk_attr: index.trigger,
-                            "updated_at": isoformat(now),
-                        },
-                        condition=And(Eq("status", OrderStatus.QUEUED.value), Eq("stage", "stop")),
-                    )
-                ]
-            )
-        except ConditionFailed:
+        if order.status is not OrderStatus.QUEUED or order.stage != "stop":
             return None
-        return order.model_copy(update={"stage": "limit", "updated_at": now})
+        return await self.update_order(order, {"stage": "limit"}, index=index)
 
     async def get_orders_by_trigger(self, asset_id: str, direction: str, trigger_range: SortKey) -> list[Order]:
         """Queued orders of one asset waiting `direction` of the market, with triggers in the range."""

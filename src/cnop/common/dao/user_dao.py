@@ -9,6 +9,7 @@ from typing import Any
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.database import keys
 from cnop.common.database.store import Delete, Eq, Exists, Item, ItemStore, NotExists, Op, Put, Update
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.user import User, UserRole
 from cnop.common.exceptions import (
     ConditionFailed,
@@ -64,6 +65,12 @@ def email_claim_item(email: str, username: str) -> Item:
     return {**keys.email_key(email), "username": username}
 
 
+def creation_refused(failed: GuardFailed) -> Exception:
+    """The domain error for a registration refused by leg `failed.leg`: the email is claimed,
+    or else the username (its profile or its balance) exists."""
+    return EmailTaken() if failed.leg is Leg.EMAIL else UsernameTaken()
+
+
 class UserDAO:
     """Users; every multi-item write is one store transaction."""
 
@@ -72,21 +79,18 @@ class UserDAO:
         self.passwords = passwords
         self.clock = clock
 
-    def create_user_ops(self, user: User) -> list[Op]:
-        """The profile and the email claim, each refused if taken (ops 0 and 1)."""
-        return [
-            Put(keys.USERS, user_to_item(user), NotExists()),
-            Put(keys.USERS, email_claim_item(user.email, user.username), NotExists()),
-        ]
-
-    async def create_user(self, user: User, extra_ops: list[Op] | None = None) -> User:
-        """Create the user (and whatever `extra_ops` the caller adds) in one transaction."""
-        try:
-            await self.store.transact([*self.create_user_ops(user), *(extra_ops or [])])
-        except ConditionFailed as exc:
-            if exc.index == 1:
-                raise EmailTaken() from exc
-            raise UsernameTaken() from exc
+    async def create_user(self, user: User, *, tx: Legs | None = None) -> User:
+        """Create the profile (leg `user`) and claim its email address (leg `email`), each refused
+        if taken. With `tx` both join the use case's transaction (registration adds the balance;
+        `creation_refused` maps its failure); alone they apply at once."""
+        legs = tx if tx is not None else Legs()
+        legs.add(Leg.USER, Put(keys.USERS, user_to_item(user), NotExists()))
+        legs.add(Leg.EMAIL, Put(keys.USERS, email_claim_item(user.email, user.username), NotExists()))
+        if tx is None:
+            try:
+                await legs.commit(self.store)
+            except GuardFailed as failed:
+                raise creation_refused(failed) from failed
         return user
 
     async def get_user_by_username(self, username: str) -> User:

@@ -73,6 +73,22 @@ def ledger_key(username: str, transaction_id: str) -> dict[str, str]:
     return key(user_pk(username), ledger_sk(transaction_id))
 
 
+# The ledger by type (GSI1 on the users table): every entry is also filed under one index
+# partition per (user, entry type), sorted by the entry's own sort key, so a listing filtered by
+# type is a key range there, newest first as the ledger itself, however many entries of other
+# types the user has. A type never contains "#", so the last segment is the type.
+LEDGER_TYPE_INDEX = GSI1.name
+
+
+def ledger_type_index_pk(username: str, transaction_type: str) -> str:
+    return f"LEDGER#{username}#{transaction_type}"
+
+
+def ledger_type_index(username: str, transaction_type: str, sk: str) -> dict[str, str]:
+    """The index attributes of the ledger entry with sort key `sk` (written with the entry)."""
+    return {GSI1.pk_attr: ledger_type_index_pk(username, transaction_type), GSI1.sk_attr: sk}
+
+
 def daily_limit_key(username: str, kind: str, day: str) -> dict[str, str]:
     return key(user_pk(username), f"LIMIT#{kind}#{day}")
 
@@ -162,18 +178,13 @@ def asset_key(asset_id: str) -> dict[str, str]:
 
 def house_inventory_key(asset_id: str) -> dict[str, str]:
     """The house header of an asset: the units that exist and its shard count (before migration
-    0001-house-shards, the single house item itself)."""
+    0002-house-shards, the single house item itself)."""
     return key(f"ASSET#{asset_id}", "INVENTORY")
 
 
 def house_shard_key(asset_id: str, shard: int) -> dict[str, str]:
     """One of an asset's house-inventory shards, each its own partition (decision 0025)."""
     return key(f"HOUSE#{asset_id}#{shard:02d}", "SHARD")
-
-
-def migration_key(name: str) -> dict[str, str]:
-    """The record that a migration (`cnop db migrate`) was applied to this store."""
-    return key("MIGRATION", name)
 
 
 # Price history for charts: one partition of ring-buffer slots per (asset, resolution), so the
@@ -183,3 +194,13 @@ PRICE_HISTORY_PK = "PRICES"
 
 def price_point_key(asset_id: str, resolution_seconds: int, slot: int) -> dict[str, str]:
     return key(PRICE_HISTORY_PK, f"{asset_id}#{resolution_seconds}#{slot:05d}")
+
+
+# --- store format ---------------------------------------------------------------------------
+
+# One item per applied migration (`cnop db migrate`), in the users table: sort key = its id.
+MIGRATIONS_PK = "MIGRATIONS"
+
+
+def migration_key(migration_id: str) -> dict[str, str]:
+    return key(MIGRATIONS_PK, migration_id)

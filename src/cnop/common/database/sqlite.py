@@ -36,22 +36,22 @@ import simplejson
 
 from cnop.common.database import keys
 from cnop.common.database.store import (
+    SORT_KEY_COMPARISONS,
     TTL_ATTRIBUTE,
     Check,
     Delete,
     Item,
+    ItemStore,
     Key,
     NotExists,
     Op,
     Page,
     Put,
-    SortKey,
+    Query,
     Update,
     apply_update,
-    check_ops,
+    check_condition,
     decode_cursor,
-    encode_cursor,
-    evaluate,
     is_live,
 )
 from cnop.common.exceptions import ConditionFailed, StoreError
@@ -261,7 +261,7 @@ def _settle(batch: Sequence[_Queued]) -> None:
             queued.future.set_exception(StoreError("sqlite: the store thread stopped before this transaction ran"))
 
 
-class SQLiteStore:
+class SQLiteStore(ItemStore):
     """`ItemStore` on a SQLite file (`sqlite:///path/to.db`, or `sqlite://:memory:`).
 
     Calls run on one dedicated thread per store, so the event loop never waits on the disk or on
@@ -357,53 +357,28 @@ class SQLiteStore:
 
     # --- reads --------------------------------------------------------------------------------
 
-    def _get(self, table: str, key: Key) -> Item | None:
+    def _read(self, table: str, key: Key) -> Item | None:
         row = (
             self._ready()
             .execute(f"SELECT body FROM {self._table(table)} WHERE pk=? AND sk=?", (key["pk"], key["sk"]))  # noqa: S608
             .fetchone()
         )
-        if row is None:
-            return None
-        item = _loads(row[0])
-        return item if is_live(item, time.time()) else None
+        return None if row is None else _loads(row[0])
 
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
-        return await self._run(self._get, table, key)
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
+        return await self._run(self._read, table, key)
 
-    def _batch_get(self, table: str, keys_: Sequence[Key]) -> list[Item]:
-        found = []
-        for key in keys_:
-            item = self._get(table, key)
-            if item is not None:
-                found.append(item)
-        return found
+    def _read_many(self, table: str, keys_: Sequence[Key]) -> list[Item]:
+        return [item for item in map(partial(self._read, table), keys_) if item is not None]
 
-    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
-        if len(keys) > 100:
-            raise ValueError("batch_get takes at most 100 keys")
-        return await self._run(self._batch_get, table, list(keys))
+    async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
+        return await self._run(self._read_many, table, keys)
 
-    def _query(
-        self,
-        table: str,
-        pk: str,
-        sk: SortKey | None,
-        index: str | None,
-        limit: int,
-        cursor: str | None,
-        descending: bool,
-    ) -> Page:
-        if not 1 <= limit <= 1000:
-            raise ValueError("limit must be between 1 and 1000")
-        table = self._table(table)
-        if index is None:
-            pk_col, sk_col, numeric = "pk", "sk", False
-            order_cols = ["sk"]
-        else:
-            spec = keys.INDEXES[index]
-            pk_col, sk_col, numeric = spec.pk_attr, spec.sk_attr, spec.sk_type == "N"
-            order_cols = [sk_col, "pk", "sk"]
+    def _read_query(self, query: Query) -> Page:
+        table = self._table(query.table)
+        pk, sk, index, cursor, descending = query.pk, query.sk, query.index, query.cursor, query.descending
+        pk_col, sk_col, numeric = query.pk_attr, query.sk_attr, query.numeric
+        order_cols = ["sk"] if index is None else [sk_col, "pk", "sk"]
 
         def col_value(value: Any) -> Any:
             return encode_number_key(value) if numeric else value
@@ -412,8 +387,6 @@ class SQLiteStore:
         params: list[Any] = [pk]
         if sk is not None:
             if sk.op == "begins_with":
-                if numeric:
-                    raise ValueError("begins_with needs a string sort key")
                 # A key range, not a filter: the rows read are the prefix's, however many other
                 # items the partition holds (a user's holdings next to 100,000 ledger entries).
                 where.append(f"{sk_col} >= ?")
@@ -425,11 +398,9 @@ class SQLiteStore:
             elif sk.op == "between":
                 where.append(f"{sk_col} BETWEEN ? AND ?")
                 params += [col_value(sk.value), col_value(sk.high)]
-            elif sk.op in ("<", "<=", ">", ">="):
+            elif sk.op in SORT_KEY_COMPARISONS:
                 where.append(f"{sk_col} {sk.op} ?")
                 params.append(col_value(sk.value))
-            else:
-                raise ValueError(f"unknown sort-key operator {sk.op!r}")
         if cursor is not None:
             last = decode_cursor(cursor)
             last_values = [col_value(last.get(sk_col)) if index else last["sk"]]
@@ -444,33 +415,12 @@ class SQLiteStore:
         where.append("(expires_at IS NULL OR expires_at > ?)")
         params.append(now)
         sql = f"SELECT body FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
-        params.append(limit + 1)
+        params.append(query.limit + 1)
         rows = self._ready().execute(sql, params).fetchall()
-        items = [item for item in (_loads(row[0]) for row in rows) if is_live(item, now)]
-        if len(items) <= limit:
-            return Page(items, None)
-        items = items[:limit]
-        last_item = items[-1]
-        cursor_key: dict[str, Any] = {"pk": last_item["pk"], "sk": last_item["sk"]}
-        if index is not None:
-            spec = keys.INDEXES[index]
-            cursor_key[spec.pk_attr] = last_item[spec.pk_attr]
-            cursor_key[spec.sk_attr] = last_item[spec.sk_attr]
-        return Page(items, encode_cursor(cursor_key))
+        return query.page([item for item in (_loads(row[0]) for row in rows) if is_live(item, now)])
 
-    async def query(
-        self,
-        table: str,
-        pk: str,
-        *,
-        sk: SortKey | None = None,
-        index: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        descending: bool = False,
-        consistent: bool = True,
-    ) -> Page:
-        return await self._run(self._query, table, pk, sk, index, limit, cursor, descending)
+    async def _query(self, query: Query) -> Page:
+        return await self._run(self._read_query, query)
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -490,10 +440,7 @@ class SQLiteStore:
                 f"SELECT body FROM {op.table} WHERE pk=? AND sk=?",  # noqa: S608
                 (op.key["pk"], op.key["sk"]),
             ).fetchone()
-            item = _loads(row[0]) if row is not None else None
-            if not evaluate(op.condition, item, now):
-                raise ConditionFailed(index)
-            current.append(item if is_live(item, now) else None)
+            current.append(check_condition(index, op, _loads(row[0]) if row is not None else None, now))
         for index, (op, item) in enumerate(zip(ops, current, strict=True)):
             if isinstance(op, Put):
                 if isinstance(op.condition, NotExists):
@@ -510,7 +457,7 @@ class SQLiteStore:
             elif not isinstance(op, Check):
                 raise TypeError(f"not an op: {op!r}")
 
-    def _transact(self, ops: Sequence[Op]) -> None:
+    def _transact_alone(self, ops: Sequence[Op]) -> None:
         """One transaction in its own `BEGIN IMMEDIATE ... COMMIT`."""
         conn = self._ready()
         conn.execute("BEGIN IMMEDIATE")
@@ -562,7 +509,7 @@ class SQLiteStore:
                 pass  # rolled back: run each transaction alone, so each gets its own answer
         for queued in batch:
             try:
-                self._transact(queued.ops)
+                self._transact_alone(queued.ops)
                 queued.committed = True
             except sqlite3.Error as exc:
                 queued.error = StoreError(f"sqlite: {exc}")
@@ -627,13 +574,11 @@ class SQLiteStore:
     def _write(conn: sqlite3.Connection, table: str, item: Item) -> None:
         conn.execute(_INSERT_SQL[table], _columns(item))
 
-    async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
-        ops = list(ops)
-        check_ops(ops)
+    async def _transact(self, ops: list[Op], token: str | None) -> None:
         for op in ops:
             self._table(op.table)
         if not self.group_commit:
-            await self._run(self._transact, ops)
+            await self._run(self._transact_alone, ops)
             return
         loop = asyncio.get_running_loop()
         queued = _Queued(ops, loop, loop.create_future())

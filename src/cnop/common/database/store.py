@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import operator
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeAlias
+from functools import partial
+from typing import Any, ClassVar, Generic, TypeAlias
 
 import simplejson
 from typing_extensions import TypeVar
 
-from cnop.common.exceptions import StoreError
+from cnop.common.database import keys
+from cnop.common.exceptions import ConditionFailed, StoreError
 
 Item: TypeAlias = dict[str, Any]
 Key: TypeAlias = Mapping[str, str]
@@ -54,55 +59,73 @@ class AttrNotExists:
 
 
 @dataclass(frozen=True, slots=True)
-class Eq:
+class _Comparison:
+    """`attr <symbol> value`: the shape of the six comparisons below."""
+
     attr: str
     value: Any
+    symbol: ClassVar[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Ne:
-    attr: str
-    value: Any
+class Eq(_Comparison):
+    __slots__ = ()
+    symbol = "="
 
 
-@dataclass(frozen=True, slots=True)
-class Lt:
-    attr: str
-    value: Any
+class Ne(_Comparison):
+    __slots__ = ()
+    symbol = "<>"
 
 
-@dataclass(frozen=True, slots=True)
-class Le:
-    attr: str
-    value: Any
+class Lt(_Comparison):
+    __slots__ = ()
+    symbol = "<"
 
 
-@dataclass(frozen=True, slots=True)
-class Gt:
-    attr: str
-    value: Any
+class Le(_Comparison):
+    __slots__ = ()
+    symbol = "<="
 
 
-@dataclass(frozen=True, slots=True)
-class Ge:
-    attr: str
-    value: Any
+class Gt(_Comparison):
+    __slots__ = ()
+    symbol = ">"
+
+
+class Ge(_Comparison):
+    __slots__ = ()
+    symbol = ">="
+
+
+# What each comparison symbol means, for conditions and sort keys alike (DynamoDB's `<>` is `!=`).
+COMPARE: Mapping[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "<>": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 
 @dataclass(frozen=True, slots=True, init=False)
-class And:
+class _Group:
     conditions: tuple[Condition, ...]
 
     def __init__(self, *conditions: Condition) -> None:
         object.__setattr__(self, "conditions", tuple(conditions))
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class Or:
-    conditions: tuple[Condition, ...]
+class And(_Group):
+    """Every condition holds (none: true)."""
 
-    def __init__(self, *conditions: Condition) -> None:
-        object.__setattr__(self, "conditions", tuple(conditions))
+    __slots__ = ()
+
+
+class Or(_Group):
+    """At least one condition holds (none: false)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,22 +181,16 @@ def evaluate(condition: Condition | None, item: Item | None, now: float) -> bool
             if live is None or condition.attr not in live:
                 return False
             left, right = live[condition.attr], condition.value
-            if not _comparable(left, right):
-                return False
-            match condition:
-                case Eq():
-                    return bool(left == right)
-                case Ne():
-                    return bool(left != right)
-                case Lt():
-                    return bool(left < right)
-                case Le():
-                    return bool(left <= right)
-                case Gt():
-                    return bool(left > right)
-                case Ge():
-                    return bool(left >= right)
+            return _comparable(left, right) and bool(COMPARE[condition.symbol](left, right))
     raise TypeError(f"not a condition: {condition!r}")
+
+
+def check_condition(index: int, op: Op, item: Item | None, now: float) -> Item | None:
+    """Raise ConditionFailed(index) unless the condition of `op`, the transaction's op number
+    `index`, holds on `item` (the stored item, None when absent); return the item if it is live."""
+    if not evaluate(op.condition, item, now):
+        raise ConditionFailed(index)
+    return item if is_live(item, now) else None
 
 
 # --- sort-key conditions for queries ---------------------------------------------------------
@@ -212,20 +229,16 @@ class SortKey:
         return cls(">=", value)
 
     def matches(self, value: Any) -> bool:
-        match self.op:
-            case "begins_with":
-                return isinstance(value, str) and value.startswith(self.value)
-            case "between":
-                return bool(self.value <= value <= self.high)
-            case "<":
-                return bool(value < self.value)
-            case "<=":
-                return bool(value <= self.value)
-            case ">":
-                return bool(value > self.value)
-            case ">=":
-                return bool(value >= self.value)
+        if self.op == "begins_with":
+            return isinstance(value, str) and value.startswith(self.value)
+        if self.op == "between":
+            return bool(self.value <= value <= self.high)
+        if self.op in SORT_KEY_COMPARISONS:
+            return bool(COMPARE[self.op](value, self.value))
         raise ValueError(f"unknown sort-key operator {self.op!r}")
+
+
+SORT_KEY_COMPARISONS = frozenset({"<", "<=", ">", ">="})
 
 
 # --- write operations -------------------------------------------------------------------------
@@ -282,6 +295,7 @@ Op: TypeAlias = Put | Update | Delete | Check
 
 
 PageItem = TypeVar("PageItem", default=Item)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,18 +310,94 @@ class Page(Generic[PageItem]):
         return self.next_cursor is not None
 
 
-class ItemStore(Protocol):
-    """What every engine provides. All methods are coroutines; none blocks the event loop."""
+MAX_BATCH_GET = 100
+MAX_QUERY_LIMIT = 1000
 
-    async def create_tables(self) -> None:
-        """Create the tables and indexes if missing (idempotent)."""
-        ...
 
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None: ...
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The checked arguments of one `query`, and the paging both engines share.
+
+    `pk_attr`/`sk_attr` are the attributes the query reads (the base table's keys, or an index's),
+    `numeric` whether that sort key is a number.
+    """
+
+    table: str
+    pk: str
+    sk: SortKey | None = None
+    index: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+    descending: bool = False
+    consistent: bool = True
+    pk_attr: str = field(init=False, default="pk")
+    sk_attr: str = field(init=False, default="sk")
+    numeric: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
+        if self.index is not None:
+            spec = keys.INDEXES.get(self.index)
+            if spec is None:
+                raise ValueError(f"unknown index {self.index!r}")
+            object.__setattr__(self, "pk_attr", spec.pk_attr)
+            object.__setattr__(self, "sk_attr", spec.sk_attr)
+            object.__setattr__(self, "numeric", spec.sk_type == "N")
+        if self.sk is not None:
+            if self.sk.op not in SORT_KEY_COMPARISONS and self.sk.op not in ("begins_with", "between"):
+                raise ValueError(f"unknown sort-key operator {self.sk.op!r}")
+            if self.sk.op == "begins_with" and self.numeric:
+                raise ValueError("begins_with needs a string sort key")
+
+    def page(self, items: list[Item]) -> Page:
+        """The page for the live items an engine read in order, one more than `limit` if there are
+        more: the cursor is the last returned item's key (and its index key, on an index)."""
+        if len(items) <= self.limit:
+            return Page(items, None)
+        items = items[: self.limit]
+        last = items[-1]
+        cursor_key: dict[str, Any] = {"pk": last["pk"], "sk": last["sk"]}
+        if self.index is not None:
+            cursor_key[self.pk_attr] = last[self.pk_attr]
+            cursor_key[self.sk_attr] = last[self.sk_attr]
+        return Page(items, encode_cursor(cursor_key))
+
+    def send(self, store: ItemStore) -> Awaitable[Page]:
+        """This query, asked of another store (what a wrapper passes on)."""
+        return store.query(
+            self.table,
+            self.pk,
+            sk=self.sk,
+            index=self.index,
+            limit=self.limit,
+            cursor=self.cursor,
+            descending=self.descending,
+            consistent=self.consistent,
+        )
+
+
+class ItemStore(ABC):
+    """What every store provides, and every DAO uses. All methods are coroutines; none blocks the
+    event loop.
+
+    The port's methods are written once, here: they check their arguments (a transaction by
+    `check_ops`, a query into a `Query`), hand them to the engine's hook (`_get`, `_batch_get`,
+    `_query`, `_transact`) and drop expired items from what a read returns. An engine implements
+    the hooks; a wrapper around another store is a `StoreWrapper`.
+    """
+
+    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
+        item = await self._get(table, key, consistent)
+        return item if item is not None and is_live(item, time.time()) else None
 
     async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
         """The live items among `keys`, in no particular order."""
-        ...
+        if len(keys) > MAX_BATCH_GET:
+            raise ValueError(f"batch_get takes at most {MAX_BATCH_GET} keys")
+        found = await self._batch_get(table, list(keys))
+        now = time.time()
+        return [item for item in found if is_live(item, now)]
 
     async def query(
         self,
@@ -322,20 +412,77 @@ class ItemStore(Protocol):
         consistent: bool = True,
     ) -> Page:
         """Items under one partition key, ordered by sort key; a page holds at most `limit`."""
-        ...
+        return await self._query(Query(table, pk, sk, index, limit, cursor, descending, consistent))
 
     async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
         """Apply every op or none; raise ConditionFailed(index) for the first failing condition.
 
         `token` makes a retried transaction idempotent where the engine supports it.
         """
-        ...
+        ops = list(ops)
+        check_ops(ops)
+        await self._transact(ops, token)
 
+    @abstractmethod
+    async def create_tables(self) -> None:
+        """Create the tables and indexes if missing (idempotent)."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the store cannot answer."""
-        ...
 
+    @abstractmethod
     async def close(self) -> None: ...
+
+    # --- what an engine implements ------------------------------------------------------------
+
+    @abstractmethod
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
+        """The item stored under `key` (expired or not), or None."""
+
+    @abstractmethod
+    async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
+        """The items stored under `keys` (expired or not; at most `MAX_BATCH_GET` keys)."""
+
+    @abstractmethod
+    async def _query(self, query: Query) -> Page:
+        """The page of live items (`query.page` makes it from the items read)."""
+
+    @abstractmethod
+    async def _transact(self, ops: list[Op], token: str | None) -> None:
+        """Apply the checked `ops` all or none (see `transact`)."""
+
+
+class StoreWrapper(ItemStore):
+    """A store that passes every call on to `inner`, each through `around(name, call)`: the one
+    place where a wrapper (a fault injector, a recorder) steps in. `name` is the port method's."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        self.inner = inner
+
+    async def around(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await call()
+
+    async def create_tables(self) -> None:
+        await self.inner.create_tables()
+
+    async def ping(self) -> None:
+        await self.around("ping", self.inner.ping)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
+        return await self.around("get", partial(self.inner.get, table, key, consistent=consistent))
+
+    async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
+        return await self.around("batch_get", partial(self.inner.batch_get, table, keys))
+
+    async def _query(self, query: Query) -> Page:
+        return await self.around("query", partial(query.send, self.inner))
+
+    async def _transact(self, ops: list[Op], token: str | None) -> None:
+        await self.around("transact", partial(self.inner.transact, ops, token=token))
 
 
 async def query_all(

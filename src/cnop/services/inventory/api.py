@@ -11,7 +11,7 @@ from starlette.responses import Response
 from cnop.common.database.store import InvalidCursor
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.exceptions import ValidationFailed
-from cnop.common.jsonio import ExactJSONResponse
+from cnop.common.jsonio import ExactJSONResponse, RenderedJSONResponse
 from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import Assets, Inventory, Prices
 from cnop.services.inventory.schemas import (
@@ -36,16 +36,16 @@ async def list_assets(
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Response:
     try:
-        page = await inventory.list_assets(active_only=active_only, category=category, limit=limit, cursor=cursor)
+        body = await inventory.list_assets_body(active_only=active_only, category=category, limit=limit, cursor=cursor)
     except InvalidCursor as exc:
         raise ValidationFailed.field("cursor", "is not a cursor this service made") from exc
-    return ExactJSONResponse(page)
+    return RenderedJSONResponse(body)
 
 
 @router.get("/assets/{asset_id}", response_model=AssetDetailResponse)
 async def get_asset(asset_id: AssetId, assets: Assets, inventory: Inventory) -> Response:
     asset = await assets.get_asset(asset_id.upper())
-    return ExactJSONResponse(AssetDetailResponse(data=inventory.asset_detail(asset)))
+    return RenderedJSONResponse(inventory.asset_detail_body(asset))
 
 
 @router.get("/assets/{asset_id}/prices", response_model=PriceHistoryResponse)

@@ -1,7 +1,17 @@
-"""Inventory use cases: the catalogue as stored, joined with live prices."""
+"""Inventory use cases: the catalogue as stored, joined with live prices.
+
+The asset list and an asset's detail are read by every front end on every page, and change only
+when a price ticks or an asset is written. Their bodies are therefore rendered once and kept,
+each with what it was rendered from: the asset list (or asset) the DAO handed out, by identity,
+and the price book's `version`. A kept body is served only while both are the very same; an
+asset write (here or, through the invalidation channel, in any process) makes the DAO drop its
+cached assets, its cache lifetime makes it read them again anyway, and every price change moves
+the book's version on, so a kept body is never older than what a fresh rendering would show.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cnop.common.clock import Clock
@@ -9,9 +19,37 @@ from cnop.common.dao.asset_dao import AssetDAO, _rank_key
 from cnop.common.database import keys
 from cnop.common.database.store import decode_cursor, encode_cursor
 from cnop.common.entities.asset import Asset
+from cnop.common.jsonio import dumps
 from cnop.market.catalogue import CatalogueAsset
 from cnop.market.prices import PriceBook
-from cnop.services.inventory.schemas import AssetData, AssetDetailData, AssetListResponse, percentage_change
+from cnop.services.inventory.schemas import (
+    AssetData,
+    AssetDetailData,
+    AssetDetailResponse,
+    AssetListResponse,
+    percentage_change,
+)
+
+#: Asset-list bodies kept per rendering (query strings are the client's: category, cursor).
+MAX_KEPT_PAGES = 64
+
+PageKey = tuple[bool, str | None, int, str | None]
+
+
+@dataclass(slots=True)
+class _KeptPages:
+    """Asset-list bodies rendered from one asset list (by identity) and one price-book version."""
+
+    assets: list[Asset]
+    version: int
+    bodies: dict[PageKey, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptDetail:
+    asset: Asset
+    version: int
+    body: bytes
 
 
 def asset_from_catalogue(entry: CatalogueAsset, now: datetime) -> Asset:
@@ -46,6 +84,8 @@ class InventoryService:
         self.prices = prices
         self.catalogue = catalogue
         self.clock = clock
+        self._pages: _KeptPages | None = None
+        self._details: dict[str, _KeptDetail] = {}
 
     async def load_catalogue(self) -> int:
         """Store every catalogue asset and its house inventory that is not stored yet."""
@@ -99,11 +139,47 @@ class InventoryService:
             min_quantity=asset.min_quantity,
         )
 
+    def asset_detail_body(self, asset: Asset) -> bytes:
+        """`AssetDetailResponse` of `asset` as JSON, rendered once per asset and price-book version."""
+        version = self.prices.version
+        kept = self._details.get(asset.asset_id)
+        if kept is not None and kept.asset is asset and kept.version == version:
+            return kept.body
+        body = dumps(AssetDetailResponse(data=self.asset_detail(asset)))
+        self._details[asset.asset_id] = _KeptDetail(asset, version, body)
+        return body
+
+    async def list_assets_body(
+        self, *, active_only: bool, category: str | None, limit: int, cursor: str | None
+    ) -> bytes:
+        """`list_assets` as JSON, rendered once per asset list, price-book version and query.
+
+        Raises `InvalidCursor` like `list_assets` (nothing is kept for it).
+        """
+        everything = await self.assets.all_assets()
+        version = self.prices.version
+        kept = self._pages
+        if kept is None or kept.assets is not everything or kept.version != version:
+            kept = self._pages = _KeptPages(everything, version)
+        key: PageKey = (active_only, category, limit, cursor)
+        body = kept.bodies.get(key)
+        if body is None:
+            body = dumps(self._page(everything, active_only=active_only, category=category, limit=limit, cursor=cursor))
+            if len(kept.bodies) >= MAX_KEPT_PAGES:
+                kept.bodies.clear()
+            kept.bodies[key] = body
+        return body
+
     async def list_assets(
         self, *, active_only: bool, category: str | None, limit: int, cursor: str | None
     ) -> AssetListResponse:
         """A page in market-cap rank order, then id; the counts cover the whole catalogue."""
         everything = await self.assets.all_assets()
+        return self._page(everything, active_only=active_only, category=category, limit=limit, cursor=cursor)
+
+    def _page(
+        self, everything: list[Asset], *, active_only: bool, category: str | None, limit: int, cursor: str | None
+    ) -> AssetListResponse:
         active_count = sum(1 for a in everything if a.is_active)
         chosen = [
             a

@@ -14,12 +14,12 @@ import structlog
 
 from cnop.common.clock import Clock
 from cnop.common.dao.order_dao import OrderDAO
-from cnop.common.database.store import Op
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.order import Order, OrderSide, OrderStatus, OrderUpdate
 from cnop.common.events import EventBus
 from cnop.services.order.release import Release
 from cnop.services.order.rules import buy_cost, sell_proceeds, trigger_of
-from cnop.services.order.settlement import GuardFailed, Leg, Settlement, UnitsMissing
+from cnop.services.order.settlement import Settlement, UnitsMissing
 
 log = structlog.get_logger("cnop.orders.fills")
 
@@ -40,8 +40,9 @@ class Fills:
             return await self._fill_buy(order, price)
         return await self._fill_sell(order, price)
 
-    def _filled(self, order: Order, price: Decimal, total: Decimal, pnl: Decimal | None) -> tuple[Order, Op]:
-        """The order as filled now at `price`, and its own status change (only from queued, at its trigger)."""
+    async def _filled(self, order: Order, price: Decimal, total: Decimal, pnl: Decimal | None, legs: Legs) -> Order:
+        """The order as filled now at `price`; its status change (only from queued, at its
+        trigger) joins `legs`."""
         now = self.clock.now()
         update = OrderUpdate(
             status=OrderStatus.COMPLETED,
@@ -51,13 +52,13 @@ class Fills:
             executed_at=now,
             updated_at=now,
         )
-        op = self.orders.update_order_status_op(order, update, trigger_seen=trigger_of(order).price)
-        return update.applied_to(order), op
+        return await self.orders.update_order_status(order, update, trigger_seen=trigger_of(order).price, tx=legs)
 
     async def _fill_buy(self, order: Order, price: Decimal) -> Order | None:
-        done, op = self._filled(order, price, buy_cost(order.quantity * price), None)
+        legs = Legs()
+        done = await self._filled(order, price, buy_cost(order.quantity * price), None, legs)
         try:
-            await self.settlement.settle_buy(done, op, held=order.held_amount, note=f" ({order.order_type.value})")
+            await self.settlement.settle_buy(done, legs, held=order.held_amount, note=f" ({order.order_type.value})")
         except GuardFailed as failed:
             if failed.leg is Leg.ORDER:
                 return None
@@ -79,7 +80,7 @@ class Fills:
                 order.username,
                 order.asset_id,
                 order.quantity,
-                lambda basis_out: self._filled(order, price, proceeds, proceeds - basis_out),
+                lambda basis_out, legs: self._filled(order, price, proceeds, proceeds - basis_out, legs),
                 from_held=True,
                 note=f" ({order.order_type.value})",
             )

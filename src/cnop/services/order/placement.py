@@ -12,12 +12,13 @@ from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.order_dao import OrderDAO, RestingIndex
 from cnop.common.database.store import ItemStore
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus
 from cnop.common.events import EventBus
 from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, InsufficientHoldings, StoreError
 from cnop.common.ids import new_id
 from cnop.services.order.rules import STOP_LIMIT, initial_stop, reservation, trigger_of
-from cnop.services.order.settlement import GuardFailed, Leg, Legs, Settlement, idempotency_leg
+from cnop.services.order.settlement import Settlement, idempotency_leg
 
 
 def resting_index(order: Order) -> RestingIndex:
@@ -77,9 +78,10 @@ class Placement:
                 "cancelled_at": order.created_at,
             }
         )
-        legs = idempotency_leg(Legs().add(Leg.ORDER, self.orders.create_order_op(order)), order.order_id)
+        legs = Legs()
+        await self.orders.create_order(order, tx=legs)
         try:
-            await legs.commit(self.store)
+            await idempotency_leg(legs, order.order_id).commit(self.store)
         except GuardFailed as failed:
             if failed.leg is Leg.IDEMPOTENCY:
                 raise IdempotencyInProgress() from failed
@@ -96,7 +98,9 @@ class Placement:
             value_limit=self.settings.order_value_limit,
         )
         order = self.new_order(username, request, OrderStatus.QUEUED, reserved.held, reserved.anchor)
-        legs = self.settlement.hold_legs(order, self.orders.create_order_op(order, resting_index(order)))
+        legs = Legs()
+        await self.orders.create_order(order, resting_index(order), tx=legs)
+        await self.settlement.hold_legs(order, legs)
         try:
             await idempotency_leg(legs, order.order_id).commit(self.store)
         except GuardFailed as failed:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from cnop.common.clock import Clock
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import ItemStore
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.order import Order, OrderStatus, OrderUpdate
 from cnop.common.events import EventBus
 from cnop.common.exceptions import OrderNotCancellable, StoreError
 from cnop.services.order.rules import trigger_of
-from cnop.services.order.settlement import GuardFailed, Leg, Settlement
+from cnop.services.order.settlement import Settlement
 
 
 class Release:
@@ -33,14 +34,14 @@ class Release:
             cancelled_at=now if status is OrderStatus.CANCELLED else None,
             updated_at=now,
         )
-        order_op = self.orders.update_order_status_op(order, update, trigger_seen=trigger_of(order).price)
+        legs = Legs()
+        closed = await self.orders.update_order_status(order, update, trigger_seen=trigger_of(order).price, tx=legs)
         try:
-            await self.settlement.release_legs(order, order_op, status, now).commit(self.store)
+            await (await self.settlement.release_legs(order, legs, status, now)).commit(self.store)
         except GuardFailed as failed:
             if failed.leg is Leg.ORDER:
                 return None
             raise StoreError(f"releasing order {order.order_id} failed on the {failed.leg.value} leg") from failed
-        closed = update.applied_to(order)
         self.events.publish(order.username, f"order.{status.value}", closed)
         return closed
 

@@ -11,7 +11,8 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
-from cnop.common.database.store import ItemStore, Op
+from cnop.common.database.store import ItemStore
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.order import Order, OrderCreate, OrderSide, OrderStatus, OrderType, TimeInForce
 from cnop.common.events import EventBus
@@ -40,7 +41,7 @@ from cnop.services.order.rules import (
     sell_proceeds,
     worse_than_bound,
 )
-from cnop.services.order.settlement import GuardFailed, Leg, Settlement, UnitsMissing
+from cnop.services.order.settlement import Settlement, UnitsMissing
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,9 @@ class OrderService:
     async def _market_buy(self, username: str, asset: Asset, request: OrderCreate, quote: Quote) -> Order:
         order = self._new_order(username, request, quote, buy_cost(quote.value))
         try:
-            await self.settlement.settle_buy(order, self.orders.create_order_op(order))
+            legs = Legs()
+            await self.orders.create_order(order, tx=legs)
+            await self.settlement.settle_buy(order, legs)
         except GuardFailed as failed:
             raise market_refusal(failed, order) from failed
         assert order.total_amount is not None
@@ -204,11 +207,11 @@ class OrderService:
         if proceeds <= 0:
             raise InvalidOrder("The order is worth less than 0.01 USD")
 
-        def filled(basis_out: Decimal) -> tuple[Order, Op]:
+        async def filled(basis_out: Decimal, legs: Legs) -> Order:
             order = self._new_order(username, request, quote, proceeds).model_copy(
                 update={"realized_pnl": proceeds - basis_out}
             )
-            return order, self.orders.create_order_op(order)
+            return await self.orders.create_order(order, tx=legs)
 
         try:
             order = await self.settlement.settle_sell(

@@ -9,8 +9,8 @@ A trade is one store transaction made of named legs:
                  the version read, so the cost basis leaving is the one computed)
     asset_transaction   the record of the units that moved
     house        the house inventory's side, on one of the asset's inventory shards (the next in
-                 turn), guarded so it never hands out units it lacks; when the shard
-                 lacks them the leg is rebuilt from what the shards hold (decision 0025)
+                 turn), guarded so it never hands out units it lacks; when the shard lacks
+                 them the leg is rebuilt from what the shards hold (decision 0025)
     idempotency  the client's idempotency record, marked applied (when there is one)
 
 The reservation of a resting order (`hold_legs`) and its return when the order ends without a
@@ -24,20 +24,19 @@ lives here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Protocol
 
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.database.store import ItemStore, Op
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.holding import AssetTransaction
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
-from cnop.common.exceptions import ConditionFailed, StoreError, TransactionConflict
+from cnop.common.exceptions import StoreError, TransactionConflict
 from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.services.order.rules import cost_basis_out, fund_buy
@@ -71,29 +70,16 @@ class House(Protocol):
     async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class HouseChange:
-    asset_id: str
-    quantity: Decimal
-    cash: Decimal
-
-
-class Leg(StrEnum):
-    ORDER = "order"
-    LEDGER = "ledger"
-    BALANCE = "balance"
-    HOLDING = "holding"
-    ASSET_TRANSACTION = "asset_transaction"
-    HOUSE = "house"
-    IDEMPOTENCY = "idempotency"
-
-
-class GuardFailed(ConditionFailed):
-    """A leg's condition did not hold: `leg` names it, `index` is its op's place in the transaction."""
-
-    def __init__(self, leg: Leg, index: int) -> None:
-        self.leg = leg
-        super().__init__(index, f"the {leg.value} leg's condition failed")
+def with_house(legs: Legs, ops: list[Op]) -> Legs:
+    """The same legs with the house leg's ops replaced by `ops` (in the same place)."""
+    rebuilt, placed = Legs(), False
+    for leg, op in zip(legs.names, legs.ops, strict=True):
+        if leg is not Leg.HOUSE:
+            rebuilt.add(leg, op)
+        elif not placed:
+            rebuilt.add(Leg.HOUSE, *ops)
+            placed = True
+    return rebuilt
 
 
 class UnitsMissing(Exception):
@@ -102,47 +88,6 @@ class UnitsMissing(Exception):
     def __init__(self, have: Decimal) -> None:
         self.have = have
         super().__init__(f"only {have} units")
-
-
-class Legs:
-    """The ops of one transaction, each named by the leg it belongs to."""
-
-    __slots__ = ("house", "names", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[Op] = []
-        self.names: list[Leg] = []
-        self.house: HouseChange | None = None
-
-    def add(self, leg: Leg, *ops: Op) -> Legs:
-        self.ops.extend(ops)
-        self.names.extend(leg for _ in ops)
-        return self
-
-    def leg_at(self, index: int) -> Leg:
-        return self.names[index]
-
-    def with_house(self, ops: list[Op]) -> Legs:
-        """The same legs with the house leg's ops replaced by `ops` (in the same place)."""
-        rebuilt = Legs()
-        rebuilt.house = self.house
-        placed = False
-        for leg, op in zip(self.names, self.ops, strict=True):
-            if leg is not Leg.HOUSE:
-                rebuilt.add(leg, op)
-            elif not placed:
-                rebuilt.add(Leg.HOUSE, *ops)
-                placed = True
-        return rebuilt
-
-    async def commit(self, store: ItemStore) -> None:
-        """Apply every leg at once; a failed condition raises `GuardFailed` naming its leg."""
-        try:
-            await store.transact(self.ops)
-        except ConditionFailed as exc:
-            if not 0 <= exc.index < len(self.names):
-                raise
-            raise GuardFailed(self.leg_at(exc.index), exc.index) from exc
 
 
 def idempotency_leg(legs: Legs, result_id: str) -> Legs:
@@ -161,36 +106,32 @@ class Settlement:
 
     # --- the legs -----------------------------------------------------------------------------
 
-    def _house_leg(self, legs: Legs, order: Order, quantity: Decimal, cash: Decimal) -> Legs:
-        legs.house = HouseChange(order.asset_id, quantity, cash)
-        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, quantity, cash))
-
-    async def _commit(self, legs: Legs) -> None:
-        """Commit; when the house leg's shard lacks the units (or does not exist), rebuild the
-        leg from what the asset's shards hold and try again, and refuse (`GuardFailed` of the
-        house leg) only when the house as a whole lacks them. When the store gave up on a
-        conflict (a cancelled transaction: nothing applied), try the next shard, if there is one."""
+    async def _commit(self, legs: Legs, asset_id: str, quantity: Decimal, cash: Decimal) -> None:
+        """Commit a trade whose house leg moves `quantity` units and `cash` to the house. When the
+        leg's shard lacks the units (or does not exist), rebuild the leg from what the asset's
+        shards hold and try again, and refuse (`GuardFailed` of the house leg) only when the house
+        as a whole lacks them. When the store gave up on a conflict (a cancelled transaction:
+        nothing applied), try the next shard, if there is one."""
         for attempt in range(HOUSE_ATTEMPTS):
             last = attempt == HOUSE_ATTEMPTS - 1
-            change = legs.house
             try:
                 await legs.commit(self.store)
                 return
             except GuardFailed as failed:
-                if failed.leg is not Leg.HOUSE or change is None or last:
+                if failed.leg is not Leg.HOUSE or last:
                     raise
-                cover = await self.house.cover_ops(change.asset_id, change.quantity, change.cash)
+                cover = await self.house.cover_ops(asset_id, quantity, cash)
                 if cover is None:
                     raise
-                legs = legs.with_house(cover)
+                legs = with_house(legs, cover)
             except TransactionConflict:
-                if change is None or last or self.house.shards == 1:
+                if last or self.house.shards == 1:
                     raise
-                legs = legs.with_house(self.house.trade_ops(change.asset_id, change.quantity, change.cash))
+                legs = with_house(legs, self.house.trade_ops(asset_id, quantity, cash))
 
-    def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
-        ops = self.balances.entry_ops(*entries)
-        return legs.add(Leg.LEDGER, *ops[:-1]).add(Leg.BALANCE, ops[-1])
+    async def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
+        await self.balances.create_transaction(*entries, tx=legs)
+        return legs
 
     def _asset_transaction(
         self,
@@ -219,11 +160,11 @@ class Settlement:
             )
         )
 
-    def hold_legs(self, order: Order, order_op: Op) -> Legs:
+    async def hold_legs(self, order: Order, legs: Legs) -> Legs:
         """A resting order's reservation moves from available to held: cash for a buy (an
-        ORDER_HOLD entry), units for a sell (a `hold` asset transaction)."""
+        ORDER_HOLD entry), units for a sell (a `hold` asset transaction). `legs` holds the
+        order's own write already (`OrderDAO.create_order(..., tx=legs)`)."""
         now, held = order.created_at, order.held_amount
-        legs = Legs().add(Leg.ORDER, order_op)
         if order.side is OrderSide.BUY:
             entry = BalanceTransaction(
                 transaction_id=new_id(),
@@ -236,15 +177,15 @@ class Settlement:
                 order_id=order.order_id,
                 created_at=now,
             )
-            return self._cash_legs(legs, entry)
+            return await self._cash_legs(legs, entry)
         legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=-held, held=held))
         return legs.add(Leg.ASSET_TRANSACTION, self._asset_transaction(order, "hold", now, available=-held, held=held))
 
-    def release_legs(self, order: Order, order_op: Op, status: OrderStatus, now: datetime) -> Legs:
+    async def release_legs(self, order: Order, legs: Legs, status: OrderStatus, now: datetime) -> Legs:
         """A resting order that ends without a fill gives its reservation back (ORDER_RELEASE
-        for cash, a `release` asset transaction for units)."""
+        for cash, a `release` asset transaction for units). `legs` holds the order's status
+        change already (`OrderDAO.update_order_status(..., tx=legs)`)."""
         held = order.held_amount
-        legs = Legs().add(Leg.ORDER, order_op)
         if order.side is OrderSide.BUY:
             if held <= 0:
                 return legs
@@ -259,15 +200,16 @@ class Settlement:
                 order_id=order.order_id,
                 created_at=now,
             )
-            return self._cash_legs(legs, entry)
+            return await self._cash_legs(legs, entry)
         legs.add(Leg.HOLDING, self.holdings.change_op(order.username, order.asset_id, now, available=held, held=-held))
         return legs.add(
             Leg.ASSET_TRANSACTION, self._asset_transaction(order, "release", now, available=held, held=-held)
         )
 
-    def buy_legs(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Legs:
-        """`order` is the order as filled (executed price, total cost, executed at); `held` the
-        reservation the cost is paid from first (a resting buy), any excess from available cash."""
+    async def buy_legs(self, order: Order, legs: Legs, *, held: Decimal = ZERO, note: str = "") -> Legs:
+        """`order` is the order as filled (executed price, total cost, executed at), its own write
+        in `legs` already; `held` the reservation the cost is paid from first (a resting buy),
+        any excess from available cash."""
         assert order.executed_price is not None
         assert order.total_amount is not None
         assert order.executed_at is not None
@@ -300,7 +242,7 @@ class Settlement:
                     created_at=now,
                 )
             )
-        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), *entries)
+        await self._cash_legs(legs, *entries)
         legs.add(
             Leg.HOLDING,
             self.holdings.change_op(order.username, order.asset_id, now, available=order.quantity, cost_basis=cost),
@@ -309,20 +251,21 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "buy", now, available=order.quantity, held=ZERO, price=price, total=cost),
         )
-        return self._house_leg(legs, order, -order.quantity, cost)
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, -order.quantity, cost))
 
-    def sell_legs(
+    async def sell_legs(
         self,
         order: Order,
-        order_op: Op,
+        legs: Legs,
         *,
         basis_out: Decimal,
         from_held: bool,
         expected_version: Decimal | None,
         note: str = "",
     ) -> Legs:
-        """`order` is the order as filled; the units leave available (a market sell) or held (a
-        resting sell's reservation), with `basis_out` of the cost basis."""
+        """`order` is the order as filled, its own write in `legs` already; the units leave
+        available (a market sell) or held (a resting sell's reservation), with `basis_out` of the
+        cost basis."""
         assert order.executed_price is not None
         assert order.total_amount is not None
         assert order.executed_at is not None
@@ -340,7 +283,7 @@ class Settlement:
         )
         units = -order.quantity
         available, held = (ZERO, units) if from_held else (units, ZERO)
-        legs = self._cash_legs(Legs().add(Leg.ORDER, order_op), entry)
+        await self._cash_legs(legs, entry)
         legs.add(
             Leg.HOLDING,
             self.holdings.change_op(
@@ -357,14 +300,16 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "sell", now, available=available, held=held, price=price, total=proceeds),
         )
-        return self._house_leg(legs, order, order.quantity, -proceeds)
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, order.quantity, -proceeds))
 
     # --- settling -----------------------------------------------------------------------------
 
-    async def settle_buy(self, order: Order, order_op: Op, *, held: Decimal = ZERO, note: str = "") -> Order:
-        """Apply a buy's legs at once; raises `GuardFailed` naming the leg that refused."""
-        legs = idempotency_leg(self.buy_legs(order, order_op, held=held, note=note), order.order_id)
-        await self._commit(legs)
+    async def settle_buy(self, order: Order, legs: Legs, *, held: Decimal = ZERO, note: str = "") -> Order:
+        """Apply a buy's legs at once (`legs` holds the order's own write); raises `GuardFailed`
+        naming the leg that refused."""
+        await self.buy_legs(order, legs, held=held, note=note)
+        assert order.total_amount is not None
+        await self._commit(idempotency_leg(legs, order.order_id), order.asset_id, -order.quantity, order.total_amount)
         return order
 
     async def settle_sell(
@@ -372,17 +317,17 @@ class Settlement:
         username: str,
         asset_id: str,
         quantity: Decimal,
-        filled: Callable[[Decimal], tuple[Order, Op]],
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
         *,
         from_held: bool,
         note: str = "",
     ) -> Order:
         """Read the holding, take `quantity` units out at its average cost, apply at once.
 
-        `filled(basis_out)` gives the order as filled and its own op for that cost basis (it is
-        called again on every attempt). Raises `UnitsMissing` when the units are not there,
-        `GuardFailed` for a leg other than the holding, and retries the holding's per the policy
-        above.
+        `filled(basis_out, legs)` gives the order as filled for that cost basis, its own write
+        added to `legs` (it is called again, with fresh legs, on every attempt). Raises
+        `UnitsMissing` when the units are not there, `GuardFailed` for a leg other than the
+        holding, and retries the holding's per the policy above.
         """
         for attempt in range(SELL_ATTEMPTS):
             holding = await self.holdings.get_holding(username, asset_id)
@@ -390,17 +335,20 @@ class Settlement:
             if holding is None or have < quantity:
                 raise UnitsMissing(have)
             basis_out = cost_basis_out(holding.available + holding.held, holding.cost_basis, quantity)
-            order, order_op = filled(basis_out)
-            legs = self.sell_legs(
+            legs = Legs()
+            order = await filled(basis_out, legs)
+            await self.sell_legs(
                 order,
-                order_op,
+                legs,
                 basis_out=basis_out,
                 from_held=from_held,
                 expected_version=holding.version if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
                 note=note,
             )
             try:
-                await self._commit(idempotency_leg(legs, order.order_id))
+                assert order.total_amount is not None
+                change = (order.asset_id, order.quantity, -order.total_amount)
+                await self._commit(idempotency_leg(legs, order.order_id), *change)
             except GuardFailed as failed:
                 if failed.leg is Leg.HOLDING:
                     continue  # the holding changed since we read it: read again

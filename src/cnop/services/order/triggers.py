@@ -100,9 +100,8 @@ class TriggerEngine:
 
     async def process_tick(self, asset_id: str, price: Decimal) -> int:
         for order in await self.trailing_to_move(asset_id, price):
-            await self.orders.move_trail(
-                order, price, trailing_stop(order.order_type, price, order.trail_amount, order.trail_percent)
-            )
+            stop = trailing_stop(order.order_type, price, order.trail_amount, order.trail_percent)
+            await self.orders.move_trail(order, price, stop, trigger_of(order).direction)
         filled = 0
         for order in await self.crossed_orders(asset_id, price):
             if order.stage == "stop":

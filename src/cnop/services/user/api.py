@@ -8,7 +8,6 @@ from fastapi import APIRouter, Header, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cnop.common.dao.balance_dao import entry_from_item
 from cnop.common.entities.balance import TransactionType
 from cnop.common.entities.order import ASSET_ID_PATTERN
 from cnop.common.idempotency import IdempotencyRecords
@@ -185,7 +184,7 @@ async def list_transactions(
         ),
         paging,
     )
-    entries = [LedgerEntry.of(entry_from_item(item)) for item in page.items]
+    entries = [LedgerEntry.of(entry) for entry in page.items]
     return ExactJSONResponse(LedgerPage(transactions=entries, has_more=page.has_more, next_cursor=page.next_cursor))
 
 

@@ -10,13 +10,13 @@ from typing import Any
 from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.dao.balance_dao import BalanceDAO
-from cnop.common.dao.user_dao import UserDAO
+from cnop.common.dao.user_dao import UserDAO, creation_refused
 from cnop.common.database import keys
 from cnop.common.database.store import AttrNotExists, ItemStore, Le, Op, Or, Update
+from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.user import User, UserRole
 from cnop.common.exceptions import (
-    ConditionFailed,
     DailyLimitExceeded,
     IdempotencyInProgress,
     InsufficientFunds,
@@ -98,7 +98,13 @@ class AccountService:
             created_at=now,
             updated_at=now,
         )
-        await self.users.create_user(user, [self.balances.create_balance_op(user.username)])
+        legs = Legs()
+        await self.users.create_user(user, tx=legs)
+        await self.balances.create_balance(user.username, tx=legs)
+        try:
+            await legs.commit(self.store)
+        except GuardFailed as failed:
+            raise creation_refused(failed) from failed
         self.audit.log_registration(user.username, ip_address=ip)
         return user
 
@@ -221,23 +227,26 @@ class MoneyService:
             description=f"Deposit of {amount} USD" if deposit else f"Withdrawal of {amount} USD",
             created_at=now,
         )
-        ops = self.balances.entry_ops(
-            entry, deposited=amount if deposit else Decimal(0), withdrawn=Decimal(0) if deposit else amount
+        legs = Legs()
+        await self.balances.create_transaction(
+            entry, deposited=amount if deposit else Decimal(0), withdrawn=Decimal(0) if deposit else amount, tx=legs
         )
-        ops.append(self._daily_limit_op(username, kind.value, amount, limit))
+        legs.add(Leg.DAILY_LIMIT, self._daily_limit_op(username, kind.value, amount, limit))
         mark = applying_mark()  # set when the request carries an idempotency key
         if mark is not None:
-            ops.append(mark(entry.transaction_id))
+            legs.add(Leg.IDEMPOTENCY, mark(entry.transaction_id))
         try:
-            await self.store.transact(ops)
-        except ConditionFailed as exc:
-            if exc.index == 1:
+            await legs.commit(self.store)
+        except GuardFailed as failed:
+            if failed.leg is Leg.BALANCE:
                 if deposit:
-                    raise UserNotFound() from exc
-                raise InsufficientFunds(f"Available balance is less than {amount} USD") from exc
-            if exc.index == 2:
-                raise DailyLimitExceeded(f"The daily {kind.value} limit of {limit} USD would be exceeded") from exc
-            raise IdempotencyInProgress() from exc
+                    raise UserNotFound() from failed
+                raise InsufficientFunds(f"Available balance is less than {amount} USD") from failed
+            if failed.leg is Leg.DAILY_LIMIT:
+                raise DailyLimitExceeded(f"The daily {kind.value} limit of {limit} USD would be exceeded") from failed
+            if failed.leg is Leg.IDEMPOTENCY:
+                raise IdempotencyInProgress() from failed
+            raise StoreError(f"unexpected condition failure on the {failed.leg.value} leg") from failed
         return await self._movement_response(entry)
 
     async def movement_of(self, username: str, transaction_id: str) -> MoneyMovementResponse:

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
-from cnop.common.dao.balance_dao import BalanceDAO, entry_from_item
+from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database.store import InvalidCursor, Page
@@ -331,7 +331,7 @@ async def dashboard(
         principal=principal,
         portfolio=portfolio,
         insight=insight,
-        ledger=[entry_from_item(item) for item in ledger.items],
+        ledger=ledger.items,
         orders=recent.items,
         slices=slices,
         total_cost=cost,
@@ -641,7 +641,7 @@ async def ledger_page(
         request,
         "ledger.html",
         principal=principal,
-        entries=[entry_from_item(item) for item in entries.items],
+        entries=entries.items,
         next_cursor=entries.next_cursor,
         transaction_type=kind.value if kind else "",
         types=[t.value for t in TransactionType],
@@ -676,8 +676,7 @@ async def ledger_csv(
             batch = await balances.get_user_transactions(
                 principal.username, limit=100, cursor=cursor, transaction_type=kind
             )
-            for item in batch.items:
-                entry = entry_from_item(item)
+            for entry in batch.items:
                 writer.writerow(
                     [
                         entry.transaction_id,
@@ -984,7 +983,7 @@ async def admin_ledger(
             error = "No user of that name"
         else:
             found = await page_or_first(lambda at: balances.get_user_transactions(name, limit=50, cursor=at), cursor)
-            entries = [entry_from_item(item) for item in found.items]
+            entries = found.items
             next_cursor = found.next_cursor
     return page(
         request,

@@ -29,6 +29,7 @@ from cnop.common.database.dynamodb.codec import (
     serialize,
 )
 from cnop.common.database.store import (
+    SORT_KEY_COMPARISONS,
     TTL_ATTRIBUTE,
     And,
     AttrExists,
@@ -153,7 +154,7 @@ class Expression:
 
     def _comparison(self, condition: Eq | Ne | Lt | Le | Gt | Ge) -> str:
         attr, value = condition.attr, condition.value
-        operator = {Eq: "=", Ne: "<>", Lt: "<", Le: "<=", Gt: ">", Ge: ">="}[type(condition)]
+        operator = condition.symbol
         if operator not in ("=", "<>") and not (isinstance(value, str) or is_number(value)):
             raise TypeError(f"{operator} compares numbers or strings, not {type(value).__name__}")
         serialized = serialize(value)
@@ -174,7 +175,7 @@ class Expression:
             return f"begins_with({name}, {self.value(sk.value)})"
         if sk.op == "between":
             return f"{name} BETWEEN {self.value(sk.value)} AND {self.value(sk.high)}"
-        if sk.op in ("<", "<=", ">", ">="):
+        if sk.op in SORT_KEY_COMPARISONS:
             return f"{name} {sk.op} {self.value(sk.value)}"
         raise ValueError(f"unknown sort-key operator {sk.op!r}")
 

@@ -46,18 +46,17 @@ from cnop.common.database.store import (
     Delete,
     InvalidCursor,
     Item,
+    ItemStore,
     Key,
     NotExists,
     Op,
     Page,
     Put,
-    SortKey,
+    Query,
     Update,
     apply_update,
-    check_ops,
+    check_condition,
     decode_cursor,
-    encode_cursor,
-    evaluate,
     is_live,
 )
 from cnop.common.exceptions import ConditionFailed, StoreError, TransactionConflict
@@ -112,7 +111,7 @@ def _client_config(max_pool_connections: int = 64, connect_timeout: float = 5) -
     )
 
 
-class DynamoDBStore:
+class DynamoDBStore(ItemStore):
     """`ItemStore` on DynamoDB. One aiobotocore client per store, opened in the running loop."""
 
     def __init__(
@@ -220,19 +219,14 @@ class DynamoDBStore:
 
     # --- reads --------------------------------------------------------------------------------
 
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
         response = await self._call(
             "get_item", TableName=self.table_name(table), Key=encode_key(key), ConsistentRead=consistent
         )
         raw = response.get("Item")
-        if raw is None:
-            return None
-        item = decode_item(raw)
-        return item if is_live(item, time.time()) else None
+        return None if raw is None else decode_item(raw)
 
-    async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
-        if len(keys) > 100:
-            raise ValueError("batch_get takes at most 100 keys")
+    async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
         name = self.table_name(table)
         unique = {(k["pk"], k["sk"]): encode_key(k) for k in keys}
         if not unique:
@@ -248,51 +242,31 @@ class DynamoDBStore:
             await self._sleep(self.retry.delay(attempt))
         else:
             raise StoreError(f"dynamodb batch_get_item: keys still unprocessed after {self.retry.max_attempts} tries")
-        now = time.time()
-        return [item for item in found if is_live(item, now)]
+        return found
 
-    async def query(
-        self,
-        table: str,
-        pk: str,
-        *,
-        sk: SortKey | None = None,
-        index: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        descending: bool = False,
-        consistent: bool = True,
-    ) -> Page:
-        if not 1 <= limit <= 1000:
-            raise ValueError("limit must be between 1 and 1000")
-        if index is None:
-            pk_attr, sk_attr, numeric = "pk", "sk", False
-        elif index in keys.INDEXES:
-            spec = keys.INDEXES[index]
-            pk_attr, sk_attr, numeric = spec.pk_attr, spec.sk_attr, spec.sk_type == "N"
-        else:
-            raise ValueError(f"unknown index {index!r}")
-        start = self._start_key(cursor, pk, pk_attr, sk_attr, numeric) if cursor is not None else None
+    async def _query(self, query: Query) -> Page:
+        cursor = query.cursor
+        start = self._start_key(cursor, query) if cursor is not None else None
         now = time.time()
         expr = Expression(now)
-        key_condition = f"{expr.name(pk_attr)} = {expr.value(pk)}"
-        if sk is not None:
-            key_condition += f" AND {expr.sort_key(sk_attr, sk, numeric)}"
+        key_condition = f"{expr.name(query.pk_attr)} = {expr.value(query.pk)}"
+        if query.sk is not None:
+            key_condition += f" AND {expr.sort_key(query.sk_attr, query.sk, query.numeric)}"
         ttl = expr.name(TTL_ATTRIBUTE)
         params: dict[str, Any] = {
-            "TableName": self.table_name(table),
+            "TableName": self.table_name(query.table),
             "KeyConditionExpression": key_condition,
             "FilterExpression": f"attribute_not_exists({ttl}) OR {ttl} > {expr.value(expr.now)}",
-            "ScanIndexForward": not descending,
-            "Limit": limit + 1,
+            "ScanIndexForward": not query.descending,
+            "Limit": query.limit + 1,
             **expr.params(),
         }
-        if index is None:
-            params["ConsistentRead"] = consistent
+        if query.index is None:
+            params["ConsistentRead"] = query.consistent
         else:
-            params["IndexName"] = index
+            params["IndexName"] = query.index
         items: list[Item] = []
-        while len(items) <= limit:
+        while len(items) <= query.limit:
             if start is not None:
                 params["ExclusiveStartKey"] = start
             try:
@@ -305,28 +279,21 @@ class DynamoDBStore:
             start = response.get("LastEvaluatedKey")
             if start is None:
                 break
-        if len(items) <= limit:
-            return Page(items, None)
-        items = items[:limit]
-        last = items[-1]
-        cursor_key: dict[str, Any] = {"pk": last["pk"], "sk": last["sk"]}
-        if index is not None:
-            cursor_key[pk_attr] = last[pk_attr]
-            cursor_key[sk_attr] = last[sk_attr]
-        return Page(items, encode_cursor(cursor_key))
+        return query.page(items)
 
     @staticmethod
-    def _start_key(cursor: str, pk: str, pk_attr: str, sk_attr: str, numeric: bool) -> dict[str, AttributeValue]:
+    def _start_key(cursor: str, query: Query) -> dict[str, AttributeValue]:
         last = decode_cursor(cursor)
+        pk_attr, sk_attr = query.pk_attr, query.sk_attr
         start: dict[str, AttributeValue] = {"pk": {"S": last["pk"]}, "sk": {"S": last["sk"]}}
         if pk_attr != "pk":
             index_pk, index_sk = last.get(pk_attr), last.get(sk_attr)
-            sk_ok = isinstance(index_sk, Decimal) if numeric else isinstance(index_sk, str)
+            sk_ok = isinstance(index_sk, Decimal) if query.numeric else isinstance(index_sk, str)
             if not isinstance(index_pk, str) or not sk_ok:
                 raise InvalidCursor("invalid cursor")
             start[pk_attr] = {"S": index_pk}
             start[sk_attr] = serialize(index_sk)
-        if last[pk_attr] != pk:
+        if last[pk_attr] != query.pk:
             raise InvalidCursor("cursor of another partition")
         return start
 
@@ -368,9 +335,7 @@ class DynamoDBStore:
         body.update(expr.params())
         return {kind: body}
 
-    async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
-        ops = list(ops)
-        check_ops(ops)
+    async def _transact(self, ops: list[Op], token: str | None) -> None:
         if token is None:
             token = str(uuid.uuid4())
         elif len(token) > 36:
@@ -429,8 +394,7 @@ class DynamoDBStore:
             if not isinstance(op, Update):
                 raise ConditionFailed(index)
             current = decode_item(reason["Item"]) if "Item" in reason else None
-            if not evaluate(op.condition, current, now):
-                raise ConditionFailed(index)
+            check_condition(index, op, current, now)
             assumption = Assumption.of(op, current, now)
             if assumption == assumptions[index]:
                 raise ConditionFailed(index)  # DynamoDB said no; trust it
