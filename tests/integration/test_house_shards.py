@@ -10,10 +10,11 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
+from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
-from cnop.common.dao.house_dao import HouseInventory, split
+from cnop.common.dao.house_dao import HouseInventory, HouseRebalancer, split
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
 from cnop.common.database.store import ItemStore, Put, Update
@@ -22,6 +23,8 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.ids import new_id
+from cnop.common.shared.lease import FencedLease
+from cnop.common.shared.redis import open_redis
 from cnop.services.order.settlement import GuardFailed, Settlement
 
 D = Decimal
@@ -155,3 +158,41 @@ async def test_the_audit_counts_every_shard_and_flags_a_stray_or_negative_one(st
         "BTC: negative house shard 0 -1.00000000",
         "BTC: house shard 5 beyond the 2 the header counts",
     ]
+
+
+async def drain_shard_zero(store: ItemStore) -> None:
+    await store.transact(
+        [
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 0), add={"quantity": D("-1.9")}),
+            Update(keys.INVENTORY, keys.house_shard_key("BTC", 1), add={"quantity": D("1.9")}),
+        ]
+    )
+
+
+async def test_the_rebalancer_round_covers_every_asset_in_process(store: ItemStore) -> None:
+    house, _ = await open_house(store, "8", 4)
+    await drain_shard_zero(store)
+    rebalancer = HouseRebalancer(house, AssetDAO(store, FakeClock(), house=house).all_assets, 5.0)
+    assert await rebalancer.round() == 1
+    assert await shard_units(house) == [D("2")] * 4
+
+
+async def test_only_the_holder_of_the_house_rebalance_lease_rebalances(
+    store: ItemStore, redis_url: str, redis_prefix: str
+) -> None:
+    house, _ = await open_house(store, "8", 4)
+    await drain_shard_zero(store)
+    shared = open_redis(Settings(redis_url=redis_url, redis_prefix=redis_prefix))
+    assert shared is not None
+    try:
+        assets = AssetDAO(store, FakeClock(), house=house).all_assets
+        first = HouseRebalancer(house, assets, 5.0, FencedLease(shared, "house-rebalance", "a", 15.0))
+        second = HouseRebalancer(house, assets, 5.0, FencedLease(shared, "house-rebalance", "b", 15.0))
+        assert await first.round() == 1
+        await drain_shard_zero(store)
+        assert await second.round() == 0  # the lease is the first's
+        assert await shard_units(house) == [D("0.1"), D("3.9"), D("2"), D("2")]
+        assert await first.round() == 1  # the holder renews it and rebalances
+        assert await shard_units(house) == [D("2")] * 4
+    finally:
+        await shared.close()

@@ -148,9 +148,7 @@ class HouseInventory:
         """The house's side of a trade on the next shard in turn, without a read: `quantity`
         units and `cash` to the house (negative: from it). The guard fails when that shard lacks
         the units (a buy) or does not exist; `cover_ops` then finds where they are."""
-        key = keys.house_shard_key(asset_id, self.next_shard())
-        guard = Ge("quantity", -quantity) if quantity < 0 else Exists()
-        return [Update(keys.INVENTORY, key, add={"quantity": quantity, "cash": cash}, condition=guard)]
+        return [self._move(keys.house_shard_key(asset_id, self.next_shard()), quantity, cash)]
 
     async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None:
         """The house's side of a trade from what the house items hold now: one item that holds
