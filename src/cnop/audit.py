@@ -1,4 +1,4 @@
-"""`cnop audit`: check the ledger invariants of design §5 over the whole store.
+"""`cnop audit`: check the ledger invariants (docs/storage.md §2) over the whole store.
 
 1. per user, ledger entries sum to the cash balance (available and held separately), and each
    is filed under its type in the ledger index (`keys.ledger_type_index`);

@@ -1,4 +1,4 @@
-"""Auth and profile endpoints (api.md: Auth and profile)."""
+"""Auth and profile endpoints (docs/api.md: Auth and profile)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Balance, deposit, withdraw and ledger endpoints (api.md: Balance and ledger)."""
+"""Balance, deposit, withdraw and ledger endpoints (docs/api.md: Balance and ledger)."""
 
 from __future__ import annotations
 

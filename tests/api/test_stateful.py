@@ -1,5 +1,5 @@
 """A hypothesis state machine: random deposits, withdrawals, market and resting orders, cancels,
-price moves and expiries through the API; every invariant of design §5 holds after every step."""
+price moves and expiries through the API; every invariant of docs/storage.md §2 holds after every step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Market orders, holdings, portfolio, asset transactions (api.md: Orders, Portfolio)."""
+"""Market orders, holdings, portfolio, asset transactions (docs/api.md: Orders, Portfolio and holdings)."""
 
 from __future__ import annotations
 

@@ -334,7 +334,7 @@ async def test_a_store_failure_at_any_call_leaves_all_or_nothing(
             api.set_price("BTC", "50000")
             retry = await case.act(api, ctx)
         if case.idempotent and applied and is_in_progress(retry):
-            # api.md: a replay of an applied request returns its first result; one whose work was
+            # docs/api.md (Idempotency): a replay of an applied request returns its first result; one whose work was
             # applied but whose answer was never saved still answers 409 (issue 12, finding 7).
             in_progress_after_apply.append(where)
         elif retry.status not in ({case.ok} | (case.applied_retry if applied else set())):

@@ -1,4 +1,4 @@
-"""Run a write use case under the client's `Idempotency-Key` (api.md: Idempotency).
+"""Run a write use case under the client's `Idempotency-Key` (docs/api.md: Idempotency).
 
 The wrapper claims the key, runs the use case with the claim's mark set for it
 (`cnop.common.idempotency.applying`): the use case's own transaction includes the mark

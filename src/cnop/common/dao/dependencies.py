@@ -1,5 +1,7 @@
 """FastAPI dependencies for the DAOs (the seed's DI names), read by name from the app's components.
 
+The names are listed in docs/architecture.md ("Names kept from the seed").
+
 They live beside the DAOs they return, above the storage layer; the app's composition root
 (`cnop.container`) puts its components on `app.state.container`, and nothing here imports it.
 """

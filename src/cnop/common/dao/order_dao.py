@@ -1,4 +1,5 @@
-"""OrderDAO: orders on the orders table (newest first per user), with the seed's methods."""
+"""OrderDAO: orders on the orders table (newest first per user), with the seed's methods
+(docs/architecture.md: Names kept from the seed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The single-table map (design §4): every table, index and key pattern, in one place."""
+"""The single-table map: every table, index and key pattern, in one place (drawn as a table in
+docs/storage.md §1; change both together)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """A use case's one transaction, built leg by leg (docs/decisions/0027-seed-dao-live-path.md).
 
-The DAOs' write methods (the seed's names: `OrderDAO.create_order`, `update_order_status`,
-`update_order`, `BalanceDAO.create_balance`, `create_transaction`, `update_transaction_status`,
-`UserDAO.create_user`) take an optional `tx: Legs`. Without it a method writes at once, alone;
-with it the method only adds its ops to `tx`, each under the `Leg` it belongs to, and the use case
-commits every leg at once with `Legs.commit`. A condition that fails comes back as
-`GuardFailed(leg=...)`, so the use case maps it to a domain error by the leg's name, never by an
-op's position in the transaction.
+The DAOs' write methods (the seed's names, listed in docs/architecture.md: `OrderDAO.create_order`,
+`update_order_status`, `update_order`, `BalanceDAO.create_balance`, `create_transaction`,
+`update_transaction_status`, `UserDAO.create_user`) take an optional `tx: Legs`. Without it a
+method writes at once, alone; with it the method only adds its ops to `tx`, each under the `Leg`
+it belongs to, and the use case commits every leg at once with `Legs.commit`. A condition that
+fails comes back as `GuardFailed(leg=...)`, so the use case maps it to a domain error by the
+leg's name, never by an op's position in the transaction.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class BalanceTransaction(BaseModel):
     """One ledger entry. `amount` is the magnitude; the two changes are signed.
 
     The sum of `available_change` over a user's ledger is their available cash, and the sum of
-    `held_change` is their held cash (design §5, invariant 1).
+    `held_change` is their held cash (docs/storage.md §2, invariant 1).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -35,7 +35,7 @@ class Holding(BaseModel):
 
 
 class AssetTransaction(BaseModel):
-    """One movement of a user's units of an asset (design §5): a buy or sell, or a resting
+    """One movement of a user's units of an asset (docs/storage.md §2): a buy or sell, or a resting
     sell's `hold` and `release`. The sum of `available_change` and `held_change` over a user's
     asset transactions is their holding (invariant 1)."""
 

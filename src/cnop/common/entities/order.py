@@ -181,7 +181,7 @@ def _upper(value: str) -> str:
 
 
 class OrderCreate(BaseModel):
-    """A request to place an order (api.md: Orders). Cross-field rules are checked here too."""
+    """A request to place an order (docs/api.md: Orders). Cross-field rules are checked here too."""
 
     model_config = ConfigDict(extra="ignore")
 

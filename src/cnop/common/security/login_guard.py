@@ -1,9 +1,9 @@
 """The login guard: too many failed logins from one address block that address's logins for a while.
 
-Design §8: `login_guard_failures` (5) failures from one IP within `login_guard_window_seconds`
-(300) block logins from that IP for `login_guard_block_seconds` (300); a blocked attempt is
-403 `login_blocked`, with `Retry-After`. The login endpoint calls `check(ip)` before verifying
-the password, then `record_failure(ip)` or `record_success(ip)`.
+The policy (docs/security.md, "Limits"): `login_guard_failures` (5) failures from one IP within
+`login_guard_window_seconds` (300) block logins from that IP for `login_guard_block_seconds`
+(300); a blocked attempt is 403 `login_blocked`, with `Retry-After`. The login endpoint calls
+`check(ip)` before verifying the password, then `record_failure(ip)` or `record_success(ip)`.
 
 A success does not wipe the failures: the guard counts guesses per address, and an attacker who
 owns one account could otherwise interleave a good login between every four guesses at other

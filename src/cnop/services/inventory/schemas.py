@@ -1,4 +1,4 @@
-"""Inventory response shapes (api.md: Inventory). Every key is always present, null where unknown."""
+"""Inventory response shapes (docs/api.md: Inventory). Every key is always present, null where unknown."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class AssetDetailData(AssetData):
 
 
 class AssetListResponse(BaseModel):
-    """The seed's name for a page of assets."""
+    """The seed's name for a page of assets (docs/architecture.md: Names kept from the seed)."""
 
     data: list[AssetData]
     total_count: int

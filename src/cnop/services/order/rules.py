@@ -3,7 +3,7 @@
 Trigger maths (where a resting order waits and when a price crosses it), trailing stops, the
 reservation a resting order holds, the order value cap, and how a trade's money is rounded.
 Everything here is exact `Decimal` arithmetic; the user never receives more than the
-arithmetic allows (design §5: a buyer's cost rounds up, a seller's proceeds round down).
+arithmetic allows (docs/storage.md §2: a buyer's cost rounds up, a seller's proceeds round down).
 
 Directions: an order indexed `below` fires when the price falls to or under its trigger;
 `above` fires when the price rises to or over it.
@@ -94,7 +94,7 @@ class Trigger:
 
 
 def trigger_of(order: Order) -> Trigger:
-    """Where an order waits in the trigger index, by type and stage (docs/api.md trigger rules)."""
+    """Where an order waits in the trigger index, by type and stage (docs/api.md: Orders, trigger rules)."""
     kind = order.order_type
     buy = kind.side is OrderSide.BUY
     if kind in (OrderType.LIMIT_BUY, OrderType.LIMIT_SELL) or (kind in STOP_LIMIT and order.stage == "limit"):

@@ -1,4 +1,4 @@
-"""Order service response envelopes (api.md: Orders)."""
+"""Order service response envelopes (docs/api.md: Orders)."""
 
 from __future__ import annotations
 

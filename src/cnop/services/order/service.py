@@ -1,4 +1,4 @@
-"""Order service use cases: market orders, each one store transaction (design §6)."""
+"""Order service use cases: market orders, each one store transaction (docs/storage.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request and response shapes of the user service (api.md: auth, balance, ledger)."""
+"""Request and response shapes of the user service (docs/api.md: Auth and profile, Balance and ledger)."""
 
 from __future__ import annotations
 
