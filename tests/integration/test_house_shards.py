@@ -26,6 +26,9 @@ from cnop.common.ids import new_id
 from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import open_redis
 from cnop.services.order.settlement import GuardFailed, Settlement
+from tests.conftest import StoreFactory
+from tests.support.api import funded_user, open_api
+from tests.support.house import house_totals
 
 D = Decimal
 
@@ -196,3 +199,19 @@ async def test_only_the_holder_of_the_house_rebalance_lease_rebalances(
         assert await shard_units(house) == [D("2")] * 4
     finally:
         await shared.close()
+
+
+async def test_the_alpaca_quote_reports_the_house_units_over_every_shard(store_factory: StoreFactory) -> None:
+    api, lifespan = await open_api(store_factory, house_shards=8)
+    try:
+        _, headers = await funded_user(api, "10000")
+        api.set_price("BTC", "50000")
+        url = "/alpaca/v1beta3/crypto/us/latest/quotes?symbols=BTC/USD"
+        assert (await api.client.get(url)).json()["quotes"]["BTC/USD"]["as"] == "500"
+        r = await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.12345678")
+        assert r.status_code == 201, r.text
+        assert (await api.client.get(url)).json()["quotes"]["BTC/USD"]["as"] == "499.87654322"
+        assert await house_totals(api.container.store, "BTC") == {"quantity": D("499.87654322"), "cash": D("6172.84")}
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
