@@ -152,7 +152,7 @@ def build_container(
         if shared is None or manual or publisher
         else None
     )
-    user_dao = UserDAO(store, passwords, clock)
+    user_dao = UserDAO(store, passwords, clock, invalidations=invalidations)
     balance_dao = BalanceDAO(store, clock)
     house = HouseInventory(store, settings.house_shards)
     asset_dao = AssetDAO(
@@ -203,6 +203,7 @@ def build_container(
             clock,
             api_keys=api_keys,
             invalidations=invalidations,
+            principal_cache_seconds=settings.principal_cache_seconds,
         ),
         money=MoneyService(store, balance_dao, settings, clock),
         inventory=inventory,

@@ -64,6 +64,7 @@ async def test_the_cost_of_a_deposit_does_not_grow_with_the_ledger(limited: tupl
         assert r.status_code == 201, r.text
         return list(store.calls)
 
+    assert (await api.client.get("/api/v1/balance", headers=headers)).status_code == 200  # the caller is remembered
     first = await calls_of_one_deposit()
     for _ in range(300):
         await api.container.money.deposit(username, Decimal("0.01"))  # grow the ledger quickly

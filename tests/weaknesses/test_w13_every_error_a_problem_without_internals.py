@@ -63,7 +63,9 @@ async def test_every_kind_of_error_is_a_problem_with_a_stable_code(faulty: tuple
     assert_problem(await api.client.get("/api/v1/admin/users/x/transactions", headers=headers), 403, "forbidden")
     r = await api.client.post("/api/v1/auth/login", json={"username": "nobody_at_all", "password": "Wrong!Passw0rd1"})
     assert_problem(r, 401, "invalid_credentials")
-    store.arm(1, Fault.ERROR)  # a store outage: a 503 the client may retry, not a 500
+    # A store outage: a 503 the client may retry, not a 500. The first call of the request fails
+    # (the caller is remembered from the requests above, so that is the balance read).
+    store.arm(0, Fault.ERROR)
     r = await api.client.get("/api/v1/balance", headers=headers)
     store.disarm()
     assert_problem(r, 503, "store_unavailable")

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     # announced on the invalidation channel, so with Redis other processes drop them at once;
     # this bounds staleness only when a message is lost (Redis down).
     asset_cache_seconds: float = Field(default=2.0, ge=0)
+    # How long a process remembers the caller behind a token (its user and that the token is not
+    # revoked) instead of reading both per request. Logout, password and profile changes are
+    # announced on the invalidation channel and drop it at once, in every process; while this
+    # process's Redis listener is cut off the cache is not used. 0: read on every request.
+    principal_cache_seconds: float = Field(default=30.0, ge=0)
     # rediss:// only: a CA bundle to verify the server with (default: the system's trust store).
     redis_tls_ca_file: str | None = None
 

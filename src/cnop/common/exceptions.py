@@ -295,10 +295,16 @@ class StoreError(Exception):
 
 
 class ConditionFailed(StoreError):
-    """A write's condition did not hold; `index` is the failing op's position in the transaction."""
+    """A write's condition did not hold; `index` is the failing op's position in the transaction.
 
-    def __init__(self, index: int, message: str = "condition failed") -> None:
+    `item` is the op's item as the engine found it when the condition failed, where the engine
+    tells (SQLite always, DynamoDB for an update); None when it does not, or when there was none.
+    A caller that retries on a changed item may start from it instead of reading it again.
+    """
+
+    def __init__(self, index: int, message: str = "condition failed", *, item: dict[str, Any] | None = None) -> None:
         self.index = index
+        self.item = item
         super().__init__(f"{message} (op {index})")
 
 

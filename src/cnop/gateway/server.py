@@ -97,9 +97,6 @@ class ConnectionGate:
         else:
             self._per_ip.pop(ip, None)
 
-    def open_from(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
-
 
 class _ThrottledLog:
     """One warning per kind of refusal per 10 s, with how many were refused since the last one."""

@@ -1,8 +1,10 @@
 """Settlement against the SQLite engine in a temp dir: the legs of a trade, their names, the
-domain error a failed leg maps to, and the cost-basis retry policy."""
+domain error a failed leg maps to, the sell planned inside its transaction, and the cost-basis
+retry policy of the read-then-write path (the one DynamoDB takes)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,7 +29,7 @@ from cnop.common.exceptions import IdempotencyInProgress, InsufficientFunds, Ins
 from cnop.common.idempotency import applying
 from cnop.common.ids import new_id
 from cnop.services.order.service import market_refusal
-from cnop.services.order.settlement import EXACT_COST_BASIS_ATTEMPTS, SELL_ATTEMPTS, Settlement, UnitsMissing
+from cnop.services.order.settlement import SELL_ATTEMPTS, Settlement, UnitsMissing
 from tests.support.house import house_totals
 
 D = Decimal
@@ -78,6 +80,22 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         Settlement(store, balances, holdings, assets.house),
     )
     await store.close()
+
+
+def read_path(world: World) -> Settlement:
+    """Settlement that reads and retries even on SQLite, as it does on DynamoDB."""
+    return Settlement(world.store, world.balances, world.holdings, world.assets.house, planned_sells=False)
+
+
+def count_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    real, reads = world.store.get, []
+
+    async def counted(table: str, key: Any, *, consistent: bool = True) -> Any:
+        reads.append(key)
+        return await real(table, key, consistent=consistent)
+
+    monkeypatch.setattr(world.store, "get", counted)
+    return reads
 
 
 def filled(world: World, order_type: OrderType, quantity: str, price: str, total: str, **more: Any) -> Order:
@@ -270,11 +288,40 @@ async def test_a_sell_of_units_that_are_not_there_says_how_many_are(world: World
     assert none_held.value.have == D("0")
 
 
-async def test_a_sell_reads_again_when_the_holding_changed_and_then_settles_for_the_guards(
+async def test_a_sell_retries_from_the_holding_its_failure_saw_and_takes_the_exact_cost(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every transaction is preceded by another trade of the same user on the same holding
-    (it bumps the version): the first attempts insist on the version read, then the guards alone do."""
+    """On the read path, two buys of the same holding land between the sell's read and its
+    first two transactions: each retry starts from the holding the failure returned (one read in
+    all), and the cost basis that leaves is the average after both buys."""
+    await buy_units(world, "3", "100.00")
+    real = world.store.transact
+    calls: list[int] = []
+
+    async def interleaved(ops: Sequence[Op], *, token: str | None = None) -> None:
+        calls.append(len(ops))
+        if len(calls) <= 2:
+            buy = filled(world, OrderType.MARKET_BUY, "1", "50", "50.00")
+            await real((await world.settlement.buy_legs(buy, await order_legs(world, buy))).ops)
+        await real(ops, token=token)
+
+    monkeypatch.setattr(world.store, "transact", interleaved)
+    reads = count_reads(world, monkeypatch)
+    order = await read_path(world).settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert (len(calls), len(reads)) == (3, 1)
+    assert order.realized_pnl == D("0.00")  # 40.00 - 200.00 * 1 / 5
+    holding = await world.holdings.get_holding(USER, "BTC")
+    assert holding is not None and (holding.available, holding.cost_basis) == (D("4"), D("160.00"))
+    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o.order_type is OrderType.MARKET_SELL]
+    assert len(sells) == 1  # only the attempt that applied left an order
+
+
+async def test_a_sell_whose_holding_never_stops_changing_gives_up_and_writes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every transaction is preceded by another change of the holding: the sell never settles
+    for a stale cost basis; after `SELL_ATTEMPTS` it is a store error (a 503) and nothing of it
+    is written."""
     await buy_units(world, "3", "100.00")
     real = world.store.transact
     calls: list[int] = []
@@ -285,13 +332,50 @@ async def test_a_sell_reads_again_when_the_holding_changed_and_then_settles_for_
         await real(ops, token=token)
 
     monkeypatch.setattr(world.store, "transact", interleaved)
-    order = await world.settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
-    assert len(calls) == EXACT_COST_BASIS_ATTEMPTS + 1 < SELL_ATTEMPTS
-    assert order.realized_pnl == D("6.67")
+    before = (await snapshot(world))[:2]
+    with pytest.raises(StoreError, match="kept changing"):
+        await read_path(world).settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert len(calls) == SELL_ATTEMPTS
+    assert (await snapshot(world))[:2] == before
     holding = await world.holdings.get_holding(USER, "BTC")
-    assert holding is not None and (holding.available, holding.cost_basis) == (D("2"), D("66.67"))
-    sells = [o for o in (await world.orders.get_orders_by_user(USER)).items if o.order_type is OrderType.MARKET_SELL]
-    assert len(sells) == 1  # only the attempt that applied left an order
+    assert holding is not None and (holding.available, holding.cost_basis) == (D("3"), D("100.00"))
+    assert not [o for o in (await world.orders.get_orders_by_user(USER)).items if o.order_type is OrderType.MARKET_SELL]
+
+
+async def test_sells_of_one_holding_in_one_process_follow_each_other_without_retries(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the read path, 7 sells of one holding at once: one read, one transaction each, and
+    every cost basis exact (the reference: 7 units worth 100.00 sold one by one)."""
+    await buy_units(world, "7", "100.00")
+    real = world.store.transact
+    calls: list[int] = []
+
+    async def counted(ops: Sequence[Op], *, token: str | None = None) -> None:
+        calls.append(len(ops))
+        await real(ops, token=token)
+
+    monkeypatch.setattr(world.store, "transact", counted)
+    reads = count_reads(world, monkeypatch)
+    settlement = read_path(world)
+    results = await asyncio.gather(
+        *(settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "20.00"), from_held=False) for _ in range(7)),
+        return_exceptions=True,
+    )
+    assert (len(calls), len(reads)) == (7, 1)
+    outs = [
+        D("20.00") - order.realized_pnl
+        for order in results
+        if isinstance(order, Order) and order.realized_pnl is not None
+    ]
+    assert outs == [D("14.29"), D("14.28"), D("14.29"), D("14.28"), D("14.29"), D("14.28"), D("14.29")]
+    assert not settlement._sell_chain  # nothing left behind
+    more = await asyncio.gather(
+        *(settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "20.00"), from_held=False) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, UnitsMissing) for r in more) and len(reads) == 4  # no predecessor committed: each reads
+    assert not settlement._sell_chain
 
 
 async def test_a_sell_that_changes_nothing_between_read_and_write_applies_at_once(
@@ -306,7 +390,84 @@ async def test_a_sell_that_changes_nothing_between_read_and_write_applies_at_onc
         await real(ops, token=token)
 
     monkeypatch.setattr(world.store, "transact", counted)
-    order = await world.settlement.settle_sell(USER, "BTC", D("2"), selling(world, "2", "80.00"), from_held=False)
+    order = await read_path(world).settle_sell(USER, "BTC", D("2"), selling(world, "2", "80.00"), from_held=False)
     assert calls == [6] and order.realized_pnl == D("0.00")
     holding = await world.holdings.get_holding(USER, "BTC")
     assert holding is not None and (holding.available, holding.cost_basis) == (D("0"), D("0.00"))
+
+
+async def test_a_planned_sell_reads_nothing_before_and_runs_one_transaction(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the cost basis is computed inside the transaction: no read before it, no
+    `transact` with a version guard, one planned transaction."""
+    await buy_units(world, "3", "100.00")
+    reads = count_reads(world, monkeypatch)
+    real_transact, real_planned = world.store.transact, world.store.transact_planned
+    calls: list[str] = []
+
+    async def transact(ops: Sequence[Op], *, token: str | None = None) -> None:
+        calls.append("transact")
+        await real_transact(ops, token=token)
+
+    async def planned(table: str, key: Any, plan: Any) -> None:
+        calls.append("planned")
+        await real_planned(table, key, plan)
+
+    monkeypatch.setattr(world.store, "transact", transact)
+    monkeypatch.setattr(world.store, "transact_planned", planned)
+    order = await world.settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert (reads, calls) == ([], ["planned"])
+    assert order.realized_pnl == D("6.67")
+    holding = await world.holdings.get_holding(USER, "BTC")
+    assert holding is not None and (holding.available, holding.cost_basis, holding.version) == (
+        D("2"),
+        D("66.67"),
+        D("2"),
+    )
+    stored = await world.orders.get_order(USER, order.order_id)
+    assert stored.realized_pnl == D("6.67") and stored.total_amount == D("40.00")
+
+
+async def test_a_planned_sell_sees_a_buy_queued_before_it_in_the_same_commit(world: World) -> None:
+    """A buy and a sell queued together: the sell's cost basis is the one after the buy, as if
+    run one after the other (the read path would have read before the buy and retried)."""
+    await buy_units(world, "1", "10.00")
+    buy = filled(world, OrderType.MARKET_BUY, "2", "1", "50.00")
+    buying = world.settlement.settle_buy(buy, await order_legs(world, buy))
+    selling_ = world.settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    _, sold = await asyncio.gather(buying, selling_)
+    assert sold.realized_pnl == D("20.00")  # 40.00 - 60.00 * 1 / 3
+    holding = await world.holdings.get_holding(USER, "BTC")
+    assert holding is not None and (holding.available, holding.cost_basis) == (D("2"), D("40.00"))
+
+
+async def test_a_planned_sell_of_missing_units_writes_nothing(world: World) -> None:
+    await buy_units(world, "0.5", "10.00")
+    before = await snapshot(world)
+    with pytest.raises(UnitsMissing) as missing:
+        await world.settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert missing.value.have == D("0.5")
+    with pytest.raises(UnitsMissing):
+        await world.settlement.settle_sell(USER, "ETH", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert await snapshot(world) == before
+
+
+async def test_a_planned_sell_refused_by_another_leg_names_it(world: World) -> None:
+    """A leg of the planned transaction that fails is named as on the read path (here the
+    idempotency record another request owns), and nothing is written."""
+    await buy_units(world, "1", "10.00")
+
+    def mark(result_id: str) -> Op:
+        return Update(
+            keys.USERS,
+            keys.idempotency_key(USER, "order", "k2"),
+            set={"result_id": result_id},
+            condition=Eq("owner", "someone-else"),
+        )
+
+    before = await snapshot(world)
+    with applying(mark), pytest.raises(GuardFailed) as failed:
+        await world.settlement.settle_sell(USER, "BTC", D("1"), selling(world, "1", "40.00"), from_held=False)
+    assert (failed.value.leg, failed.value.index) == (Leg.IDEMPOTENCY, 6)
+    assert await snapshot(world) == before

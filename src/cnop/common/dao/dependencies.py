@@ -16,16 +16,11 @@ from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
-from cnop.common.database.store import ItemStore
 
 
 def component(request: Request, name: str) -> object:
     """The app's component called `name` (an attribute of `app.state.container`)."""
     return getattr(request.app.state.container, name)
-
-
-def get_store(request: Request) -> ItemStore:
-    return cast("ItemStore", component(request, "store"))
 
 
 def get_user_dao(request: Request) -> UserDAO:

@@ -14,6 +14,7 @@ from cnop.common.database.store import (
     Ge,
     Item,
     ItemStore,
+    Key,
     NotExists,
     Op,
     Page,
@@ -82,6 +83,15 @@ class HoldingDAO:
 
     async def get_holding(self, username: str, asset_id: str) -> Holding | None:
         item = await self.store.get(keys.USERS, keys.holding_key(username, asset_id))
+        return holding_from_item(item) if item is not None else None
+
+    @staticmethod
+    def holding_ref(username: str, asset_id: str) -> tuple[str, Key]:
+        """The table and key of a holding (to read it inside a planned transaction)."""
+        return keys.USERS, keys.holding_key(username, asset_id)
+
+    @staticmethod
+    def from_item(item: Item | None) -> Holding | None:
         return holding_from_item(item) if item is not None else None
 
     async def get_holdings(self, username: str) -> list[Holding]:

@@ -1,4 +1,9 @@
-"""UserDAO: users and their email claims, on the store only."""
+"""UserDAO: users and their email claims, on the store only.
+
+Every write to a user's record (profile, password, token generation) announces `USER username`
+on the invalidation channel, and a token's revocation `TOKEN jti`, once the write has committed:
+whatever a process remembers of the user (verified tokens, principals) is dropped everywhere.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from cnop.common.exceptions import (
     UserNotFound,
 )
 from cnop.common.security.password_manager import PasswordManager
+from cnop.common.shared.invalidation import TOKEN, USER, Invalidations, LocalInvalidations
 
 
 def user_to_item(user: User) -> Item:
@@ -74,10 +80,17 @@ def creation_refused(failed: GuardFailed) -> Exception:
 class UserDAO:
     """Users; every multi-item write is one store transaction."""
 
-    def __init__(self, store: ItemStore, passwords: PasswordManager, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: ItemStore,
+        passwords: PasswordManager,
+        clock: Clock,
+        invalidations: Invalidations | None = None,
+    ) -> None:
         self.store = store
         self.passwords = passwords
         self.clock = clock
+        self.invalidations = invalidations if invalidations is not None else LocalInvalidations()
 
     async def create_user(self, user: User, *, tx: Legs | None = None) -> User:
         """Create the profile (leg `user`) and claim its email address (leg `email`), each refused
@@ -115,6 +128,7 @@ class UserDAO:
             "expires_at": Decimal(int(until.timestamp()) + 1),
         }
         await self.store.transact([Put(keys.USERS, record)])
+        await self.invalidations.publish(TOKEN, jti)
 
     async def find_user(self, username: str) -> User | None:
         item = await self.store.get(keys.USERS, keys.user_key(username.lower()))
@@ -137,6 +151,7 @@ class UserDAO:
             if exc.index == 1:
                 raise EmailTaken() from exc
             raise EmailTaken("The email address changed meanwhile; retry") from exc
+        await self.invalidations.publish(USER, current.username)
         return updated
 
     async def change_password(self, user: User, new_hash: str, kept_jti: str) -> None:
@@ -156,6 +171,7 @@ class UserDAO:
                 )
             ]
         )
+        await self.invalidations.publish(USER, user.username)
 
     async def authenticate_user(self, username: str, password: str) -> User:
         """The user if the password matches; InvalidCredentials otherwise, at the same cost either way."""
@@ -177,5 +193,6 @@ class UserDAO:
                     )
                 ]
             )
+            await self.invalidations.publish(USER, user.username)
             user = user.model_copy(update={"password_hash": new_hash})
         return user

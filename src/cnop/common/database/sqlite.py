@@ -46,11 +46,13 @@ from cnop.common.database.store import (
     NotExists,
     Op,
     Page,
+    Plan,
     Put,
     Query,
     Update,
     apply_update,
     check_condition,
+    check_ops,
     decode_cursor,
     is_live,
 )
@@ -244,8 +246,18 @@ class _Queued:
     ops: list[Op]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    planned: _Planned | None = None
     committed: bool = False
     error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A transaction whose ops `plan` builds from the item at `key` of `table`, read inside it."""
+
+    table: str
+    key: Key
+    plan: Plan
 
 
 def _settle(batch: Sequence[_Queued]) -> None:
@@ -457,12 +469,31 @@ class SQLiteStore(ItemStore):
             elif not isinstance(op, Check):
                 raise TypeError(f"not an op: {op!r}")
 
-    def _transact_alone(self, ops: Sequence[Op]) -> None:
+    def _apply_planned(self, conn: sqlite3.Connection, planned: _Planned) -> None:
+        """Read the plan's item and apply the ops it builds, inside the caller's transaction."""
+        row = conn.execute(
+            f"SELECT body FROM {planned.table} WHERE pk=? AND sk=?",  # noqa: S608
+            (planned.key["pk"], planned.key["sk"]),
+        ).fetchone()
+        item = _loads(row[0]) if row is not None else None
+        ops = list(planned.plan(item if is_live(item, time.time()) else None))
+        check_ops(ops)
+        for op in ops:
+            self._table(op.table)
+        self._apply(conn, ops)
+
+    def _apply_queued(self, conn: sqlite3.Connection, ops: Sequence[Op], planned: _Planned | None) -> None:
+        if planned is None:
+            self._apply(conn, ops)
+        else:
+            self._apply_planned(conn, planned)
+
+    def _transact_alone(self, ops: Sequence[Op], planned: _Planned | None = None) -> None:
         """One transaction in its own `BEGIN IMMEDIATE ... COMMIT`."""
         conn = self._ready()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._apply(conn, ops)
+            self._apply_queued(conn, ops, planned)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -482,7 +513,7 @@ class SQLiteStore(ItemStore):
             for queued in batch:
                 conn.execute("SAVEPOINT tx")
                 try:
-                    self._apply(conn, queued.ops)
+                    self._apply_queued(conn, queued.ops, queued.planned)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:
@@ -509,7 +540,7 @@ class SQLiteStore(ItemStore):
                 pass  # rolled back: run each transaction alone, so each gets its own answer
         for queued in batch:
             try:
-                self._transact_alone(queued.ops)
+                self._transact_alone(queued.ops, queued.planned)
                 queued.committed = True
             except sqlite3.Error as exc:
                 queued.error = StoreError(f"sqlite: {exc}")
@@ -577,11 +608,20 @@ class SQLiteStore(ItemStore):
     async def _transact(self, ops: list[Op], token: str | None) -> None:
         for op in ops:
             self._table(op.table)
+        await self._enqueue(ops, None)
+
+    async def transact_planned(self, table: str, key: Key, plan: Plan) -> None:
+        """`PlannedTransactions`: the plan runs on the store thread, inside the transaction (in a
+        group commit, inside its own savepoint), so what it read is what its ops apply to."""
+        self._table(table)
+        await self._enqueue([], _Planned(table, dict(key), plan))
+
+    async def _enqueue(self, ops: list[Op], planned: _Planned | None) -> None:
         if not self.group_commit:
-            await self._run(self._transact_alone, ops)
+            await self._run(self._transact_alone, ops, planned)
             return
         loop = asyncio.get_running_loop()
-        queued = _Queued(ops, loop, loop.create_future())
+        queued = _Queued(ops, loop, loop.create_future(), planned)
         with self._queue_lock:
             self._queue.append(queued)
             schedule, self._draining = not self._draining, True

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any, ClassVar, Generic, TypeAlias
+from typing import Any, ClassVar, Generic, Protocol, TypeAlias, runtime_checkable
 
 import simplejson
 from typing_extensions import TypeVar
@@ -187,10 +187,12 @@ def evaluate(condition: Condition | None, item: Item | None, now: float) -> bool
 
 def check_condition(index: int, op: Op, item: Item | None, now: float) -> Item | None:
     """Raise ConditionFailed(index) unless the condition of `op`, the transaction's op number
-    `index`, holds on `item` (the stored item, None when absent); return the item if it is live."""
+    `index`, holds on `item` (the stored item, None when absent; the error carries it if live);
+    return the item if it is live."""
+    live = item if is_live(item, now) else None
     if not evaluate(op.condition, item, now):
-        raise ConditionFailed(index)
-    return item if is_live(item, now) else None
+        raise ConditionFailed(index, item=live)
+    return live
 
 
 # --- sort-key conditions for queries ---------------------------------------------------------
@@ -483,6 +485,31 @@ class StoreWrapper(ItemStore):
 
     async def _transact(self, ops: list[Op], token: str | None) -> None:
         await self.around("transact", partial(self.inner.transact, ops, token=token))
+
+
+Plan: TypeAlias = Callable[["Item | None"], Sequence[Op]]
+"""Builds a transaction's ops from one item as it is inside that transaction (None: absent)."""
+
+
+@runtime_checkable
+class PlannedTransactions(Protocol):
+    """An engine that reads an item and applies what a plan builds from it in ONE transaction.
+
+    No other write can come between the read and the writes, so the plan needs no guard on what
+    it read (a version, say) and is never retried for a change made meanwhile. SQLite does it
+    (the plan runs on the store thread, under the write lock). DynamoDB cannot (a transaction
+    does not read), so it does not offer this; callers read, build and apply under guards there.
+    """
+
+    async def transact_planned(self, table: str, key: Key, plan: Plan) -> None:
+        """Read the live item at `key` of `table`, apply the ops `plan(item)` returns, all or none.
+
+        An exception raised by `plan` aborts the transaction (nothing is written) and is raised
+        here; a failing condition of a built op raises `ConditionFailed` with its index among the
+        built ops. `plan` runs on another thread and may run more than once (only its last run's
+        ops are applied); it must be quick, and must not depend on context variables.
+        """
+        ...
 
 
 async def query_all(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from cnop.common.database.store import ItemStore, Op
+from cnop.common.database.store import Item, ItemStore, Op
 from cnop.common.exceptions import ConditionFailed
 
 
@@ -35,9 +35,9 @@ class Leg(StrEnum):
 class GuardFailed(ConditionFailed):
     """A leg's condition did not hold: `leg` names it, `index` is its op's place in the transaction."""
 
-    def __init__(self, leg: Leg, index: int) -> None:
+    def __init__(self, leg: Leg, index: int, item: Item | None = None) -> None:
         self.leg = leg
-        super().__init__(index, f"the {leg.value} leg's condition failed")
+        super().__init__(index, f"the {leg.value} leg's condition failed", item=item)
 
 
 class Legs:
@@ -62,6 +62,11 @@ class Legs:
         try:
             await store.transact(self.ops)
         except ConditionFailed as exc:
-            if not 0 <= exc.index < len(self.names):
-                raise
-            raise GuardFailed(self.leg_at(exc.index), exc.index) from exc
+            raise self.failure(exc) from exc
+
+    def failure(self, exc: ConditionFailed) -> ConditionFailed:
+        """`exc` as the `GuardFailed` of the leg whose op it names (itself if none does); it
+        keeps the item the engine found (`ConditionFailed.item`)."""
+        if not 0 <= exc.index < len(self.names):
+            return exc
+        return GuardFailed(self.leg_at(exc.index), exc.index, exc.item)

@@ -179,10 +179,6 @@ class OrderService:
         """Cancel a queued order, releasing its reservation in the same transaction."""
         return await self.release.cancel(username, order_id)
 
-    async def queued_orders_of(self, username: str) -> list[Order]:
-        """Every queued order of a user (the open orders a page or the events stream shows)."""
-        return await self.orders.get_queued_orders(username)
-
     def _new_order(self, username: str, request: OrderCreate, quote: Quote, total: Decimal) -> Order:
         """An order filled now, at the quote."""
         order = self.placement.new_order(username, request, OrderStatus.COMPLETED, Decimal(0), None)

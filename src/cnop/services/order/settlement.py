@@ -18,25 +18,26 @@ fill (`release_legs`) are built here too, so every movement of an order's cash o
 Market buys and sells, marketable limit orders, trigger fills and the fill of a converted
 stop-limit all come through `settle_buy` / `settle_sell`. A failed condition comes back as
 `GuardFailed(leg=...)`, so callers map it to a domain error by the leg's name, never by an op's
-position. The sell's cost-basis retry policy (`SELL_ATTEMPTS`, `EXACT_COST_BASIS_ATTEMPTS`)
-lives here and nowhere else.
+position. How a sell takes out its cost basis (in the transaction where the engine allows it,
+else read and retry: `SELL_ATTEMPTS`) lives here and nowhere else (docs/decisions/0024-sells.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
-from cnop.common.database.store import ItemStore, Op
+from cnop.common.database.store import Item, ItemStore, Op, PlannedTransactions
 from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
-from cnop.common.entities.holding import AssetTransaction
+from cnop.common.entities.holding import AssetTransaction, Holding
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
-from cnop.common.exceptions import StoreError, TransactionConflict
+from cnop.common.exceptions import ConditionFailed, StoreError, TransactionConflict
 from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.services.order.rules import cost_basis_out, fund_buy
@@ -44,13 +45,16 @@ from cnop.services.order.rules import cost_basis_out, fund_buy
 ZERO = Decimal(0)
 NO_CASH = Decimal("0.00")
 
-# A sell reads the holding, then applies under guards; a guard on the holding that fails because
-# another order changed it meanwhile means read again. The first attempts insist on the exact
-# holding read (same version), so the cost basis leaving is exact; after that the sell settles
-# for the guards alone, so it always makes progress: money stays exact, and only the
-# informational cost basis may then lag by the interleaved trade.
+# A sell takes `quantity` units out at the holding's average cost, always computed from the
+# holding it applies to. On an engine with planned transactions (SQLite) that happens inside the
+# transaction that writes it: no read before, never a retry. Elsewhere (DynamoDB) the sell reads
+# the holding (or takes the one this process's previous sell of it left), then applies guarded on
+# its version; when another trade changed the holding meanwhile it tries again from the holding
+# the failure returned (no second read), at most `SELL_ATTEMPTS` times (then a 503: the holding
+# kept changing). Only other processes' trades and buys of the same holding can make it retry.
 SELL_ATTEMPTS = 32
-EXACT_COST_BASIS_ATTEMPTS = 4
+
+T = TypeVar("T")
 
 # How often a trade's house leg is rebuilt before the trade gives up: from a fresh read of the
 # shards when its shard lacks the units (other trades may take the units found meanwhile), or on
@@ -97,12 +101,37 @@ def idempotency_leg(legs: Legs, result_id: str) -> Legs:
     return legs if mark is None else legs.add(Leg.IDEMPOTENCY, mark(result_id))
 
 
+def at_once(step: Awaitable[T]) -> T:
+    """The result of a leg builder that only adds ops to its `Legs` (a DAO write with `tx=`),
+    run to its end here and now: a plan runs on the store's thread, where nothing can be awaited."""
+    assert isinstance(step, Coroutine)
+    coroutine: Coroutine[Any, Any, T] = step
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a leg builder waited for something inside a planned transaction")
+
+
 class Settlement:
-    def __init__(self, store: ItemStore, balances: BalanceDAO, holdings: HoldingDAO, house: House) -> None:
+    def __init__(
+        self,
+        store: ItemStore,
+        balances: BalanceDAO,
+        holdings: HoldingDAO,
+        house: House,
+        *,
+        planned_sells: bool = True,
+    ) -> None:
+        """`planned_sells=False` makes sells read and retry even where the engine could plan
+        them (for measurements and tests of that path)."""
         self.store = store
         self.balances = balances
         self.holdings = holdings
         self.house = house
+        self.planner = store if planned_sells and isinstance(store, PlannedTransactions) else None
+        self._sell_chain: dict[tuple[str, str], asyncio.Future[Holding | None]] = {}
 
     # --- the legs -----------------------------------------------------------------------------
 
@@ -322,36 +351,132 @@ class Settlement:
         from_held: bool,
         note: str = "",
     ) -> Order:
-        """Read the holding, take `quantity` units out at its average cost, apply at once.
+        """Take `quantity` units out of the holding at its average cost, all legs at once.
 
         `filled(basis_out, legs)` gives the order as filled for that cost basis, its own write
-        added to `legs` (it is called again, with fresh legs, on every attempt). Raises
-        `UnitsMissing` when the units are not there, `GuardFailed` for a leg other than the
-        holding, and retries the holding's per the policy above.
+        added to `legs` (it is called again, with fresh legs, on every attempt; on a planning
+        engine inside the transaction, so it must only add to `legs`). Raises `UnitsMissing` when
+        the units are not there, `GuardFailed` for a leg other than the holding, and retries the
+        holding's per the policy above.
         """
-        for attempt in range(SELL_ATTEMPTS):
-            holding = await self.holdings.get_holding(username, asset_id)
-            have = ZERO if holding is None else (holding.held if from_held else holding.available)
-            if holding is None or have < quantity:
-                raise UnitsMissing(have)
-            basis_out = cost_basis_out(holding.available + holding.held, holding.cost_basis, quantity)
+        if self.planner is not None:
+            return await self._settle_sell_planned(self.planner, username, asset_id, quantity, filled, from_held, note)
+        # This process's sells of one holding follow each other: each starts from the holding the
+        # one before it left (known exactly when that one committed), so they never race each
+        # other. Not a lock: nothing relies on it for correctness (the version guard does), and
+        # a sell whose predecessor ends otherwise simply reads the holding.
+        chain, loop = (username, asset_id), asyncio.get_running_loop()
+        before = self._sell_chain.get(chain)
+        if before is not None and before.get_loop() is not loop:
+            before = None  # another event loop's sell (tests): not one to follow
+        mine: asyncio.Future[Holding | None] = loop.create_future()
+        self._sell_chain[chain] = mine
+        after: Holding | None = None
+        try:
+            holding = await asyncio.shield(before) if before is not None else None
+            if holding is None:
+                holding = await self.holdings.get_holding(username, asset_id)
+            order, after = await self._settle_sell_read(holding, quantity, filled, from_held, note)
+            return order
+        finally:
+            if not mine.done():
+                mine.set_result(after)
+            if self._sell_chain.get(chain) is mine:
+                del self._sell_chain[chain]
+
+    async def _settle_sell_read(
+        self,
+        holding: Holding | None,
+        quantity: Decimal,
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
+        from_held: bool,
+        note: str,
+    ) -> tuple[Order, Holding]:
+        """Apply the sell on `holding` as read, guarded on its version; on a change, again from
+        the holding the failure saw. Returns the order and the holding as the sell left it."""
+        for _ in range(SELL_ATTEMPTS):
+            basis_out = self._basis_out(holding, quantity, from_held)
+            assert holding is not None
             legs = Legs()
             order = await filled(basis_out, legs)
             await self.sell_legs(
-                order,
-                legs,
-                basis_out=basis_out,
-                from_held=from_held,
-                expected_version=holding.version if attempt < EXACT_COST_BASIS_ATTEMPTS else None,
-                note=note,
+                order, legs, basis_out=basis_out, from_held=from_held, expected_version=holding.version, note=note
             )
             try:
                 assert order.total_amount is not None
                 change = (order.asset_id, order.quantity, -order.total_amount)
                 await self._commit(idempotency_leg(legs, order.order_id), *change)
             except GuardFailed as failed:
-                if failed.leg is Leg.HOLDING:
-                    continue  # the holding changed since we read it: read again
-                raise
-            return order
+                if failed.leg is not Leg.HOLDING:
+                    raise
+                # The holding changed since it was read: go on from the one the failure saw.
+                if failed.item is not None:
+                    holding = self.holdings.from_item(failed.item)
+                else:
+                    holding = await self.holdings.get_holding(holding.username, holding.asset_id)
+                continue
+            moved = "held" if from_held else "available"
+            left = holding.model_copy(
+                update={
+                    moved: getattr(holding, moved) - order.quantity,
+                    "cost_basis": holding.cost_basis - basis_out,
+                    "version": holding.version + 1,
+                }
+            )
+            return order, left
         raise StoreError("the holding kept changing; sell not applied")
+
+    @staticmethod
+    def _basis_out(holding: Holding | None, quantity: Decimal, from_held: bool) -> Decimal:
+        """The cost basis `quantity` units take out of `holding` (`UnitsMissing` if it lacks them)."""
+        have = ZERO if holding is None else (holding.held if from_held else holding.available)
+        if holding is None or have < quantity:
+            raise UnitsMissing(have)
+        return cost_basis_out(holding.available + holding.held, holding.cost_basis, quantity)
+
+    async def _settle_sell_planned(
+        self,
+        planner: PlannedTransactions,
+        username: str,
+        asset_id: str,
+        quantity: Decimal,
+        filled: Callable[[Decimal, Legs], Awaitable[Order]],
+        from_held: bool,
+        note: str,
+    ) -> Order:
+        """The sell built inside its own transaction from the holding as it is there: no read
+        before, no version to insist on, no retry."""
+        mark = applying_mark()  # read here: the plan runs on the store's thread, outside this context
+        built: list[tuple[Order, Legs]] = []
+        house: list[Op] | None = None  # the house leg rebuilt from what the shards hold (see `_commit`)
+
+        def plan(item: Item | None) -> list[Op]:
+            basis_out = self._basis_out(self.holdings.from_item(item), quantity, from_held)
+            legs = Legs()
+            order = at_once(filled(basis_out, legs))
+            at_once(
+                self.sell_legs(order, legs, basis_out=basis_out, from_held=from_held, expected_version=None, note=note)
+            )
+            if house is not None:
+                legs = with_house(legs, house)
+            if mark is not None:
+                legs.add(Leg.IDEMPOTENCY, mark(order.order_id))
+            built.append((order, legs))
+            return legs.ops
+
+        table, key = self.holdings.holding_ref(username, asset_id)
+        for attempt in range(HOUSE_ATTEMPTS):
+            try:
+                await planner.transact_planned(table, key, plan)
+            except ConditionFailed as exc:
+                failed = built[-1][1].failure(exc)
+                order = built[-1][0]
+                house_failed = isinstance(failed, GuardFailed) and failed.leg is Leg.HOUSE
+                if not house_failed or attempt == HOUSE_ATTEMPTS - 1 or order.total_amount is None:
+                    raise failed from exc
+                house = await self.house.cover_ops(asset_id, order.quantity, -order.total_amount)
+                if house is None:
+                    raise failed from exc
+                continue
+            return built[-1][0]
+        raise StoreError("the house leg kept failing; sell not applied")

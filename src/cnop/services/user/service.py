@@ -28,8 +28,9 @@ from cnop.common.exceptions import (
 from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.common.security import AccessToken, AuditLogger, PasswordManager, TokenClaims, TokenManager
-from cnop.common.shared.invalidation import TOKEN, USER, Invalidations, LocalInvalidations
+from cnop.common.shared.invalidation import Invalidations, LocalInvalidations
 from cnop.services.user.api_keys import ApiKeyService
+from cnop.services.user.principal_cache import PrincipalCache
 from cnop.services.user.schemas import (
     MoneyMovementResponse,
     PasswordChangeRequest,
@@ -66,12 +67,18 @@ class AccountService:
         clock: Clock,
         api_keys: ApiKeyService | None = None,
         invalidations: Invalidations | None = None,
+        principal_cache_seconds: float = 0.0,
     ) -> None:
+        """`principal_cache_seconds` > 0 remembers each token's principal (`PrincipalCache`),
+        dropped on `invalidations` when the user or the token changes; 0 reads it every time."""
         self.store = store
         self.users = users
         self.api_keys = api_keys
         # Logout and password change are announced, so every process forgets the revoked tokens.
         self.invalidations = invalidations if invalidations is not None else LocalInvalidations()
+        self.principals: PrincipalCache[Principal] = PrincipalCache(
+            self.invalidations, ttl_seconds=principal_cache_seconds
+        )
         self.balances = balances
         self.passwords = passwords
         self.tokens = tokens
@@ -126,12 +133,19 @@ class AccountService:
         return await self.principal_for(claims)
 
     async def principal_for(self, claims: TokenClaims) -> Principal:
+        """The caller of verified `claims`: remembered, or read (user and revocation) and remembered."""
+        remembered = self.principals.get(claims)
+        if remembered is not None:
+            return remembered
+        epoch = self.principals.epoch
         user = await self.users.find_user_with_live_token(claims.sub, claims.jti)
         if user is None:
             raise InvalidToken()
         if claims.generation != user.token_generation and claims.jti != user.kept_jti:
             raise InvalidToken()
-        return Principal(user, claims)
+        principal = Principal(user, claims)
+        self.principals.put(principal, epoch)
+        return principal
 
     async def logout(self, principal: Principal, *, ip: str | None = None) -> None:
         """Revoke the token's id until the token would have expired anyway."""
@@ -139,7 +153,6 @@ class AccountService:
         await self.users.revoke_token(principal.username, claims.jti, claims.exp)
         self.audit.log_logout(principal.username, ip_address=ip)
         self.audit.log_token_revoked(principal.username, claims.jti, reason="logout")
-        await self.invalidations.publish(TOKEN, claims.jti)
 
     async def update_profile(self, principal: Principal, request: ProfileUpdateRequest) -> User:
         changes: dict[str, Any] = {}
@@ -165,7 +178,6 @@ class AccountService:
         await self.users.change_password(principal.user, new_hash, principal.claims.jti)
         self.audit.log_password_change(principal.username, ip_address=ip)
         self.audit.log_token_revoked(principal.username, "all-other-tokens", reason="password_change")
-        await self.invalidations.publish(USER, principal.username)
         if self.api_keys is not None:
             # The generation moved on, so every key is dead already; this removes them from the store.
             await self.api_keys.revoke_all(principal.username, reason="password_change")

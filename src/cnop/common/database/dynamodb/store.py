@@ -394,10 +394,10 @@ class DynamoDBStore(ItemStore):
             if not isinstance(op, Update):
                 raise ConditionFailed(index)
             current = decode_item(reason["Item"]) if "Item" in reason else None
-            check_condition(index, op, current, now)
+            live = check_condition(index, op, current, now)
             assumption = Assumption.of(op, current, now)
             if assumption == assumptions[index]:
-                raise ConditionFailed(index)  # DynamoDB said no; trust it
+                raise ConditionFailed(index, item=live)  # DynamoDB said no; trust it
             assumptions[index] = assumption
             corrected = True
         if not corrected:
