@@ -17,6 +17,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore
@@ -53,7 +54,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await store.create_tables()
     clock = FakeClock()
     balances, holdings = BalanceDAO(store, clock), HoldingDAO(store, clock)
-    assets = AssetDAO(store, clock)
+    # One shard: the raw buys interleaved below (no fallback to other shards) always find the units.
+    assets = AssetDAO(store, clock, house=HouseInventory(store, 1))
     now = clock.now()
     await assets.create_asset(
         Asset(asset_id="BTC", name="Bitcoin", symbol="BTC", created_at=now, updated_at=now), D("10")
