@@ -171,7 +171,9 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
         if draining.is_set():
             raise CheckFailed("shutting down")
 
-    health = HealthCheck(service=f"cnop-{role.name}", version=__version__)
+    health = HealthCheck(
+        service=f"cnop-{role.name}", version=__version__, liveness_cache_seconds=settings.health_cache_seconds
+    )
     # Not critical: in a cluster /health is the liveness probe, and a store outage must make the
     # pods not-ready (readiness), not restart them all.
     health.add("store", container.store.ping, critical=False, readiness=True)

@@ -14,6 +14,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.entities.order import OrderStatus
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
+from tests.support.wire import read, usd
 
 A = "/alpaca"
 
@@ -24,14 +25,14 @@ async def make_key(api: Api, headers: dict[str, str], scopes: list[str] | None =
         body["scopes"] = scopes
     r = await api.client.post("/api/v1/auth/api-keys", json=body, headers=headers)
     assert r.status_code == 201, r.text
-    created = r.json()
+    created = read(r)
     return {"APCA-API-KEY-ID": created["key_id"], "APCA-API-SECRET-KEY": created["secret"]}
 
 
 def assert_alpaca_error(r: Any, status: int, code: int) -> str:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
-    body = r.json()
+    body = read(r)
     assert set(body) == {"code", "message"}, body
     assert body["code"] == code and isinstance(body["message"], str) and body["message"]
     assert "Traceback" not in r.text
@@ -71,7 +72,7 @@ async def test_a_read_only_key_reads_but_cannot_trade_and_nothing_changes(api: A
     await api.deposit(headers, "500.00")
     key = await make_key(api, headers, scopes=["read"])
     api.set_price("BTC", "50000")
-    assert (await api.client.get(f"{A}/v2/account", headers=key)).json()["cash"] == "500.00"
+    assert read(await api.client.get(f"{A}/v2/account", headers=key))["cash"] == "500.00"
     order = {"symbol": "BTC/USD", "qty": "0.001", "side": "buy", "type": "market", "time_in_force": "gtc"}
     assert_alpaca_error(await api.client.post(f"{A}/v2/orders", json=order, headers=key), 403, 40310000)
     assert_alpaca_error(await api.client.delete(f"{A}/v2/orders", headers=key), 403, 40310000)
@@ -79,7 +80,7 @@ async def test_a_read_only_key_reads_but_cannot_trade_and_nothing_changes(api: A
     balance = await api.container.balance_dao.get_balance(username)
     assert balance.available == Decimal("500.00") and balance.held == Decimal("0.00")
     orders = await api.client.get("/api/v1/orders?status=all", headers=headers)
-    assert orders.json()["data"] == []
+    assert read(orders)["data"] == []
 
 
 async def test_each_key_has_its_own_rate_window_and_429_is_alpacas(store_factory: StoreFactory) -> None:
@@ -111,7 +112,7 @@ async def test_the_gateways_own_refusals_under_the_prefix_are_alpacas_and_native
         native = await api.client.get("/api/v1/inventory/assets")
         assert native.status_code == 429
         assert native.headers["content-type"].startswith("application/problem+json")
-        assert native.json()["code"] == "rate_limited"
+        assert read(native)["code"] == "rate_limited"
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)
@@ -167,7 +168,7 @@ async def test_orders_the_rules_refuse_are_alpaca_errors_and_change_nothing(
         assert field in message
     balance = await api.container.balance_dao.get_balance(username)
     assert balance.available == Decimal("100.00") and balance.held == Decimal("0.00")
-    assert (await api.client.get("/api/v1/orders?status=all", headers=headers)).json()["data"] == []
+    assert read(await api.client.get("/api/v1/orders?status=all", headers=headers))["data"] == []
     assert await api.container.holding_dao.get_holdings(username) == []
 
 
@@ -182,7 +183,7 @@ async def test_a_market_buy_by_either_symbol_lands_in_the_native_books(api: Api)
         headers=key,
     )
     assert r.status_code == 200, r.text
-    order = r.json()
+    order = read(r)
     assert order["status"] == "filled" and order["symbol"] == "BTC/USD" and order["qty"] == "0.002"
     assert order["filled_qty"] == "0.002" and order["filled_avg_price"] == "50000"
     assert order["client_order_id"] == "bot-1" and order["type"] == "market" and order["order_type"] == "market"
@@ -190,12 +191,12 @@ async def test_a_market_buy_by_either_symbol_lands_in_the_native_books(api: Api)
     assert order["submitted_at"] == order["created_at"] and order["filled_at"] is not None
     assert uuid.UUID(order["id"]) and uuid.UUID(order["asset_id"])
 
-    native = (await api.client.get("/api/v1/orders", headers=headers)).json()["data"]
+    native = read(await api.client.get("/api/v1/orders", headers=headers))["data"]
     assert len(native) == 1
     assert native[0]["client_order_id"] == "bot-1" and native[0]["status"] == "completed"
     assert str(uuid.UUID(order["id"])) == order["id"]
-    ledger = (await api.client.get("/api/v1/balance/transactions", headers=headers)).json()["transactions"]
-    assert [(e["transaction_type"], Decimal(str(e["amount"]))) for e in ledger] == [
+    ledger = read(await api.client.get("/api/v1/balance/transactions", headers=headers))["transactions"]
+    assert [(e["transaction_type"], usd(e["amount"])) for e in ledger] == [
         ("order_payment", Decimal("100.00")),
         ("deposit", Decimal("1000.00")),
     ]
@@ -208,18 +209,18 @@ async def test_a_market_buy_by_either_symbol_lands_in_the_native_books(api: Api)
               "client_order_id": "bot-1"},
         headers=key,
     )
-    assert again.status_code == 200 and again.json()["id"] == order["id"]
+    assert again.status_code == 200 and read(again)["id"] == order["id"]
     assert (await api.container.balance_dao.get_balance(username)).available == Decimal("900.00")
 
-    by_id = (await api.client.get(f"{A}/v2/orders/{order['id']}", headers=key)).json()
-    by_client = (await api.client.get(f"{A}/v2/orders:by_client_order_id?client_order_id=bot-1", headers=key)).json()
+    by_id = read(await api.client.get(f"{A}/v2/orders/{order['id']}", headers=key))
+    by_client = read(await api.client.get(f"{A}/v2/orders:by_client_order_id?client_order_id=bot-1", headers=key))
     assert by_id == by_client == order
-    positions = (await api.client.get(f"{A}/v2/positions", headers=key)).json()
+    positions = read(await api.client.get(f"{A}/v2/positions", headers=key))
     assert [(p["symbol"], p["qty"], p["cost_basis"], p["avg_entry_price"]) for p in positions] == [
         ("BTCUSD", "0.002", "100.00", "50000")
     ]
     for symbol in ("BTC/USD", "BTCUSD", "btc/usd", "BTC"):
-        position = (await api.client.get(f"{A}/v2/positions/{symbol}", headers=key)).json()
+        position = read(await api.client.get(f"{A}/v2/positions/{symbol}", headers=key))
         assert position == positions[0]
     report = await run_audit(api.container.store)
     assert report.ok, report
@@ -234,7 +235,7 @@ async def test_notional_buys_what_the_amount_buys_rounded_down(api: Api) -> None
         headers=key,
     )
     assert r.status_code == 200, r.text
-    order = r.json()
+    order = read(r)
     assert order["qty"] == "0.03333333" and order["time_in_force"] == "ioc"
     balance = await api.container.balance_dao.get_balance(username)
     assert balance.available == Decimal("1000.00") - Decimal("100.00")  # 0.03333333 x 3000 = 99.99999 -> 100.00
@@ -252,19 +253,19 @@ async def test_a_resting_limit_order_holds_cash_lists_as_open_and_cancels(api: A
         headers=key,
     )
     assert r.status_code == 200, r.text
-    order = r.json()
+    order = read(r)
     assert order["status"] == "new" and order["limit_price"] == "40000" and order["filled_qty"] == "0"
     assert (await api.container.balance_dao.get_balance(username)).held == Decimal("400.00")
-    open_orders = (await api.client.get(f"{A}/v2/orders?status=open", headers=key)).json()
+    open_orders = read(await api.client.get(f"{A}/v2/orders?status=open", headers=key))
     assert [o["id"] for o in open_orders] == [order["id"]]
-    assert (await api.client.get(f"{A}/v2/orders?status=closed", headers=key)).json() == []
+    assert read(await api.client.get(f"{A}/v2/orders?status=closed", headers=key)) == []
     r = await api.client.delete(f"{A}/v2/orders/{order['id']}", headers=key)
     assert r.status_code == 204 and r.content == b""
     assert (await api.container.balance_dao.get_balance(username)).held == Decimal("0.00")
-    got = (await api.client.get(f"{A}/v2/orders/{order['id']}", headers=key)).json()
+    got = read(await api.client.get(f"{A}/v2/orders/{order['id']}", headers=key))
     assert got["status"] == "canceled" and got["canceled_at"] is not None
     assert_alpaca_error(await api.client.delete(f"{A}/v2/orders/{order['id']}", headers=key), 422, 42210000)
-    native = (await api.client.get("/api/v1/orders?status=all", headers=headers)).json()["data"]
+    native = read(await api.client.get("/api/v1/orders?status=all", headers=headers))["data"]
     assert [o["status"] for o in native] == [OrderStatus.CANCELLED.value]
     report = await run_audit(api.container.store)
     assert report.ok, report
@@ -277,20 +278,20 @@ async def test_closing_a_position_sells_at_the_market_and_cancel_all_reports_eac
     assert (await api.client.post(f"{A}/v2/orders", json=buy, headers=key)).status_code == 200
     resting = {"symbol": "BTC/USD", "qty": "0.001", "side": "sell", "type": "limit", "limit_price": "90000",
                "time_in_force": "gtc"}
-    placed = (await api.client.post(f"{A}/v2/orders", json=resting, headers=key)).json()
+    placed = read(await api.client.post(f"{A}/v2/orders", json=resting, headers=key))
     assert placed["status"] == "new"
     r = await api.client.delete(f"{A}/v2/positions/BTC/USD?percentage=50", headers=key)
     assert r.status_code == 200, r.text
-    sold = r.json()
+    sold = read(r)
     assert sold["side"] == "sell" and sold["qty"] == "0.0015" and sold["status"] == "filled"
     cancelled = await api.client.delete(f"{A}/v2/orders", headers=key)
     assert cancelled.status_code == 207
-    assert [(c["id"], c["status"], c["body"]["status"]) for c in cancelled.json()] == [(placed["id"], 200, "canceled")]
+    assert [(c["id"], c["status"], c["body"]["status"]) for c in read(cancelled)] == [(placed["id"], 200, "canceled")]
     closed = await api.client.delete(f"{A}/v2/positions", headers=key)
     assert closed.status_code == 207
-    [result] = closed.json()
+    [result] = read(closed)
     assert result["symbol"] == "BTCUSD" and result["status"] == 200 and result["body"]["qty"] == "0.0025"
-    assert (await api.client.get(f"{A}/v2/positions", headers=key)).json() == []
+    assert read(await api.client.get(f"{A}/v2/positions", headers=key)) == []
     holding = await api.container.holding_dao.get_holding(username, "BTC")
     assert holding is not None and holding.quantity == 0
     report = await run_audit(api.container.store)
@@ -301,24 +302,24 @@ async def test_closing_a_position_sells_at_the_market_and_cancel_all_reports_eac
 async def test_account_assets_clock_and_market_data_in_alpacas_shapes(api: Api) -> None:
     username, _, key = await trader(api)
     api.set_price("BTC", "50000.5")
-    account = (await api.client.get(f"{A}/v2/account", headers=key)).json()
+    account = read(await api.client.get(f"{A}/v2/account", headers=key))
     assert account["status"] == "ACTIVE" and account["account_number"] == username
     assert account["cash"] == "1000.00" and account["buying_power"] == "1000.00" and account["equity"] == "1000.00"
     assert uuid.UUID(account["id"])
-    assets = (await api.client.get(f"{A}/v2/assets?status=active&asset_class=crypto", headers=key)).json()
+    assets = read(await api.client.get(f"{A}/v2/assets?status=active&asset_class=crypto", headers=key))
     btc = next(a for a in assets if a["symbol"] == "BTC/USD")
     assert btc["class"] == "crypto" and btc["exchange"] == "CRYPTO" and btc["tradable"] is True
-    assert (await api.client.get(f"{A}/v2/assets?asset_class=us_equity", headers=key)).json() == []
+    assert read(await api.client.get(f"{A}/v2/assets?asset_class=us_equity", headers=key)) == []
     for ref in ("BTC/USD", "BTCUSD", btc["id"]):
-        assert (await api.client.get(f"{A}/v2/assets/{ref}", headers=key)).json() == btc
-    clock = (await api.client.get(f"{A}/v2/clock", headers=key)).json()
+        assert read(await api.client.get(f"{A}/v2/assets/{ref}", headers=key)) == btc
+    clock = read(await api.client.get(f"{A}/v2/clock", headers=key))
     assert clock["is_open"] is True
-    quotes = (await api.client.get(f"{A}/v1beta3/crypto/us/latest/quotes?symbols=BTC/USD,NOPE/USD")).json()
+    quotes = read(await api.client.get(f"{A}/v1beta3/crypto/us/latest/quotes?symbols=BTC/USD,NOPE/USD"))
     assert list(quotes) == ["quotes"] and list(quotes["quotes"]) == ["BTC/USD"]
     assert quotes["quotes"]["BTC/USD"]["ap"] == quotes["quotes"]["BTC/USD"]["bp"] == "50000.5"
-    trades = (await api.client.get(f"{A}/v1beta3/crypto/us/latest/trades?symbols=BTCUSD")).json()
+    trades = read(await api.client.get(f"{A}/v1beta3/crypto/us/latest/trades?symbols=BTCUSD"))
     assert trades["trades"]["BTCUSD"]["p"] == "50000.5"
-    bars = (await api.client.get(f"{A}/v1beta3/crypto/us/bars?symbols=BTC/USD&timeframe=1Min")).json()
+    bars = read(await api.client.get(f"{A}/v1beta3/crypto/us/bars?symbols=BTC/USD&timeframe=1Min"))
     assert set(bars) == {"bars", "next_page_token"} and bars["bars"]["BTC/USD"][-1]["c"] == "50000.5"
     assert_alpaca_error(
         await api.client.get(f"{A}/v1beta3/crypto/us/bars?symbols=BTC/USD&timeframe=7Day"), 422, 40010001
@@ -354,7 +355,7 @@ async def test_stop_limit_stop_and_trailing_orders_map_to_the_native_types(api: 
             headers=key,
         )
         assert r.status_code == 200, r.text
-        placed.append(r.json())
+        placed.append(read(r))
     assert [(o["type"], o["status"], o["stop_price"], o["limit_price"]) for o in placed] == [
         ("stop_limit", "new", "45000", "44000"),
         ("stop", "new", "40000", None),
@@ -363,13 +364,13 @@ async def test_stop_limit_stop_and_trailing_orders_map_to_the_native_types(api: 
     ]
     assert (placed[2]["trail_percent"], placed[2]["hwm"]) == ("5", "50000")
     assert (placed[3]["trail_price"], placed[3]["hwm"]) == ("1000", "50000")
-    native = (await api.client.get("/api/v1/orders?status=queued", headers=headers)).json()["data"]
+    native = read(await api.client.get("/api/v1/orders?status=queued", headers=headers))["data"]
     assert sorted(o["order_type"] for o in native) == [
         "stop_limit_sell", "stop_loss_sell", "trailing_stop_sell", "trailing_stop_sell"
     ]
     holding = await api.container.holding_dao.get_holding(username, "BTC")
     assert holding is not None and holding.held == Decimal("0.004") and holding.available == Decimal("0.006")
-    position = (await api.client.get(f"{A}/v2/positions/BTCUSD", headers=key)).json()
+    position = read(await api.client.get(f"{A}/v2/positions/BTCUSD", headers=key))
     assert Decimal(position["qty"]) == Decimal("0.01")
     assert Decimal(position["qty_available"]) == Decimal("0.006")
     report = await run_audit(api.container.store)

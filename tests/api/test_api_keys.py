@@ -14,6 +14,7 @@ from cnop.common.database import keys
 from cnop.common.entities.api_key import ApiKeyScope
 from cnop.common.exceptions import InsufficientScope, InvalidApiKey, RateLimited
 from tests.support.api import PASSWORD, Api, open_api
+from tests.support.wire import read
 
 KEYS = "/api/v1/auth/api-keys"
 
@@ -21,7 +22,7 @@ KEYS = "/api/v1/auth/api-keys"
 def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
+    body: dict[str, Any] = read(r)
     assert body["code"] == code
     return body
 
@@ -29,7 +30,7 @@ def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
 async def create_key(api: Api, headers: dict[str, str], **body: Any) -> dict[str, Any]:
     r = await api.client.post(KEYS, json={"label": "my bot", **body}, headers=headers)
     assert r.status_code == 201, r.text
-    created: dict[str, Any] = r.json()
+    created: dict[str, Any] = read(r)
     return created
 
 
@@ -44,16 +45,20 @@ async def test_a_new_key_shows_its_secret_once_and_stores_only_a_keyed_hash(api:
     assert created["expires_at"] is None and created["expired"] is False and created["last_used_at"] is None
     assert "shown only this once" in created["message"]
 
+    stored = await api.container.api_key_dao.get_api_key(created["key_id"])
+    assert stored is not None
+    assert secret not in repr(stored)
+    assert stored.secret_hash == api.container.api_keys.hasher.hash(created["key_id"], secret)
+    assert stored.username == username
+    # Storage-level on purpose: no stored attribute at all (mapped to the entity or not) holds
+    # the secret, which no DAO read could show.
     item = await api.container.store.get(keys.USERS, keys.api_key_key(created["key_id"]))
-    assert item is not None
-    assert secret not in str(item)
-    assert item["secret_hash"] == api.container.api_keys.hasher.hash(created["key_id"], secret)
-    assert item["username"] == username
+    assert item is not None and secret not in str(item)
 
     listed = await api.client.get(KEYS, headers=headers)
     assert listed.status_code == 200
-    assert secret not in listed.text and item["secret_hash"] not in listed.text
-    body = listed.json()
+    assert secret not in listed.text and stored.secret_hash not in listed.text
+    body = read(listed)
     assert body["limit"] == 10
     assert [k["key_id"] for k in body["data"]] == [created["key_id"]]
     assert set(body["data"][0]) == {
@@ -114,7 +119,7 @@ async def test_the_per_user_cap_refuses_the_eleventh_live_key(api: Api) -> None:
         await create_key(api, headers, label=f"bot {i}")
     r = await api.client.post(KEYS, json={"label": "one too many"}, headers=headers)
     assert_problem(r, 422, "api_key_limit_reached")
-    listed = (await api.client.get(KEYS, headers=headers)).json()["data"]
+    listed = read(await api.client.get(KEYS, headers=headers))["data"]
     assert [k["label"] for k in listed] == [f"bot {i}" for i in range(10)]
     assert await api.container.api_key_dao.live_count(username) == 10
     # deleting one makes room again
@@ -138,14 +143,14 @@ async def test_delete_revokes_the_key_and_a_key_of_another_user_is_not_found(api
         r = await api.client.delete(f"{KEYS}/{key['key_id']}", headers=alice_headers)
     assert r.status_code == 204
     assert [e["event"] for e in logs if e["event"].startswith("audit.")] == ["audit.api_key_revoked"]
-    assert (await api.client.get(KEYS, headers=alice_headers)).json()["data"] == []
+    assert read(await api.client.get(KEYS, headers=alice_headers))["data"] == []
     assert await api.container.api_key_dao.live_count(alice) == 0
     with pytest.raises(InvalidApiKey):
         await api.container.api_keys.authenticate(key["key_id"], key["secret"])
     assert_problem(await api.client.delete(f"{KEYS}/{key['key_id']}", headers=alice_headers), 404, "api_key_not_found")
     assert_problem(await api.client.delete(f"{KEYS}/not-a-key", headers=alice_headers), 404, "api_key_not_found")
     assert await api.container.api_key_dao.get_api_keys_by_user(bob) == []
-    assert (await api.client.get(KEYS, headers=bob_headers)).json()["data"] == []
+    assert read(await api.client.get(KEYS, headers=bob_headers))["data"] == []
 
 
 async def test_a_wrong_or_malformed_secret_or_unknown_key_proves_nothing(api: Api) -> None:
@@ -196,7 +201,7 @@ async def test_a_password_change_revokes_every_key(api: Api) -> None:
     for key in (first, second):
         with pytest.raises(InvalidApiKey):
             await api.container.api_keys.authenticate(key["key_id"], key["secret"])
-    assert (await api.client.get(KEYS, headers=headers)).json()["data"] == []
+    assert read(await api.client.get(KEYS, headers=headers))["data"] == []
     assert await api.container.api_key_dao.live_count(username) == 0
 
 
@@ -208,7 +213,7 @@ async def test_a_key_made_before_a_password_change_is_dead_even_if_still_stored(
     await api.container.user_dao.change_password(user, user.password_hash, "kept-jti")
     with pytest.raises(InvalidApiKey):
         await api.container.api_keys.authenticate(key["key_id"], key["secret"])
-    assert (await api.client.get(KEYS, headers=await api.login(username))).json()["data"] == []
+    assert read(await api.client.get(KEYS, headers=await api.login(username)))["data"] == []
 
 
 async def test_an_expired_key_is_refused_listed_as_expired_and_purged_to_make_room(
@@ -223,14 +228,14 @@ async def test_an_expired_key_is_refused_listed_as_expired_and_purged_to_make_ro
     clock.advance(3601)
     with pytest.raises(InvalidApiKey):
         await api.container.api_keys.authenticate(key["key_id"], key["secret"])
-    listed = (await api.client.get(KEYS, headers=headers)).json()["data"]
+    listed = read(await api.client.get(KEYS, headers=headers))["data"]
     assert [(k["key_id"], k["expired"]) for k in listed] == [(key["key_id"], True)]
     with capture_logs() as logs:
         fresh = await create_key(api, headers)
     assert [(e["key_id"], e["reason"]) for e in logs if e["event"] == "audit.api_key_revoked"] == [
         (key["key_id"], "expired")
     ]
-    listed = (await api.client.get(KEYS, headers=headers)).json()["data"]
+    listed = read(await api.client.get(KEYS, headers=headers))["data"]
     assert [k["key_id"] for k in listed] == [fresh["key_id"]]
     assert await api.container.api_key_dao.live_count(username) == 1
 
@@ -250,7 +255,7 @@ async def test_use_is_recorded_and_a_new_address_is_an_audit_event(fake_clock_ap
     assert stored is not None
     assert stored.known_ips == ("127.0.0.5", "127.0.0.6") and stored.last_used_ip == "127.0.0.6"
     assert stored.last_used_at == clock.now().replace(microsecond=clock.now().microsecond // 1000 * 1000)
-    listed = (await api.client.get(KEYS, headers=headers)).json()["data"][0]
+    listed = read(await api.client.get(KEYS, headers=headers))["data"][0]
     assert listed["last_used_ip"] == "127.0.0.6" and listed["last_used_at"] is not None
     assert [k.key_id for k in await api.container.api_key_dao.get_api_keys_by_user(username)] == [key["key_id"]]
 

@@ -12,10 +12,10 @@ from typing import Any
 import jwt
 import pytest
 
-from cnop.common.database import keys
 from cnop.common.security.login_guard import login_guard_from_settings
 from cnop.common.security.password_manager import PasswordManager
 from tests.support.api import PASSWORD, Api, assert_problem, reg_body
+from tests.support.wire import read
 
 
 async def test_register_creates_user_email_claim_and_zero_balance(api: Api) -> None:
@@ -25,7 +25,7 @@ async def test_register_creates_user_email_claim_and_zero_balance(api: Api) -> N
                       marketing_emails_consent=True),
     )
     assert r.status_code == 201, r.text
-    body = r.json()
+    body = read(r)
     assert body["message"] == "User registered successfully"
     user = body["user"]
     assert user["username"] == "alice_01"
@@ -36,23 +36,21 @@ async def test_register_creates_user_email_claim_and_zero_balance(api: Api) -> N
     assert user["marketing_emails_consent"] is True
     assert user["role"] == "customer"
     assert "password" not in r.text and "password_hash" not in user
-    store = api.container.store
-    assert await store.get(keys.USERS, keys.user_key("alice_01")) is not None
-    claim = await store.get(keys.USERS, keys.email_key("alice@example.com"))
-    assert claim is not None and claim["username"] == "alice_01"
-    bal = await store.get(keys.USERS, keys.balance_key("alice_01"))
-    assert bal is not None and bal["available"] == Decimal("0") and bal["held"] == Decimal("0")
+    assert await api.container.user_dao.find_user("alice_01") is not None
+    assert await api.container.user_dao.email_owner("alice@example.com") == "alice_01"
+    bal = await api.container.balance_dao.find_balance("alice_01")
+    assert bal is not None and bal.available == Decimal("0") and bal.held == Decimal("0")
 
 
 async def test_register_duplicate_username_or_email_is_409_and_changes_nothing(api: Api) -> None:
     assert (await api.client.post("/api/v1/auth/register", json=reg_body())).status_code == 201
     r = await api.client.post("/api/v1/auth/register", json=reg_body(email="other@example.com", username="ALICE_01"))
     assert_problem(r, 409, "username_taken")
-    assert await api.container.store.get(keys.USERS, keys.email_key("other@example.com")) is None
+    assert await api.container.user_dao.email_owner("other@example.com") is None
     r = await api.client.post("/api/v1/auth/register", json=reg_body(username="bob_0001", email="ALICE@example.com"))
     assert_problem(r, 409, "email_taken")
-    assert await api.container.store.get(keys.USERS, keys.user_key("bob_0001")) is None
-    assert await api.container.store.get(keys.USERS, keys.balance_key("bob_0001")) is None
+    assert await api.container.user_dao.find_user("bob_0001") is None
+    assert await api.container.balance_dao.find_balance("bob_0001") is None
 
 
 @pytest.mark.parametrize(
@@ -91,7 +89,7 @@ async def test_register_validation_is_422_and_stores_nothing(api: Api, field: st
     body = assert_problem(r, 422, "weak_password" if field == "password" and len(value) >= 12 and len(value) <= 128 else "validation_error")
     if body["code"] == "validation_error":
         assert any(field in e["field"] for e in body["errors"]), body
-    assert await api.container.store.get(keys.USERS, keys.user_key("alice_01")) is None
+    assert await api.container.user_dao.find_user("alice_01") is None
 
 
 @pytest.mark.parametrize("missing", ["username", "email", "password", "first_name", "last_name"])
@@ -106,7 +104,7 @@ async def test_register_missing_field_is_422(api: Api, missing: str) -> None:
 async def test_unicode_names_are_allowed(api: Api) -> None:
     r = await api.client.post("/api/v1/auth/register", json=reg_body(first_name="Zoë", last_name="Ñúñez"))
     assert r.status_code == 201
-    assert r.json()["user"]["first_name"] == "Zoë"
+    assert read(r)["user"]["first_name"] == "Zoë"
 
 
 async def test_password_is_not_trimmed(api: Api) -> None:
@@ -122,7 +120,7 @@ async def test_login_returns_a_bearer_token_and_is_case_insensitive(api: Api) ->
     await api.client.post("/api/v1/auth/register", json=reg_body())
     r = await api.client.post("/api/v1/auth/login", json={"username": "ALICE_01", "password": PASSWORD})
     assert r.status_code == 200
-    body = r.json()
+    body = read(r)
     assert body["token_type"] == "bearer" and body["expires_in"] == 3600
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["sub"] == "alice_01" and {"iat", "exp", "jti", "iss", "aud", "type"} <= set(claims)
@@ -177,38 +175,38 @@ async def test_profile_get_and_update(api: Api) -> None:
     username, headers = await api.register("carol_01")
     r = await api.client.get("/api/v1/auth/profile", headers=headers)
     assert r.status_code == 200
-    profile = r.json()
+    profile = read(r)
     assert profile["username"] == "carol_01"
     assert set(profile) >= {"username", "email", "first_name", "last_name", "phone", "date_of_birth",
                             "marketing_emails_consent", "role", "created_at", "updated_at"}
     r = await api.client.put("/api/v1/auth/profile", headers=headers,
                              json={"first_name": "Caroline", "phone": "5551234567", "date_of_birth": "1985-01-02"})
     assert r.status_code == 200, r.text
-    assert r.json()["message"] == "Profile updated successfully"
-    assert r.json()["user"]["first_name"] == "Caroline" and r.json()["user"]["phone"] == "5551234567"
+    assert read(r)["message"] == "Profile updated successfully"
+    assert read(r)["user"]["first_name"] == "Caroline" and read(r)["user"]["phone"] == "5551234567"
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": None, "date_of_birth": None})
     assert r.status_code == 200
-    user = r.json()["user"]
+    user = read(r)["user"]
     assert user["phone"] is None and user["date_of_birth"] is None and user["first_name"] == "Caroline"
-    assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["first_name"] == "Caroline"
+    assert read(await api.client.get("/api/v1/auth/profile", headers=headers))["first_name"] == "Caroline"
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
 async def test_an_empty_phone_means_no_phone_on_register_and_profile_update(api: Api, empty: str) -> None:
     r = await api.client.post("/api/v1/auth/register", json=reg_body(username="frank_01", phone=empty))
     assert r.status_code == 201, r.text
-    assert r.json()["user"]["phone"] is None
-    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
-    assert stored is not None and stored.get("phone") is None
+    assert read(r)["user"]["phone"] is None
+    stored = await api.container.user_dao.find_user("frank_01")
+    assert stored is not None and stored.phone is None
     headers = await api.login("frank_01")
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": "5551234567"})
-    assert r.status_code == 200 and r.json()["user"]["phone"] == "5551234567"
+    assert r.status_code == 200 and read(r)["user"]["phone"] == "5551234567"
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"phone": empty, "first_name": "Franz"})
     assert r.status_code == 200, r.text
-    assert r.json()["user"]["phone"] is None and r.json()["user"]["first_name"] == "Franz"
-    stored = await api.container.store.get(keys.USERS, keys.user_key("frank_01"))
-    assert stored is not None and stored.get("phone") is None and stored["first_name"] == "Franz"
-    assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["phone"] is None
+    assert read(r)["user"]["phone"] is None and read(r)["user"]["first_name"] == "Franz"
+    stored = await api.container.user_dao.find_user("frank_01")
+    assert stored is not None and stored.phone is None and stored.first_name == "Franz"
+    assert read(await api.client.get("/api/v1/auth/profile", headers=headers))["phone"] is None
 
 
 async def test_profile_email_change_moves_the_claim_and_409_when_taken(api: Api) -> None:
@@ -217,10 +215,9 @@ async def test_profile_email_change_moves_the_claim_and_409_when_taken(api: Api)
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"email": "dave_001@example.com"})
     assert_problem(r, 409, "email_taken")
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json={"email": "New@Example.com"})
-    assert r.status_code == 200 and r.json()["user"]["email"] == "new@example.com"
-    store = api.container.store
-    assert await store.get(keys.USERS, keys.email_key("erin_001@example.com")) is None
-    assert (await store.get(keys.USERS, keys.email_key("new@example.com")))["username"] == "erin_001"  # type: ignore[index]
+    assert r.status_code == 200 and read(r)["user"]["email"] == "new@example.com"
+    assert await api.container.user_dao.email_owner("erin_001@example.com") is None
+    assert await api.container.user_dao.email_owner("new@example.com") == "erin_001"
 
 
 @pytest.mark.parametrize(
@@ -240,10 +237,10 @@ async def test_profile_email_change_moves_the_claim_and_409_when_taken(api: Api)
 )
 async def test_profile_update_validation_is_422_and_changes_nothing(api: Api, body: dict[str, Any]) -> None:
     _, headers = await api.register()
-    before = (await api.client.get("/api/v1/auth/profile", headers=headers)).json()
+    before = read(await api.client.get("/api/v1/auth/profile", headers=headers))
     r = await api.client.put("/api/v1/auth/profile", headers=headers, json=body)
     assert_problem(r, 422, "validation_error")
-    assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json() == before
+    assert read(await api.client.get("/api/v1/auth/profile", headers=headers)) == before
 
 
 @pytest.mark.parametrize(
@@ -285,7 +282,7 @@ async def test_forged_tokens_are_refused(api: Api) -> None:
 async def test_logout_revokes_the_token_at_once(api: Api) -> None:
     _, headers = await api.register()
     r = await api.client.post("/api/v1/auth/logout", headers=headers)
-    assert r.status_code == 200 and r.json() == {"message": "Logged out successfully"}
+    assert r.status_code == 200 and read(r) == {"message": "Logged out successfully"}
     assert_problem(await api.client.get("/api/v1/auth/profile", headers=headers), 401, "invalid_token")
     assert_problem(await api.client.post("/api/v1/auth/logout", headers=headers), 401, "invalid_token")
 
@@ -310,7 +307,7 @@ async def test_password_change_revokes_other_tokens(api: Api) -> None:
     r = await api.client.post("/api/v1/auth/password", headers=first,
                               json={"current_password": PASSWORD, "new_password": "N3w!Password-x"})
     assert r.status_code == 200, r.text
-    fresh = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    fresh = {"Authorization": f"Bearer {read(r)['access_token']}"}
     assert_problem(await api.client.get("/api/v1/auth/profile", headers=second), 401, "invalid_token")
     assert (await api.client.get("/api/v1/auth/profile", headers=first)).status_code == 200
     assert (await api.client.get("/api/v1/auth/profile", headers=fresh)).status_code == 200

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from cnop.audit import run_audit
-from cnop.common.database import keys
 from tests.support.api import Api, assert_problem
 from tests.support.wire import read, usd
 
@@ -163,7 +162,7 @@ async def test_50_concurrent_withdrawals_of_10_from_100(api: Api) -> None:
     ok = [r for r in results if r.status_code == 201]
     refused = [r for r in results if r.status_code == 422]
     assert len(ok) == 10 and len(refused) == 40
-    assert all(r.json()["code"] == "insufficient_funds" for r in refused)
+    assert all(read(r)["code"] == "insufficient_funds" for r in refused)
     b = await balance(api, headers)
     assert b["current_balance"] == "0.00" and b["available_balance"] == "0.00"
     entries = (await ledger(api, headers, limit=100))["transactions"]
@@ -210,4 +209,4 @@ async def test_users_cannot_see_each_others_ledger(api: Api) -> None:
     await api.deposit(a, "10")
     assert (await ledger(api, b))["transactions"] == []
     assert (await balance(api, b))["current_balance"] == "0.00"
-    assert await api.container.store.get(keys.USERS, keys.balance_key("nobody")) is None
+    assert await api.container.balance_dao.find_balance("nobody") is None

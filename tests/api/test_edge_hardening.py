@@ -16,20 +16,12 @@ from typing import Any
 import pytest
 
 from cnop.common.clock import FakeClock
-from cnop.common.database import keys
-from cnop.common.database.store import SortKey
 from tests.conftest import StoreFactory
-from tests.support.api import PASSWORD, Api, assert_problem, open_api, reg_body
+from tests.support.api import PASSWORD, Api, assert_problem, ledger, open_api, reg_body
+from tests.support.wire import read
 
 D = Decimal
 WRONG = "Wr0ng!Password"
-
-
-async def ledger_of(api: Api, username: str) -> list[dict[str, Any]]:
-    page = await api.container.store.query(
-        keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=100
-    )
-    return page.items
 
 
 # --- 6: full-string matching -------------------------------------------------------------------
@@ -41,8 +33,8 @@ async def test_a_username_with_a_line_break_or_nul_is_refused_and_nothing_is_sto
     body = assert_problem(r, 422, "validation_error")
     assert body["errors"][0]["field"] == "username"
     for candidate in (username, username.strip(), username.lower()):
-        assert await api.container.store.get(keys.USERS, keys.user_key(candidate)) is None
-    assert await api.container.store.get(keys.USERS, keys.email_key("alice@example.com")) is None
+        assert await api.container.user_dao.find_user(candidate) is None
+    assert await api.container.user_dao.email_owner("alice@example.com") is None
 
 
 async def test_the_lookalike_username_cannot_shadow_the_real_account(api: Api) -> None:
@@ -51,7 +43,7 @@ async def test_the_lookalike_username_cannot_shadow_the_real_account(api: Api) -
         "/api/v1/auth/register", json=reg_body(username="alice_01\n", email="mallory@example.com")
     )
     assert_problem(r, 422, "validation_error")
-    assert await api.container.store.get(keys.USERS, keys.email_key("mallory@example.com")) is None
+    assert await api.container.user_dao.email_owner("mallory@example.com") is None
 
 
 async def test_path_and_query_patterns_match_the_whole_value(api: Api) -> None:
@@ -143,7 +135,7 @@ async def test_unreadable_bodies_are_422_problems_and_change_nothing(
     body = assert_problem(r, 422, "validation_error")
     assert body["errors"][0]["field"] == field
     assert body["errors"][0]["message"]
-    assert await ledger_of(api, username) == []
+    assert await ledger(api, username) == []
 
 
 # --- 10: per-account throttling with growing delays ------------------------------------------------
@@ -186,7 +178,7 @@ async def test_guesses_at_one_account_from_many_addresses_meet_growing_delays(
     # Never a lock: past the delay the owner logs in, and that resets the account's count.
     clock.advance(16)
     r = await attempt(PASSWORD)
-    assert r.status_code == 200 and r.json()["access_token"]
+    assert r.status_code == 200 and read(r)["access_token"]
     assert_problem(await attempt(WRONG), 401, "invalid_credentials")
     assert (await attempt(PASSWORD)).status_code == 200
 

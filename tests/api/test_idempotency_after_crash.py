@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from cnop.common.database import keys
-from cnop.common.database.store import SortKey
-from tests.support.api import Api
+from cnop.common.idempotency import IdempotencyRecord
+from tests.support.api import Api, every, ledger, orders
+from tests.support.wire import exact, read, usd
 
 D = Decimal
 
@@ -42,23 +42,8 @@ def dying_before_the_response_is_saved(api: Api) -> Iterator[None]:
         records.finish = real_finish  # type: ignore[method-assign]
 
 
-async def idempotency_records(api: Api, username: str) -> list[dict[str, Any]]:
-    page = await api.container.store.query(keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=100)
-    return page.items
-
-
-async def ledger(api: Api, username: str) -> list[dict[str, Any]]:
-    page = await api.container.store.query(
-        keys.USERS, keys.user_pk(username), sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000
-    )
-    return page.items
-
-
-async def orders(api: Api, username: str) -> list[dict[str, Any]]:
-    page = await api.container.store.query(
-        keys.ORDERS, keys.user_pk(username), sk=SortKey.prefix(keys.ORDER_PREFIX), limit=1000
-    )
-    return page.items
+async def idempotency_records(api: Api, username: str) -> list[IdempotencyRecord]:
+    return await every(lambda at: api.container.idempotency.get_records(username, limit=100, cursor=at))
 
 
 @pytest.mark.parametrize(("path", "funded", "change"), [("deposit", "0", D("40.25")), ("withdraw", "100", D("-40.25"))])
@@ -73,27 +58,27 @@ async def test_a_money_movement_applied_before_a_crash_replays_its_original_resu
         crashed = await api.client.post(f"/api/v1/balance/{path}", json={"amount": "40.25"}, headers=keyed)
     assert crashed.status_code == 500  # the client saw the connection die; the work had committed
     entries = await ledger(api, username)
-    moved = [e for e in entries if e["transaction_type"] == path]
+    moved = [e for e in entries if e.transaction_type == path]
     assert len(moved) == 1
     (record,) = await idempotency_records(api, username)
-    assert record["status"] == "applied" and record["result_id"] == moved[0]["transaction_id"]
+    assert record.status == "applied" and record.result_id == moved[0].transaction_id
 
     replay = await api.client.post(f"/api/v1/balance/{path}", json={"amount": "40.25"}, headers=keyed)
     assert replay.status_code == 201, replay.text
-    body = replay.json()
+    body = read(replay)
     assert body["success"] is True
-    assert body["transaction_id"] == moved[0]["transaction_id"]
-    assert D(str(body["amount"])) == D("40.25")
-    assert D(str(body["balance"])) == D(funded) + change
-    assert parse_time(body["timestamp"]) == parse_time(moved[0]["created_at"])
+    assert body["transaction_id"] == moved[0].transaction_id
+    assert usd(body["amount"]) == D("40.25")
+    assert usd(body["balance"]) == D(funded) + change
+    assert parse_time(body["timestamp"]) == moved[0].created_at
     # Nothing applied twice, and the rebuilt answer is now the stored one.
     assert len(await ledger(api, username)) == len(entries)
     again = await api.client.post(f"/api/v1/balance/{path}", json={"amount": "40.25"}, headers=keyed)
     assert again.status_code == 201 and again.content == replay.content
     (record,) = await idempotency_records(api, username)
-    assert record["status"] == "completed"
-    balance = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert balance is not None and balance["available"] == D(funded) + change
+    assert record.status == "completed"
+    balance = await api.container.balance_dao.find_balance(username)
+    assert balance is not None and balance.available == D(funded) + change
 
 
 async def test_a_market_order_applied_before_a_crash_replays_the_order_it_created(api: Api) -> None:
@@ -106,21 +91,21 @@ async def test_a_market_order_applied_before_a_crash_replays_the_order_it_create
         crashed = await api.client.post("/api/v1/orders", json=body, headers=keyed)
     assert crashed.status_code == 500
     (order,) = await orders(api, username)
-    balance_after = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert balance_after is not None and balance_after["available"] == D("9500.00")
+    balance_after = await api.container.balance_dao.find_balance(username)
+    assert balance_after is not None and balance_after.available == D("9500.00")
 
     api.set_price("BTC", "60000")  # the replay must not re-price or re-trade
     replay = await api.client.post("/api/v1/orders", json=body, headers=keyed)
     assert replay.status_code == 201, replay.text
-    data = replay.json()["data"]
-    assert data["order_id"] == order["order_id"] and data["status"] == "completed"
-    assert D(str(data["executed_price"])) == D("50000") and D(str(data["total_amount"])) == D("500.00")
-    assert D(str(data["quantity"])) == D("0.01")
+    data = read(replay)["data"]
+    assert data["order_id"] == order.order_id and data["status"] == "completed"
+    assert exact(data["executed_price"]) == D("50000") and usd(data["total_amount"]) == D("500.00")
+    assert exact(data["quantity"]) == D("0.01")
     assert len(await orders(api, username)) == 1
-    balance = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert balance is not None and balance["available"] == D("9500.00")
-    holding = await api.container.store.get(keys.USERS, keys.holding_key(username, "BTC"))
-    assert holding is not None and holding["available"] == D("0.01")
+    balance = await api.container.balance_dao.find_balance(username)
+    assert balance is not None and balance.available == D("9500.00")
+    holding = await api.container.holding_dao.get_holding(username, "BTC")
+    assert holding is not None and holding.available == D("0.01")
 
 
 async def test_a_resting_order_applied_before_a_crash_replays_the_order_it_created(api: Api) -> None:
@@ -135,11 +120,11 @@ async def test_a_resting_order_applied_before_a_crash_replays_the_order_it_creat
     (order,) = await orders(api, username)
     replay = await api.client.post("/api/v1/orders", json=body, headers=keyed)
     assert replay.status_code == 201, replay.text
-    data = replay.json()["data"]
-    assert data["order_id"] == order["order_id"] and data["status"] == "queued"
+    data = read(replay)["data"]
+    assert data["order_id"] == order.order_id and data["status"] == "queued"
     assert len(await orders(api, username)) == 1
-    balance = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert balance is not None and balance["available"] == D("600.00") and balance["held"] == D("400.00")
+    balance = await api.container.balance_dao.find_balance(username)
+    assert balance is not None and balance.available == D("600.00") and balance.held == D("400.00")
 
 
 async def test_a_replay_with_another_body_after_a_crash_is_still_refused(api: Api) -> None:
@@ -148,6 +133,6 @@ async def test_a_replay_with_another_body_after_a_crash_is_still_refused(api: Ap
     with dying_before_the_response_is_saved(api):
         await api.client.post("/api/v1/balance/deposit", json={"amount": "10"}, headers=keyed)
     other = await api.client.post("/api/v1/balance/deposit", json={"amount": "11"}, headers=keyed)
-    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert other.status_code == 422 and read(other)["code"] == "idempotency_key_reused"
     (entry,) = await ledger(api, username)
-    assert entry["amount"] == D("10")
+    assert entry.amount == D("10")

@@ -45,26 +45,26 @@ async def test_asset_list_has_every_key_in_a_stable_order(api: Api) -> None:
                 exact(asset[field])  # a plain decimal string, never a JSON number
         assert asset["market_cap_rank"] is None or type(asset["market_cap_rank"]) is int
     assert type(body["total_count"]) is int and type(body["active_count"]) is int
-    again = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250})).json()
+    again = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250}))
     assert [a["asset_id"] for a in again["data"]] == [a["asset_id"] for a in assets]
 
 
 async def test_asset_list_pages_with_cursor_and_filters_by_category(api: Api) -> None:
-    everything = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250})).json()["data"]
+    everything = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250}))["data"]
     seen: list[str] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 7}
         if cursor:
             params["cursor"] = cursor
-        page = (await api.client.get("/api/v1/inventory/assets", params=params)).json()
+        page = read(await api.client.get("/api/v1/inventory/assets", params=params))
         seen += [a["asset_id"] for a in page["data"]]
         if not page["has_more"]:
             break
         cursor = page["next_cursor"]
     assert seen == [a["asset_id"] for a in everything]
     category = everything[0]["category"]
-    filtered = (await api.client.get("/api/v1/inventory/assets", params={"category": category, "limit": 250})).json()
+    filtered = read(await api.client.get("/api/v1/inventory/assets", params={"category": category, "limit": 250}))
     assert filtered["data"] and all(a["category"] == category for a in filtered["data"])
     for bad in ({"limit": 0}, {"limit": 251}, {"cursor": "%%%"}):
         assert_problem(await api.client.get("/api/v1/inventory/assets", params=bad), 422, "validation_error")
@@ -146,17 +146,17 @@ async def test_insights_for_empty_cash_only_and_invested_portfolios(api: Api) ->
     _, headers = await api.register()
     r = await api.client.get("/api/v1/insights/portfolio", headers=headers)
     assert r.status_code == 200
-    data = r.json()["data"]
+    data = read(r)["data"]
     assert "empty" in data["summary"] and data["model"] == "cnop-rules-v1" and "generated_at" in data
     await api.deposit(headers, "1000")
-    data = (await api.client.get("/api/v1/insights/portfolio", headers=headers)).json()["data"]
+    data = read(await api.client.get("/api/v1/insights/portfolio", headers=headers))["data"]
     assert "all in cash" in data["summary"]
     api.set_price("BTC", "50000")
     api.set_price("ETH", "2000")
     assert (await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.015")).status_code == 201
     assert (await api.order(headers, order_type="market_buy", asset_id="ETH", quantity="0.05")).status_code == 201
-    first = (await api.client.get("/api/v1/insights/portfolio", headers=headers)).json()["data"]
-    second = (await api.client.get("/api/v1/insights/portfolio", headers=headers)).json()["data"]
+    first = read(await api.client.get("/api/v1/insights/portfolio", headers=headers))["data"]
+    second = read(await api.client.get("/api/v1/insights/portfolio", headers=headers))["data"]
     assert first["summary"] == second["summary"] and first["highlights"] == second["highlights"]
     assert "Bitcoin is your largest position at 75.0%" in first["summary"]
     assert any("concentrated" in h for h in first["highlights"])
@@ -166,8 +166,8 @@ async def test_insights_for_empty_cash_only_and_invested_portfolios(api: Api) ->
 
 async def test_health_ready_and_metrics(api: Api) -> None:
     r = await api.client.get("/health")
-    assert r.status_code == 200 and r.json()["status"] == "healthy"
-    assert r.json()["checks"]["store"]["status"] == "ok"
+    assert r.status_code == 200 and read(r)["status"] == "healthy"
+    assert read(r)["checks"]["store"]["status"] == "ok"
     r = await api.client.get("/health/ready")
     assert r.status_code == 200
     await api.client.get("/api/v1/inventory/assets/BTC")

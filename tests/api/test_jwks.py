@@ -7,12 +7,13 @@ import jwt
 from cnop.common.security.token_manager import write_ed25519_key_pair
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
+from tests.support.wire import read
 
 
 async def test_with_hs256_the_key_set_is_empty(api: Api) -> None:
     response = await api.client.get("/.well-known/jwks.json")
     assert response.status_code == 200
-    assert response.json() == {"keys": []}
+    assert read(response) == {"keys": []}
     assert response.headers["cache-control"] == "public, max-age=300"
 
 
@@ -30,7 +31,7 @@ async def test_with_eddsa_login_tokens_name_a_published_key_that_verifies_them(
         jwt_public_keys_dir=str(public_dir),
     )
     try:
-        jwks = (await api.client.get("/.well-known/jwks.json")).json()
+        jwks = read(await api.client.get("/.well-known/jwks.json"))
         assert sorted(k["kid"] for k in jwks["keys"]) == sorted([old_kid, kid])
         assert all(set(k) == {"kty", "crv", "x", "kid", "alg", "use"} for k in jwks["keys"])
 
@@ -41,7 +42,7 @@ async def test_with_eddsa_login_tokens_name_a_published_key_that_verifies_them(
         payload = jwt.decode(token, key, algorithms=["EdDSA"], audience="cnop-api", issuer="cnop")
         profile = await api.client.get("/api/v1/auth/profile", headers=headers)
         assert profile.status_code == 200
-        assert profile.json()["username"] == payload["sub"]
+        assert read(profile)["username"] == payload["sub"]
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)

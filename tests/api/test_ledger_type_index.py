@@ -12,6 +12,7 @@ from cnop.common.database.migrations import MIGRATIONS, migrate, pending
 from cnop.common.database.store import Item, Put, SortKey, query_all
 from cnop.common.entities.balance import TransactionType
 from tests.support.api import Api, assert_problem
+from tests.support.wire import read
 
 # What a ledger entry held before the index (the format this migration starts from).
 OLD_LEDGER_FIELDS = {
@@ -23,7 +24,7 @@ OLD_LEDGER_FIELDS = {
 async def listing(api: Api, headers: dict[str, str], **params: Any) -> Any:
     r = await api.client.get("/api/v1/balance/transactions", headers=headers, params=params)
     assert r.status_code == 200, r.text
-    return r.json()
+    return read(r)
 
 
 async def every_page(api: Api, headers: dict[str, str], **params: Any) -> list[Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.api import Api
+from tests.support.wire import read
 
 
 def count_reads(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -41,12 +42,12 @@ async def test_a_profile_change_is_seen_through_every_token_at_once(api: Api, mo
     username, first = await api.register()
     second = await api.login(username)
     for headers in (first, second):
-        assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["first_name"] == "Ada"
+        assert read(await api.client.get("/api/v1/auth/profile", headers=headers))["first_name"] == "Ada"
     reads = count_reads(api, monkeypatch)
     r = await api.client.put("/api/v1/auth/profile", headers=first, json={"first_name": "Augusta"})
     assert r.status_code == 200, r.text
     for headers in (first, second):
-        assert (await api.client.get("/api/v1/auth/profile", headers=headers)).json()["first_name"] == "Augusta"
+        assert read(await api.client.get("/api/v1/auth/profile", headers=headers))["first_name"] == "Augusta"
     assert reads.count(username) == 2  # each token read again once, after the change
 
 

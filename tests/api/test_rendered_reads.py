@@ -1,4 +1,5 @@
-"""Kept renderings of hot reads give the very bytes a fresh rendering gives, across ticks and writes.
+"""Hot reads: kept renderings give the very bytes a fresh rendering gives, across ticks and writes;
+the portfolio reads the cash balance and the holdings in one query.
 
 The asset list and asset detail bodies are rendered once per asset list and price-book version
 (`cnop.services.inventory.service`). Each answer here is compared, byte for byte, with what the
@@ -9,19 +10,24 @@ routes wrote before they kept anything: the response model built from the assets
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
+
+import pytest
 
 from cnop.common.clock import FakeClock
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.database import keys
-from cnop.common.database.store import Update
+from cnop.common.database.store import Item, ItemStore, Key, Page, Query, SortKey, StoreWrapper, Update
 from cnop.common.jsonio import dumps
 from cnop.common.shared.invalidation import ASSET
 from cnop.market.prices import Tick
 from cnop.services.inventory.schemas import AssetDetailResponse
 from cnop.services.inventory.service import InventoryService
-from tests.support.api import Api
+from tests.conftest import StoreFactory
+from tests.support.api import Api, funded_user, open_api
+from tests.support.wire import read
 
 # Headers that differ from one answer to the next whatever the body.
 _PER_REQUEST = {"x-request-id", "x-ratelimit-remaining", "x-ratelimit-reset", "date", "x-process-time"}
@@ -89,21 +95,21 @@ async def test_kept_asset_bodies_follow_ticks_and_asset_writes(fake_clock_api: t
     # A tick: the list and the detail show it at once.
     clock.advance(5)
     api.set_price("BTC", "70123.45")
-    body = (await check_list(api, {"limit": 250})).json()
+    body = read(await check_list(api, {"limit": 250}))
     assert next(a for a in body["data"] if a["asset_id"] == "BTC")["price_usd"] == "70123.45"
-    assert (await check_detail(api, "BTC")).json()["data"]["high_24h"] == "70123.45"
+    assert read(await check_detail(api, "BTC"))["data"]["high_24h"] == "70123.45"
 
     # An asset write through the admin routes: counts, pages and the detail follow it.
     await admin_toggle(api, admin, "SOL", active=False)
     for params in pages:
         await check_list(api, params)
-    listed = (await check_list(api, {"limit": 250})).json()
+    listed = read(await check_list(api, {"limit": 250}))
     assert "SOL" not in [a["asset_id"] for a in listed["data"]]
     assert listed["active_count"] == listed["total_count"] - 1
-    assert (await check_detail(api, "SOL")).json()["data"]["availability_status"] == "unavailable"
+    assert read(await check_detail(api, "SOL"))["data"]["availability_status"] == "unavailable"
     await admin_toggle(api, admin, "SOL", active=True)
-    assert (await check_detail(api, "SOL")).json()["data"]["is_active"] is True
-    cursor = (await check_list(api, {"limit": 7})).json()["next_cursor"]
+    assert read(await check_detail(api, "SOL"))["data"]["is_active"] is True
+    cursor = read(await check_list(api, {"limit": 7}))["next_cursor"]
     await check_list(api, {"limit": 7, "cursor": cursor})
 
     # A batch of ticks for many assets at a later moment, and one for an asset at the same moment.
@@ -123,15 +129,15 @@ async def test_an_asset_change_announced_by_another_process_reaches_the_kept_bod
 ) -> None:
     """Another process writes the asset and publishes on the invalidation channel (as AssetDAO does)."""
     api, _ = fake_clock_api
-    before = (await check_list(api, {"limit": 250})).json()
+    before = read(await check_list(api, {"limit": 250}))
     await check_detail(api, "ETH")
     await api.container.store.transact(
         [Update(keys.INVENTORY, keys.asset_key("ETH"), set={"name": "Ether (renamed)", "is_active": False})]
     )
     await api.container.invalidations.publish(ASSET, "ETH")
-    after = (await check_list(api, {"limit": 250})).json()
+    after = read(await check_list(api, {"limit": 250}))
     assert after["active_count"] == before["active_count"] - 1
-    detail = (await check_detail(api, "ETH")).json()["data"]
+    detail = read(await check_detail(api, "ETH"))["data"]
     assert detail["name"] == "Ether (renamed)" and detail["is_active"] is False
 
 
@@ -163,3 +169,94 @@ async def test_random_ticks_writes_and_reads_always_answer_as_a_fresh_rendering(
             await check_list(api, params)
         else:
             await check_detail(api, rng.choice(assets))
+
+
+# --- the portfolio: one query for the cash balance and the holdings ----------------------------
+
+
+class CountingStore(StoreWrapper):
+    """Passes every call on and records it: (method, partition, sort key or query range)."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        super().__init__(inner)
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
+        self.calls.append(("get", key["pk"], key["sk"]))
+        return await super()._get(table, key, consistent)
+
+    async def _batch_get(self, table: str, keys_: list[Key]) -> list[Item]:
+        self.calls.extend(("batch_get", k["pk"], k["sk"]) for k in keys_)
+        return await super()._batch_get(table, keys_)
+
+    async def _query(self, query: Query) -> Page:
+        self.calls.append(("query", query.pk, query.sk))
+        return await super()._query(query)
+
+
+@pytest.fixture
+async def counted(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, CountingStore]]:
+    made: list[CountingStore] = []
+
+    def factory() -> Any:
+        made.append(CountingStore(store_factory()))
+        return made[-1]
+
+    api, lifespan = await open_api(factory)
+    yield api, made[0]
+    await api.client.aclose()
+    await lifespan.__aexit__(None, None, None)
+
+
+async def _busy_user(api: Api) -> tuple[str, dict[str, str]]:
+    """A user with something of every kind in their partition: ledger, limits, idempotency, keys, holds."""
+    username, headers = await funded_user(api, "5000")
+    r = await api.client.post(
+        "/api/v1/balance/deposit", json={"amount": "10"}, headers={**headers, "Idempotency-Key": "k-1"}
+    )
+    assert r.status_code == 201, r.text
+    r = await api.client.post("/api/v1/auth/api-keys", json={"label": "bot"}, headers=headers)
+    assert r.status_code == 201, r.text
+    for asset, quantity in (("BTC", "0.001"), ("ETH", "0.01"), ("DOGE", "100")):
+        assert (await api.order(headers, order_type="market_buy", asset_id=asset, quantity=quantity)).status_code == 201
+    resting = await api.order(headers, order_type="limit_sell", asset_id="ETH", quantity="0.004", price="900000")
+    assert resting.status_code == 201, resting.text
+    return username, headers
+
+
+async def test_the_portfolio_is_one_query_with_no_read_per_holding(counted: tuple[Api, CountingStore]) -> None:
+    api, store = counted
+    username, headers = await _busy_user(api)
+    assert (await api.client.get("/api/v1/portfolio", headers=headers)).status_code == 200  # assets cached
+    store.calls.clear()
+    r = await api.client.get("/api/v1/portfolio", headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(read(r)["assets"]) == 3
+    partition = [call for call in store.calls if call[1] == keys.user_pk(username)]
+    assert [c for c in partition if c[0] == "query"] == [
+        ("query", keys.user_pk(username), SortKey.between(*keys.BALANCE_AND_HOLDINGS))
+    ]
+    reads = {c[2] for c in partition if c[0] != "query"}
+    assert keys.BALANCE_USD not in reads and not any(sk.startswith(keys.HOLDING_PREFIX) for sk in reads)
+    assert not [c for c in store.calls if c[1].startswith("ASSET#")]  # names from the cached asset list
+
+
+async def test_balance_and_holdings_read_together_equal_reading_them_apart(api: Api) -> None:
+    username, _ = await _busy_user(api)
+    c = api.container
+    balance, holdings = await c.holding_dao.get_balance_and_holdings(username)
+    assert balance == await c.balance_dao.get_balance(username)
+    assert holdings == await c.holding_dao.get_holdings(username) and len(holdings) == 3
+    # The range holds nothing else of the user's (ledger, limits, idempotency, API keys, profile).
+    page = await c.store.query(
+        keys.USERS, keys.user_pk(username), sk=SortKey.between(*keys.BALANCE_AND_HOLDINGS), limit=500
+    )
+    assert sorted(keys.sort_key_of(item) for item in page.items) == sorted(
+        [keys.BALANCE_USD, *(keys.holding_sk(h.asset_id) for h in holdings)]
+    )
+    everything = await c.store.query(keys.USERS, keys.user_pk(username), limit=500)
+    kinds = {keys.sort_key_of(item).split("#")[0] for item in everything.items}
+    assert {"TXN", "LIMIT", "IDEM", "APIKEYS", "PROFILE", "BALANCE", "HOLDING"} <= kinds
+    # A user without a balance item (not a registered user) has a zero one, as get_balance says.
+    none, nothing = await c.holding_dao.get_balance_and_holdings("nobody_at_all")
+    assert nothing == [] and none.available == Decimal("0.00") and none.held == Decimal("0.00")

@@ -15,7 +15,7 @@ from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.services.order.triggers import trigger_engine
 from tests.conftest import StoreFactory
-from tests.support.api import Api, assert_problem, funded_user, open_api, snapshot
+from tests.support.api import Api, Snapshot, assert_problem, funded_user, open_api, snapshot
 from tests.support.house import set_house_units
 from tests.support.wire import read
 
@@ -34,8 +34,8 @@ async def order_status(api: Api, headers: dict[str, str], order_id: str) -> dict
     return dict(read(r)["data"])
 
 
-def ledger_types(s: dict[str, Any]) -> list[str]:
-    return sorted(e["transaction_type"] for e in s["ledger"])
+def ledger_types(s: Snapshot) -> list[str]:
+    return sorted(e.transaction_type for e in s.ledger)
 
 
 async def place(api: Api, headers: dict[str, str], **body: Any) -> dict[str, Any]:
@@ -72,23 +72,23 @@ async def test_resting_buys_hold_then_fill_once_with_refund(
     assert order["stop_price"] == stops[body["order_type"]]
     assert order["trail_anchor"] == ("50000" if body["order_type"] == "trailing_stop_buy" else None)
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000") - D(hold) and s["balance"]["held"] == D(hold)
+    assert s.balance.available == D("10000") - D(hold) and s.balance.held == D(hold)
     assert ledger_types(s) == ["deposit", "order_hold"]
     await tick(api, quiet)
     assert (await order_status(api, headers, order["order_id"]))["status"] == "queued"
-    assert (await snapshot(api, username))["balance"] == s["balance"]
+    assert (await snapshot(api, username)).balance == s.balance
     await tick(api, crossing)
     done = await order_status(api, headers, order["order_id"])
     assert done["status"] == "completed" and done["executed_price"] == fill_price
     assert done["total_amount"] == cost and done["price"] == body.get("price")  # a resting order keeps its limit
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000") - D(cost) and s["balance"]["held"] == 0
+    assert s.balance.available == D("10000") - D(cost) and s.balance.held == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_payment", "order_refund"]
-    refund = next(e for e in s["ledger"] if e["transaction_type"] == "order_refund")
-    assert refund["amount"] == D(hold) - D(cost)
-    assert s["holding"]["available"] == D("0.1") and s["holding"]["cost_basis"] == D(cost)
+    refund = next(e for e in s.ledger if e.transaction_type == "order_refund")
+    assert refund.amount == D(hold) - D(cost)
+    assert s.holding.available == D("0.1") and s.holding.cost_basis == D(cost)
     await tick(api, crossing)  # crossing again fills nothing more
-    assert len((await snapshot(api, username))["orders"]) == 1
+    assert len((await snapshot(api, username)).orders) == 1
     assert ledger_types(await snapshot(api, username)) == ["deposit", "order_hold", "order_payment", "order_refund"]
     await audit_ok(api)
 
@@ -111,9 +111,9 @@ async def test_resting_sells_hold_units_then_fill_once(
     order = await place(api, headers, quantity="0.1", **body)
     assert order["status"] == "queued" and order["held_amount"] == "0.1"  # units: no padding
     s = await snapshot(api, username)
-    assert s["holding"]["available"] == 0 and s["holding"]["held"] == D("0.1")
-    assert sorted(t["transaction_type"] for t in s["asset_txns"]) == ["buy", "hold"]
-    assert s["balance"]["available"] == D("5000.00")
+    assert s.holding.available == 0 and s.holding.held == D("0.1")
+    assert sorted(t.transaction_type for t in s.asset_txns) == ["buy", "hold"]
+    assert s.balance.available == D("5000.00")
     await tick(api, quiet)
     assert (await order_status(api, headers, order["order_id"]))["status"] == "queued"
     await tick(api, crossing)
@@ -122,9 +122,9 @@ async def test_resting_sells_hold_units_then_fill_once(
     assert done["total_amount"] == proceeds
     assert done["realized_pnl"] == f"{D(proceeds) - D('5000'):.2f}"
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("5000.00") + D(proceeds)
-    assert s["holding"]["available"] == 0 and s["holding"]["held"] == 0 and s["holding"]["cost_basis"] == 0
-    assert sorted(t["transaction_type"] for t in s["asset_txns"]) == ["buy", "hold", "sell"]
+    assert s.balance.available == D("5000.00") + D(proceeds)
+    assert s.holding.available == 0 and s.holding.held == 0 and s.holding.cost_basis == 0
+    assert sorted(t.transaction_type for t in s.asset_txns) == ["buy", "hold", "sell"]
     await audit_ok(api)
 
 
@@ -161,7 +161,7 @@ async def test_stop_limit_becomes_a_limit_when_its_stop_is_crossed(api: Api) -> 
     assert done["status"] == "completed" and done["executed_price"] == "54000" and done["total_amount"] == "5400.00"
     assert done["held_amount"] == "5400.00"  # what was reserved; the ledger released it
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("4600.00") and s["balance"]["held"] == 0
+    assert s.balance.available == D("4600.00") and s.balance.held == 0
     await audit_ok(api)
 
 
@@ -188,7 +188,7 @@ async def test_cancel_releases_the_hold_and_twice_is_409(api: Api) -> None:
     assert cancelled["price"] == "40000" and cancelled["quantity"] == "0.1" and cancelled["held_amount"] == "4000.00"
     assert cancelled["executed_price"] is None and cancelled["total_amount"] is None
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
+    assert s.balance.available == D("10000.00") and s.balance.held == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]
     before = await snapshot(api, username)
     assert_problem(await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=headers), 409, "order_not_cancellable")
@@ -203,11 +203,11 @@ async def test_cancel_of_a_sell_returns_the_units(api: Api) -> None:
     await place(api, headers, order_type="market_buy", quantity="0.1")
     order = await place(api, headers, order_type="limit_sell", quantity="0.05", price="60000")
     s = await snapshot(api, username)
-    assert s["holding"]["available"] == D("0.05") and s["holding"]["held"] == D("0.05")
+    assert s.holding.available == D("0.05") and s.holding.held == D("0.05")
     r = await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=headers)
     assert r.status_code == 200
     s = await snapshot(api, username)
-    assert s["holding"]["available"] == D("0.1") and s["holding"]["held"] == 0
+    assert s.holding.available == D("0.1") and s.holding.held == 0
     await audit_ok(api)
 
 
@@ -225,7 +225,7 @@ async def test_gtd_order_expires_and_releases_its_hold(fake_clock_api: tuple[Api
     done = await order_status(api, headers, order["order_id"])
     assert done["status"] == "expired"
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
+    assert s.balance.available == D("10000.00") and s.balance.held == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]
     await audit_ok(api)
 
@@ -277,7 +277,7 @@ async def test_ioc_limit_fills_now_or_is_cancelled_without_moving_money(api: Api
     unfilled = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000", time_in_force="ioc")
     assert unfilled["status"] == "cancelled" and "ioc" in unfilled["reason"]
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000.00") and ledger_types(s) == ["deposit"]
+    assert s.balance.available == D("10000.00") and ledger_types(s) == ["deposit"]
     filled = await place(api, headers, order_type="limit_buy", quantity="0.1", price="51000", time_in_force="fok")
     assert filled["status"] == "completed" and filled["executed_price"] == "50000" and filled["price"] == "51000"
     await audit_ok(api)
@@ -289,9 +289,9 @@ async def test_open_filter_lists_queued_orders(api: Api) -> None:
     queued = await place(api, headers, order_type="limit_buy", quantity="0.01", price="40000")
     await place(api, headers, order_type="market_buy", quantity="0.01")
     r = await api.client.get("/api/v1/orders", headers=headers, params={"status": "open"})
-    assert [o["order_id"] for o in r.json()["data"]] == [queued["order_id"]]
+    assert [o["order_id"] for o in read(r)["data"]] == [queued["order_id"]]
     r = await api.client.get("/api/v1/orders", headers=headers, params={"status": "queued"})
-    assert [o["order_id"] for o in r.json()["data"]] == [queued["order_id"]]
+    assert [o["order_id"] for o in read(r)["data"]] == [queued["order_id"]]
 
 
 async def test_cancel_racing_a_fill_exactly_one_wins(api: Api) -> None:
@@ -308,12 +308,12 @@ async def test_cancel_racing_a_fill_exactly_one_wins(api: Api) -> None:
         s = await snapshot(api, username)
         if final["status"] == "cancelled":
             assert cancel.status_code == 200
-            assert s["balance"]["available"] == D("5000.00") and s["holding"] is None
+            assert s.balance.available == D("5000.00") and s.holding is None
         else:
             assert final["status"] == "completed"
             assert_problem(cancel, 409, "order_not_cancellable")
-            assert s["balance"]["available"] == D("1100.00") and s["holding"]["available"] == D("0.1")
-        assert s["balance"]["held"] == 0
+            assert s.balance.available == D("1100.00") and s.holding.available == D("0.1")
+        assert s.balance.held == 0
     await audit_ok(api)
 
 
@@ -347,7 +347,7 @@ async def test_insufficient_house_inventory_fails_the_order_and_releases_the_hol
     done = await order_status(api, headers, order["order_id"])
     assert done["status"] == "failed" and done["reason"]
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("10000.00") and s["balance"]["held"] == 0
+    assert s.balance.available == D("10000.00") and s.balance.held == 0
     assert ledger_types(s) == ["deposit", "order_hold", "order_release"]
 
 
@@ -369,7 +369,7 @@ async def test_the_apps_own_engine_fills_on_a_price_set_by_an_admin(store_factor
         done = await order_status(api, headers, order["order_id"])
         assert done["status"] == "completed" and done["executed_price"] == "39500" and done["total_amount"] == "3950.00"
         s = await snapshot(api, username)
-        assert s["balance"]["available"] == D("6050.00") and s["balance"]["held"] == 0
+        assert s.balance.available == D("6050.00") and s.balance.held == 0
         await audit_ok(api)
     finally:
         await api.client.aclose()

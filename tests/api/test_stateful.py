@@ -20,6 +20,7 @@ from cnop.common.clock import FakeClock, isoformat
 from cnop.common.database.store import ItemStore
 from cnop.market.prices import Tick
 from tests.support.api import open_api
+from tests.support.wire import read
 
 D = Decimal
 ASSETS = {"BTC": D("50000"), "ETH": D("2500")}
@@ -109,8 +110,8 @@ def make_machine(new_store: Any) -> type[RuleBasedStateMachine]:
             expires = self.clock.now() + timedelta(seconds=gtd) if gtd else None
             body = resting_body(kind, asset, QUANTITIES[asset][pick], self.prices[asset], offset, expires)
             r = self.check(self.run(self.api.order(self.users[user], **body)))
-            if r.status_code == 201 and r.json()["data"]["status"] == "queued":
-                self.queued.append((user, r.json()["data"]["order_id"]))
+            if r.status_code == 201 and read(r)["data"]["status"] == "queued":
+                self.queued.append((user, read(r)["data"]["order_id"]))
 
         @rule(data=st.data())
         def cancel(self, data: st.DataObject) -> None:

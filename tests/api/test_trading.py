@@ -11,9 +11,7 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock
-from cnop.common.database import keys
 from tests.support.api import Api, assert_problem, funded_user, snapshot
-from tests.support.house import house_totals
 from tests.support.wire import read
 
 D = Decimal
@@ -21,7 +19,8 @@ D = Decimal
 
 async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     username, headers = await funded_user(api, "10000")
-    house_before = await house_totals(api.container.store, "BTC")
+    house_before = await api.container.asset_dao.house_totals("BTC")
+    assert house_before is not None
     api.set_price("BTC", "50000")
     r = await api.order(headers, order_type="market_buy", asset_id="btc", quantity="0.12345678")
     assert r.status_code == 201, r.text
@@ -35,13 +34,14 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     assert buy["trail_anchor"] is None
     assert '"quantity":"0.12345678"' in r.text and '"total_amount":"6172.84"' in r.text
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("3827.16") and s["balance"]["held"] == 0
-    assert s["holding"]["available"] == D("0.12345678") and s["holding"]["cost_basis"] == D("6172.84")
-    assert s["house"]["quantity"] == house_before["quantity"] - D("0.12345678")
-    assert s["house"]["cash"] == D("6172.84")
-    payment = [e for e in s["ledger"] if e["transaction_type"] == "order_payment"]
-    assert len(payment) == 1 and payment[0]["available_change"] == D("-6172.84") and payment[0]["order_id"] == buy["order_id"]
-    assert [t["transaction_type"] for t in s["asset_txns"]] == ["buy"]
+    assert s.balance is not None and s.holding is not None and s.house is not None
+    assert s.balance.available == D("3827.16") and s.balance.held == 0
+    assert s.holding.available == D("0.12345678") and s.holding.cost_basis == D("6172.84")
+    assert s.house.quantity == house_before.quantity - D("0.12345678")
+    assert s.house.cash == D("6172.84")
+    payment = [e for e in s.ledger if e.transaction_type == "order_payment"]
+    assert len(payment) == 1 and payment[0].available_change == D("-6172.84") and payment[0].order_id == buy["order_id"]
+    assert [t.transaction_type for t in s.asset_txns] == ["buy"]
 
     api.set_price("BTC", "51000.5")
     r = await api.order(headers, order_type="market_sell", asset_id="BTC", quantity="0.1")
@@ -51,12 +51,13 @@ async def test_buy_then_sell_round_trip_is_exact_everywhere(api: Api) -> None:
     assert sell["total_amount"] == "5100.05" and sell["executed_price"] == "51000.5" and sell["price"] == "51000.5"
     assert sell["quantity"] == "0.1" and sell["held_amount"] == "0" and sell["realized_pnl"] == "100.05"
     s = await snapshot(api, username)
-    assert s["balance"]["available"] == D("8927.21")
-    assert s["holding"]["available"] == D("0.02345678") and s["holding"]["cost_basis"] == D("1172.84")
-    assert s["house"]["quantity"] == house_before["quantity"] - D("0.02345678")
-    assert s["house"]["cash"] == D("1072.79")
-    assert sorted(e["transaction_type"] for e in s["ledger"]) == ["deposit", "order_payment", "order_proceeds"]
-    assert len(s["orders"]) == 2
+    assert s.balance is not None and s.holding is not None and s.house is not None
+    assert s.balance.available == D("8927.21")
+    assert s.holding.available == D("0.02345678") and s.holding.cost_basis == D("1172.84")
+    assert s.house.quantity == house_before.quantity - D("0.02345678")
+    assert s.house.cash == D("1072.79")
+    assert sorted(e.transaction_type for e in s.ledger) == ["deposit", "order_payment", "order_proceeds"]
+    assert len(s.orders) == 2
 
     r = await api.client.get("/api/v1/orders", headers=headers)
     assert read(r)["data"] == [sell, buy]
@@ -166,9 +167,9 @@ async def test_inactive_asset_is_not_tradeable_and_changes_nothing(api: Api) -> 
     before = await snapshot(api, username, "SOL")
     assert_problem(await api.order(headers, order_type="market_buy", asset_id="SOL", quantity="1"), 422, "asset_not_tradeable")
     assert await snapshot(api, username, "SOL") == before
-    listed = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250})).json()
+    listed = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250}))
     assert "SOL" not in [a["asset_id"] for a in listed["data"]]
-    all_assets = (await api.client.get("/api/v1/inventory/assets", params={"limit": 250, "active_only": False})).json()
+    all_assets = read(await api.client.get("/api/v1/inventory/assets", params={"limit": 250, "active_only": False}))
     assert "SOL" in [a["asset_id"] for a in all_assets["data"]]
     assert all_assets["active_count"] == all_assets["total_count"] - 1
     r = await api.client.post("/api/v1/admin/assets/SOL/activate", headers=admin)
@@ -209,29 +210,30 @@ async def test_client_order_id_replays_and_refuses_reuse(api: Api) -> None:
     api.set_price("BTC", "50000")
     body = {"order_type": "market_buy", "asset_id": "BTC", "quantity": "0.01", "client_order_id": "my-order-1"}
     first = await api.order(headers, **body)
-    assert first.status_code == 201 and first.json()["data"]["client_order_id"] == "my-order-1"
+    assert first.status_code == 201 and read(first)["data"]["client_order_id"] == "my-order-1"
     api.set_price("BTC", "55000")
     again = await api.order(headers, **body)
     assert again.status_code == 201 and again.content == first.content
     other = await api.order(headers, **{**body, "quantity": "0.02"})
     assert_problem(other, 422, "idempotency_key_reused")
     s = await snapshot(api, username)
-    assert len(s["orders"]) == 1 and s["holding"]["available"] == D("0.01")
-    assert s["balance"]["available"] == D("9500.00")
+    assert s.balance is not None and s.holding is not None
+    assert len(s.orders) == 1 and s.holding.available == D("0.01")
+    assert s.balance.available == D("9500.00")
 
 
 async def test_other_users_order_is_404_and_cannot_be_cancelled(api: Api) -> None:
     _, alice = await funded_user(api)
     _, bob = await funded_user(api)
     api.set_price("BTC", "50000")
-    order = (await api.order(alice, order_type="market_buy", asset_id="BTC", quantity="0.01")).json()["data"]
+    order = read(await api.order(alice, order_type="market_buy", asset_id="BTC", quantity="0.01"))["data"]
     assert_problem(await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=bob), 404, "order_not_found")
     assert_problem(await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=bob), 404, "order_not_found")
-    assert (await api.client.get("/api/v1/orders", headers=bob)).json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert read(await api.client.get("/api/v1/orders", headers=bob)) == {"data": [], "has_more": False, "next_cursor": None}
     assert_problem(await api.client.delete(f"/api/v1/orders/{order['order_id']}", headers=alice), 409, "order_not_cancellable")
     assert_problem(await api.client.get("/api/v1/orders/short", headers=alice), 422, "validation_error")
     r = await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=alice)
-    assert r.json()["data"]["status"] == "completed"
+    assert read(r)["data"]["status"] == "completed"
 
 
 async def test_order_list_filters_and_pages(api: Api) -> None:
@@ -242,18 +244,18 @@ async def test_order_list_filters_and_pages(api: Api) -> None:
     for asset, kind in [("BTC", "market_buy"), ("ETH", "market_buy"), ("BTC", "market_sell"), ("ETH", "market_buy")]:
         r = await api.order(headers, order_type=kind, asset_id=asset, quantity="0.01")
         assert r.status_code == 201, r.text
-        ids.append(r.json()["data"]["order_id"])
+        ids.append(read(r)["data"]["order_id"])
     async def listed(**params: Any) -> list[str]:
         r = await api.client.get("/api/v1/orders", headers=headers, params=params)
         assert r.status_code == 200, r.text
-        return [o["order_id"] for o in r.json()["data"]]
+        return [o["order_id"] for o in read(r)["data"]]
     assert await listed() == ids[::-1]
     assert await listed(asset_id="btc") == [ids[2], ids[0]]
     assert await listed(order_type="market_sell") == [ids[2]]
     assert await listed(status="completed") == ids[::-1]
     assert await listed(status="open") == []
     assert await listed(status="closed") == ids[::-1]
-    first = (await api.client.get("/api/v1/orders", headers=headers, params={"limit": 3})).json()
+    first = read(await api.client.get("/api/v1/orders", headers=headers, params={"limit": 3}))
     assert first["has_more"] is True
     rest = await listed(limit=3, cursor=first["next_cursor"])
     assert [o["order_id"] for o in first["data"]] + rest == ids[::-1]
@@ -267,7 +269,7 @@ async def test_asset_transactions_unknown_asset_is_404_and_empty_is_empty(api: A
     assert_problem(await api.client.get("/api/v1/assets/NOPE/transactions", headers=headers), 404, "asset_not_found")
     assert_problem(await api.client.get("/api/v1/assets/BAD!/transactions", headers=headers), 422, "validation_error")
     r = await api.client.get("/api/v1/assets/BTC/transactions", headers=headers)
-    assert r.status_code == 200 and r.json() == {"data": [], "has_more": False, "next_cursor": None}
+    assert r.status_code == 200 and read(r) == {"data": [], "has_more": False, "next_cursor": None}
 
 
 async def _mixed_orders(api: Api, headers: dict[str, str], count: int, seed: int) -> list[Any]:
@@ -285,17 +287,17 @@ async def _check_after_burst(api: Api, username: str, results: list[Any]) -> Non
     assert all(r.status_code in (201, 422) for r in results), [r.text for r in results if r.status_code not in (201, 422)]
     for r in results:
         if r.status_code == 422:
-            assert r.json()["code"] in ("insufficient_funds", "insufficient_holdings")
-    ok_ids = {r.json()["data"]["order_id"] for r in results if r.status_code == 201}
+            assert read(r)["code"] in ("insufficient_funds", "insufficient_holdings")
+    ok_ids = {read(r)["data"]["order_id"] for r in results if r.status_code == 201}
     s = await snapshot(api, username)
-    stored = {o["order_id"] for o in s["orders"]}
+    stored = {o.order_id for o in s.orders}
     assert ok_ids <= stored
-    ledger_orders = {e["order_id"] for e in s["ledger"] if e["order_id"]}
+    ledger_orders = {e.order_id for e in s.ledger if e.order_id}
     assert ok_ids <= ledger_orders  # every 201 is in the ledger
-    assert s["balance"]["available"] >= 0
+    assert s.balance is not None and s.balance.available >= 0
     for asset in ("BTC", "ETH"):
-        holding = await api.container.store.get(keys.USERS, keys.holding_key(username, asset))
-        assert holding is None or holding["available"] >= 0
+        holding = await api.container.holding_dao.get_holding(username, asset)
+        assert holding is None or holding.available >= 0
 
 
 async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
@@ -306,7 +308,7 @@ async def test_100_concurrent_mixed_orders_by_one_user(api: Api) -> None:
     results = await _mixed_orders(api, headers, 100, seed=1)
     await _check_after_burst(api, username, results)
     s = await snapshot(api, username)
-    assert len(s["orders"]) == sum(1 for r in results if r.status_code == 201)  # every 4xx left no trace
+    assert len(s.orders) == sum(1 for r in results if r.status_code == 201)  # every 4xx left no trace
     report = await run_audit(api.container.store)
     assert report.ok, report.violations
 

@@ -20,6 +20,7 @@ from cnop.common.database.store import Update
 from cnop.market.catalogue import load_catalogue
 from cnop.market.prices import MAX_MARKET_PRICE, MIN_MARKET_PRICE, PriceBook, Tick
 from tests.support.api import Api
+from tests.support.wire import exact, read, usd
 
 D = Decimal
 READS = [
@@ -45,7 +46,7 @@ async def reads(api: Api, headers: dict[str, str]) -> dict[str, Any]:
     for path in READS:
         r = await api.client.get(path, headers=headers)
         assert r.status_code == 200, (path, r.status_code, r.text[:300])
-        answers[path] = r.json()
+        answers[path] = read(r)
     return answers
 
 
@@ -68,29 +69,29 @@ async def test_every_valuation_read_answers_whatever_the_price(api: Api, price: 
     force_price(api, "SOL", D(price))
     answers = await reads(api, headers)
     sol = next(a for a in answers["/api/v1/portfolio"]["assets"] if a["asset_id"] == "SOL")
-    assert D(str(sol["quantity"])) == 1 and D(str(sol["cost_basis"])) == D("150.00")
+    assert exact(sol["quantity"]) == 1 and usd(sol["cost_basis"]) == D("150.00")
     # Exact when 38 digits hold it to the cent, else unknown (null) and left out of the totals.
-    assert sol["market_value"] == value if value is None else D(str(sol["market_value"])) == D(value)
+    assert sol["market_value"] == value if value is None else usd(sol["market_value"]) == D(value)
     btc = next(a for a in answers["/api/v1/portfolio"]["assets"] if a["asset_id"] == "BTC")
-    assert D(str(btc["market_value"])) == D("50.00")  # the other positions are still valued
+    assert usd(btc["market_value"]) == D("50.00")  # the other positions are still valued
     assert answers["/api/v1/insights/portfolio"]["data"]
 
 
 @pytest.mark.parametrize("price", ["1e400", "1e60"])
 async def test_a_market_buy_at_an_absurd_price_is_refused_not_500(api: Api, price: str) -> None:
     username, headers = await holder(api)
-    balance_before = await api.container.store.get(keys.USERS, keys.balance_key(username))
+    balance_before = await api.container.balance_dao.find_balance(username)
     force_price(api, "SOL", D(price))
     r = await api.order(headers, order_type="market_buy", asset_id="SOL", quantity="1")
-    assert r.status_code == 422 and r.json()["code"] == "order_value_exceeds_limit", r.text
-    assert await api.container.store.get(keys.USERS, keys.balance_key(username)) == balance_before
+    assert r.status_code == 422 and read(r)["code"] == "order_value_exceeds_limit", r.text
+    assert await api.container.balance_dao.find_balance(username) == balance_before
     # A limit buy far below that price still rests, reserving exactly its own value.
     r = await api.order(headers, order_type="limit_buy", asset_id="SOL", quantity="1", price="100")
-    assert r.status_code == 201 and r.json()["data"]["status"] == "queued", r.text
-    balance = await api.container.store.get(keys.USERS, keys.balance_key(username))
+    assert r.status_code == 201 and read(r)["data"]["status"] == "queued", r.text
+    balance = await api.container.balance_dao.find_balance(username)
     assert balance is not None and balance_before is not None
-    assert balance["held"] == balance_before["held"] + D("100.00")
-    assert balance["available"] == balance_before["available"] - D("100.00")
+    assert balance.held == balance_before.held + D("100.00")
+    assert balance.available == balance_before.available - D("100.00")
 
 
 @pytest.mark.parametrize(
@@ -111,9 +112,9 @@ async def test_every_valuation_read_answers_whatever_the_stored_quantity(
     )
     answers = await reads(api, headers)
     sol = next(a for a in answers["/api/v1/portfolio"]["assets"] if a["asset_id"] == "SOL")
-    assert D(str(sol["quantity"])) == D(quantity)
+    assert exact(sol["quantity"]) == D(quantity)
     detail = answers["/api/v1/balance/asset/SOL"]
-    assert D(str(detail["quantity"])) == D(quantity)
+    assert exact(detail["quantity"]) == D(quantity)
 
 
 def test_the_price_book_admits_only_prices_within_its_bounds() -> None:

@@ -24,11 +24,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from cnop.common import jsonio
-from cnop.common.database import keys
-from cnop.common.database.store import SortKey
+from cnop.common.entities.balance import Balance, BalanceTransaction
 from cnop.common.money import INPUT_PATTERN, plain_text, usd_text
 from tests.conftest import StoreFactory
-from tests.support.api import Api, assert_problem, funded_user, open_api, snapshot
+from tests.support.api import Api, assert_problem, funded_user, ledger, open_api, snapshot
 from tests.support.wire import exact, read, usd
 
 D = Decimal
@@ -175,8 +174,8 @@ async def test_deposit_amounts_round_trip_exactly(roomy: Api, case: tuple[Decima
     body = read(r)
     assert body["amount"] == usd_text(value) and body["balance"] == usd_text(value)
     assert usd(body["amount"]) == value
-    stored = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert stored is not None and stored["available"] == value
+    stored = await api.container.balance_dao.find_balance(username)
+    assert stored is not None and stored.available == value
     r = await post_raw(api, "/api/v1/balance/withdraw", f'{{"amount": {text}}}', headers)
     assert r.status_code == 201, (text, r.text)
     assert read(r)["amount"] == usd_text(value) and read(r)["balance"] == "0.00"
@@ -234,8 +233,8 @@ async def test_order_quantities_and_prices_round_trip_exactly(roomy: Api, case: 
     assert exact(order["quantity"]) == quantity and exact(order["price"]) == price
     assert order["held_amount"] == usd_text(hold) and order["price_bound"] is None
     assert read(await api.client.get(f"/api/v1/orders/{order['order_id']}", headers=headers))["data"] == order
-    (stored,) = (await snapshot(api, username))["orders"]
-    assert stored["quantity"] == quantity and stored["price"] == price and stored["held_amount"] == hold
+    (stored,) = (await snapshot(api, username)).orders
+    assert stored.quantity == quantity and stored.price == price and stored.held_amount == hold
 
 
 @st.composite
@@ -315,12 +314,12 @@ def deposit_oracle(kind: str, text: str) -> Decimal | str:
     return value.quantize(D("0.01"))
 
 
-async def _deposit_state(api: Api, username: str) -> tuple[Any, list[Any], list[Any]]:
-    store = api.container.store
-    pk = keys.user_pk(username)
-    ledger = (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000)).items
-    daily = (await store.query(keys.USERS, pk, sk=SortKey.prefix("LIMIT#"), limit=1000)).items
-    return await store.get(keys.USERS, keys.balance_key(username)), ledger, daily
+async def _deposit_state(
+    api: Api, username: str
+) -> tuple[Balance | None, list[BalanceTransaction], dict[str, tuple[Decimal, Decimal]]]:
+    """The balance, the ledger and today's deposit and withdrawal totals, through the DAO and service."""
+    balance = await api.container.balance_dao.find_balance(username)
+    return balance, await ledger(api, username), await api.container.money.daily_usage(username)
 
 
 def _raw(kind: str, text: str) -> str:
@@ -334,9 +333,9 @@ async def _check_deposit(api: Api, username: str, headers: dict[str, str], kind:
     if isinstance(expected, Decimal):
         assert r.status_code == 201, (kind, text, r.text)
         assert read(r)["amount"] == usd_text(expected), (kind, text)
-        balance, ledger, _ = await _deposit_state(api, username)
-        old = before[0]["available"] if before[0] is not None else D(0)
-        assert balance is not None and balance["available"] == old + expected and len(ledger) == len(before[1]) + 1
+        balance, entries, _ = await _deposit_state(api, username)
+        old = before[0].available if before[0] is not None else D(0)
+        assert balance is not None and balance.available == old + expected and len(entries) == len(before[1]) + 1
     else:
         problem = assert_problem(r, 422, "validation_error")
         assert problem["errors"][0]["field"] == expected, (kind, text, problem)
@@ -421,8 +420,8 @@ async def test_a_json_number_with_an_exponent_is_read_exactly(api: Api) -> None:
     assert r.status_code == 201 and read(r)["amount"] == "150.00"
     r = await post_raw(api, "/api/v1/balance/deposit", '{"amount": 0.1}', headers)
     assert r.status_code == 201 and read(r)["amount"] == "0.10" and read(r)["balance"] == "150.10"
-    balance = await api.container.store.get(keys.USERS, keys.balance_key(username))
-    assert balance is not None and balance["available"] == D("150.10")
+    balance = await api.container.balance_dao.find_balance(username)
+    assert balance is not None and balance.available == D("150.10")
 
 
 # --- SSE event data --------------------------------------------------------------------------

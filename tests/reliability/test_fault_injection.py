@@ -36,6 +36,7 @@ from cnop.market.prices import Tick
 from tests.conftest import StoreFactory
 from tests.support.api import PASSWORD, Api, open_api
 from tests.support.faulty_store import Change, Fault, FaultyStore
+from tests.support.wire import read
 
 ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -82,7 +83,7 @@ async def http(api: Api, method: str, path: str, ctx: Ctx, body: Any = None, *, 
     content_type = r.headers.get("content-type", "")
     if r.status_code >= 400:
         assert content_type.startswith("application/problem+json"), (r.status_code, r.text)
-    return Outcome(r.status_code, r.json() if r.content else None)
+    return Outcome(r.status_code, read(r) if r.content else None)
 
 
 # --- set-ups (run with the store unarmed) --------------------------------------------------------
@@ -107,8 +108,8 @@ async def holding_btc(api: Api, ctx: Ctx) -> None:
 async def resting_buy(api: Api, ctx: Ctx) -> None:
     await funded(api, ctx)
     r = await api.order(ctx.headers, order_type="limit_buy", asset_id="BTC", quantity="0.01", price="40000")
-    assert r.status_code == 201 and r.json()["data"]["status"] == "queued", r.text
-    ctx.order_id = r.json()["data"]["order_id"]
+    assert r.status_code == 201 and read(r)["data"]["status"] == "queued", r.text
+    ctx.order_id = read(r)["data"]["order_id"]
 
 
 # --- the use cases -----------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def shapes(changes: dict[tuple[str, str, str], Change], ctx: Ctx) -> Counter[tup
 
 async def user_books_balance(api: Api, username: str) -> list[str]:
     """The audit's per-user checks (books of a user who does not exist balance trivially)."""
-    if await api.container.store.get(keys.USERS, keys.user_key(username)) is None:
+    if await api.container.user_dao.find_user(username) is None:
         return []
     report = AuditReport()
     for check in USER_CHECKS:

@@ -7,11 +7,11 @@ conftest of every other folder that uses them).
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2 as httpx
 import pytest
@@ -19,16 +19,20 @@ from fastapi import FastAPI
 
 from cnop.common.clock import Clock, FakeClock
 from cnop.common.config import Settings
-from cnop.common.database import keys
-from cnop.common.database.store import SortKey
+from cnop.common.database.store import Page, SortKey
+from cnop.common.entities.asset import HouseTotals
+from cnop.common.entities.balance import Balance, BalanceTransaction
+from cnop.common.entities.holding import AssetTransaction, Holding
+from cnop.common.entities.order import Order, OrderSide, OrderStatus
 from cnop.common.entities.user import UserRole
+from cnop.common.idempotency import IdempotencyRecord
 from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
 from cnop.container import Container, build_container
 from cnop.gateway.app import create_app
 from cnop.market.prices import Tick
 from cnop.services.user.schemas import RegisterRequest
 from tests.conftest import StoreFactory
-from tests.support.house import house_totals
+from tests.support.wire import read
 
 PASSWORD = "Str0ng!Passw0rd"
 _counter = itertools.count()
@@ -79,7 +83,7 @@ class Api:
     async def login(self, username: str, password: str = PASSWORD) -> dict[str, str]:
         r = await self.client.post("/api/v1/auth/login", json={"username": username, "password": password})
         assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
     async def deposit(self, headers: dict[str, str], amount: str) -> None:
         r = await self.client.post("/api/v1/balance/deposit", json={"amount": amount}, headers=headers)
@@ -150,28 +154,98 @@ def reg_body(**overrides: Any) -> dict[str, Any]:
 def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
+    body: dict[str, Any] = read(r)
     assert body["status"] == status and body["code"] == code
     assert body["request_id"] == r.headers["x-request-id"]
     assert "Traceback" not in r.text
     return body
 
 
-async def snapshot(api: Api, username: str, asset_id: str = "BTC") -> dict[str, Any]:
-    """Everything an order may touch, read straight from the store."""
-    store = api.container.store
-    pk = keys.user_pk(username)
-    return {
-        "balance": await store.get(keys.USERS, keys.balance_key(username)),
-        "holding": await store.get(keys.USERS, keys.holding_key(username, asset_id)),
-        "ledger": (await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.TXN_PREFIX), limit=1000)).items,
-        "orders": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ORDER_PREFIX), limit=1000)).items,
-        "asset_txns": (await store.query(keys.ORDERS, pk, sk=SortKey.prefix(keys.ASSET_TXN_PREFIX), limit=1000)).items,
-        "house": await house_totals(store, asset_id),
-        "idempotency": (
-            await store.query(keys.USERS, pk, sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX), limit=1000)
-        ).items,
-    }
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything an order may touch for one user and one asset, read through the DAOs.
+
+    Typed entities, so a test asserts on fields (`s.balance.available`, Decimals compared
+    exactly) and two snapshots compare equal only when every field of every entity is equal.
+    `balance`, `holding` and `house` are None when nothing is stored. `ledger` is newest first
+    (as the ledger pages), `orders` oldest first, `asset_txns` covers every asset of the user
+    (by asset, oldest first), `idempotency` every stored key of the user.
+
+    `resting` stands in for the index attributes a queued order carries (which the raw items
+    used to show): for every asset the user has a queued order of, which of the user's orders
+    the DAO's resting-order queries find, as `(index, side or direction, order_id)`: the trigger
+    index above and below the market, the trailing index per side, and the expiry index.
+    """
+
+    balance: Balance | None
+    holding: Holding | None
+    ledger: list[BalanceTransaction]
+    orders: list[Order]
+    asset_txns: list[AssetTransaction]
+    house: HouseTotals | None
+    idempotency: list[IdempotencyRecord]
+    resting: frozenset[tuple[str, str, str]]
+
+
+T = TypeVar("T")
+_ANY_PRICE = SortKey.ge(Decimal(0))  # triggers and trailing anchors are prices, never negative
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_PAGE = 1000
+
+
+async def every(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
+    """Every item of a DAO's paged read, following the cursor to the end."""
+    found: list[T] = []
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        found += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            return found
+
+
+async def ledger(api: Api, username: str) -> list[BalanceTransaction]:
+    """The user's whole ledger through the BalanceDAO, newest first."""
+    dao = api.container.balance_dao
+    return await every(lambda at: dao.get_user_transactions(username, limit=_PAGE, cursor=at))
+
+
+async def orders(api: Api, username: str) -> list[Order]:
+    """Every order of the user through the OrderDAO, oldest first."""
+    dao = api.container.order_dao
+    return await every(lambda at: dao.get_orders_by_user(username, limit=_PAGE, cursor=at, descending=False))
+
+
+async def _resting(api: Api, username: str, queued: list[Order]) -> frozenset[tuple[str, str, str]]:
+    dao = api.container.order_dao
+    found: list[tuple[str, str, Order]] = []
+    for asset_id in sorted({o.asset_id for o in queued}):
+        for direction in ("above", "below"):
+            found += [
+                ("trigger", direction, o) for o in await dao.get_orders_by_trigger(asset_id, direction, _ANY_PRICE)
+            ]
+        for side in OrderSide:
+            found += [("trail", side.value, o) for o in await dao.get_trailing_orders(asset_id, side, _ANY_PRICE)]
+    if queued:
+        found += [("expiry", "", o) for o in await dao.get_orders_due(_FAR_FUTURE, limit=_PAGE)]
+    return frozenset((index, where, o.order_id) for index, where, o in found if o.username == username)
+
+
+async def snapshot(api: Api, username: str, asset_id: str = "BTC") -> Snapshot:
+    """Everything an order may touch, read through the DAOs (see `Snapshot`)."""
+    c = api.container
+    stored = await orders(api, username)
+    return Snapshot(
+        balance=await c.balance_dao.find_balance(username),
+        holding=await c.holding_dao.get_holding(username, asset_id),
+        ledger=await ledger(api, username),
+        orders=stored,
+        asset_txns=await every(lambda at: c.holding_dao.get_all_asset_transactions(username, limit=_PAGE, cursor=at)),
+        house=await c.asset_dao.house_totals(asset_id),
+        idempotency=await every(lambda at: c.idempotency.get_records(username, limit=_PAGE, cursor=at)),
+        resting=await _resting(api, username, [o for o in stored if o.status is OrderStatus.QUEUED]),
+    )
 
 
 async def funded_user(api: Api, amount: str = "10000") -> tuple[str, dict[str, str]]:

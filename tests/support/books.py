@@ -7,18 +7,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import simplejson
-
 from cnop.audit import run_audit
+from tests.support.wire import read
 
 
 def exact(response: Any) -> Any:
-    """A response body with every number as an exact Decimal (strings stay strings)."""
-    return simplejson.loads(response.text, use_decimal=True)
+    """A response body read with the project's exact JSON reader (`tests/support/wire.py`):
+    every non-integer number an exact Decimal, strings stay strings."""
+    return read(response)
 
 
 def dec(value: Any) -> Decimal:
-    return Decimal(str(value))
+    """A money or quantity field as a Decimal: a decimal string (the wire format) or a number the
+    exact reader already made a Decimal or int. Never a float: that would hide a rounding."""
+    assert isinstance(value, str | Decimal | int) and not isinstance(value, bool), f"not exact: {value!r}"
+    return Decimal(value)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.books import Books, assert_audit_passes, books, exact
 from tests.support.faulty_store import Fault, FaultyStore
-from tests.support.house import house_totals
 
 
 @pytest.fixture
@@ -36,7 +35,9 @@ async def faulty(store_factory: StoreFactory) -> AsyncIterator[tuple[Api, Faulty
 
 
 async def house_units(api: Api) -> Decimal:
-    return (await house_totals(api.container.store, "BTC"))["quantity"]
+    house = await api.container.asset_dao.house_totals("BTC")
+    assert house is not None
+    return house.quantity
 
 
 def trade_moved(before: Books, after: Books, cash: Decimal, units: Decimal) -> bool:

@@ -17,6 +17,7 @@ from cnop.common.database import keys
 from cnop.common.database.store import Item, ItemStore, Key, Page, Query, StoreWrapper
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
+from tests.support.wire import read
 
 
 class WatchedStore(StoreWrapper):
@@ -80,7 +81,7 @@ async def test_no_request_path_scans_a_table(watched: tuple[Api, WatchedStore]) 
     api.set_price("BTC", "50000")
     assert (await api.order(headers, order_type="market_buy", asset_id="BTC", quantity="0.001")).status_code == 201
     placed = await api.order(headers, order_type="limit_buy", asset_id="BTC", quantity="0.001", price="40000")
-    order_id = placed.json()["data"]["order_id"]
+    order_id = read(placed)["data"]["order_id"]
     store.queries.clear()
     reads = [
         "/api/v1/balance",

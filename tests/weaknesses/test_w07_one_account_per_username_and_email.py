@@ -6,6 +6,7 @@ import asyncio
 
 from tests.support.api import PASSWORD, Api
 from tests.support.books import exact
+from tests.support.wire import read
 
 
 def body(username: str, email: str, password: str) -> dict[str, str]:
@@ -30,10 +31,10 @@ async def test_twenty_concurrent_registrations_of_one_username_make_one_account(
         r = await api.client.post("/api/v1/auth/login", json={"username": "same_name", "password": loser})
         assert r.status_code == 401
     r = await api.client.get(
-        "/api/v1/auth/profile", headers={"Authorization": f"Bearer {login.json()['access_token']}"}
+        "/api/v1/auth/profile", headers={"Authorization": f"Bearer {read(login)['access_token']}"}
     )
     winner_email = next(f"u{n}@example.com" for n, r in enumerate(results) if r.status_code == 201)
-    assert r.json()["email"] == winner_email
+    assert read(r)["email"] == winner_email
 
 
 async def test_twenty_concurrent_registrations_of_one_email_make_one_account(api: Api) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from cnop.common.entities.order import OrderCreate
 from tests.support.api import Api
 from tests.support.books import every, exact
+from tests.support.wire import usd
 
 
 async def pages(api: Api, path: str, headers: dict[str, str], field: str, limit: int) -> list[list[Any]]:
@@ -35,9 +36,9 @@ async def test_a_thousand_ledger_entries_page_newest_first_without_gaps_or_dupli
         assert [len(p) for p in found[:-1]] == [limit] * (len(found) - 1)
         assert len(entries) == 1000 and len({e["transaction_id"] for e in entries}) == 1000
         # Newest first: amounts were 10.00, 9.99, ... 0.01 counted backwards from the last deposit.
-        assert [Decimal(str(e["amount"])) for e in entries] == [Decimal(n) / 100 for n in range(1000, 0, -1)]
+        assert [usd(e["amount"]) for e in entries] == [Decimal(n) / 100 for n in range(1000, 0, -1)]
     old_client = exact(await api.client.get("/api/v1/balance/transactions?limit=20&offset=40", headers=headers))
-    assert [Decimal(str(e["amount"])) for e in old_client["transactions"]] == [
+    assert [usd(e["amount"]) for e in old_client["transactions"]] == [
         Decimal(n) / 100 for n in range(960, 940, -1)
     ]
     assert old_client["has_more"] is True

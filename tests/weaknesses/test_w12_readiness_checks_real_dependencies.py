@@ -16,6 +16,7 @@ from cnop.common.clock import FakeClock
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.faulty_store import Fault, FaultyStore
+from tests.support.wire import read
 
 
 @pytest.fixture
@@ -43,11 +44,11 @@ async def test_readiness_follows_the_store_and_the_price_feed(watched: tuple[Api
     store.arm(0, Fault.ERROR)  # the next store call (the readiness ping) fails
     r = await api.client.get("/health/ready")
     store.disarm()
-    assert r.status_code == 503 and r.json()["checks"]["store"]["status"] != "ok", r.text
+    assert r.status_code == 503 and read(r)["checks"]["store"]["status"] != "ok", r.text
     assert "Injected" not in r.text and "injected" not in r.text
 
     assert (await api.client.get("/health/ready")).status_code == 200
     clock.advance(api.container.settings.max_price_age_seconds + 5)
     r = await api.client.get("/health/ready")
-    assert r.status_code == 503 and r.json()["checks"]["prices"]["status"] != "ok", r.text
+    assert r.status_code == 503 and read(r)["checks"]["prices"]["status"] != "ok", r.text
     assert (await api.client.get("/health")).status_code in (200, 503)  # liveness still answers

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.faulty_store import Fault, FaultyStore
+from tests.support.wire import read
 
 LEAKS = ("Traceback", "Error(", "Exception", ".py", "SELECT ", "INSERT ", "sqlite", "botocore", "line ")
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
@@ -18,7 +19,7 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "code", "request_id"}
 def assert_problem(r: Any, status: int, code: str) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
+    body = read(r)
     assert set(body) >= PROBLEM_KEYS, body
     assert body["status"] == status and body["code"] == code and body["request_id"] == r.headers["x-request-id"]
     assert body["type"].endswith(f"/{code}")
@@ -50,7 +51,7 @@ async def test_every_kind_of_error_is_a_problem_with_a_stable_code(faulty: tuple
     )
     r = await api.client.post("/api/v1/balance/deposit", json={"amount": "-1"}, headers=headers)
     assert_problem(r, 422, "validation_error")
-    assert r.json()["errors"] and all(set(e) == {"field", "message"} for e in r.json()["errors"])
+    assert read(r)["errors"] and all(set(e) == {"field", "message"} for e in read(r)["errors"])
     r = await api.client.post(
         "/api/v1/balance/deposit", content=b"{not json", headers={**headers, "content-type": "application/json"}
     )

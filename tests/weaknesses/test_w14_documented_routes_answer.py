@@ -8,6 +8,7 @@ from ulid import ULID
 
 from tests.support.api import Api
 from tests.support.books import dec, exact
+from tests.support.wire import read
 
 
 async def test_every_documented_route_answers(api: Api) -> None:
@@ -60,7 +61,7 @@ async def test_cancel_filters_and_portfolio_totals_exist(api: Api) -> None:
     assert exact(await api.client.get("/api/v1/orders?status=open", headers=headers))["data"] == []
     assert len(exact(await api.client.get("/api/v1/orders?status=closed", headers=headers))["data"]) == 2
     again = await api.client.delete(f"/api/v1/orders/{order_id}", headers=headers)
-    assert again.status_code == 409 and again.json()["code"] == "order_not_cancellable"
+    assert again.status_code == 409 and read(again)["code"] == "order_not_cancellable"
     portfolio = exact(await api.client.get("/api/v1/portfolio", headers=headers))
     cash = dec(portfolio["cash"]["total"])
     assert cash == Decimal("900.00")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import structlog
 
 from tests.support.api import Api
+from tests.support.wire import read
 
 
 async def test_metrics_label_route_templates_never_raw_paths(api: Api) -> None:
@@ -30,7 +31,7 @@ async def test_one_request_id_runs_through_every_log_line_of_a_request(api: Api)
         )
         other = await api.client.get("/api/v1/balance", headers=headers)
     assert r.status_code == 401 and r.headers["x-request-id"] == "trace-me-0001"
-    assert r.json()["request_id"] == "trace-me-0001"
+    assert read(r)["request_id"] == "trace-me-0001"
     mine = [line for line in lines if line.get("request_id") == "trace-me-0001"]
     events = {line["event"] for line in mine}
     assert {"audit.login_failure", "request"} <= events, lines

@@ -15,6 +15,7 @@ from cnop.services.web.rendering import PAGE_CSP
 from cnop.services.web.session import CSRF_COOKIE, SESSION_COOKIE
 from tests.conftest import StoreFactory
 from tests.support.web_app import PASSWORD, Web, csrf_of, log_in, open_web, post_form
+from tests.support.wire import read
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ async def api_headers(web: Web, username: str) -> dict[str, str]:
     client = web.browser()
     r = await client.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 async def test_markets_page_lists_every_active_asset_with_its_exact_price(web: Web) -> None:
@@ -195,7 +196,7 @@ async def test_six_wrong_web_logins_trip_the_same_login_guard_as_the_api(web: We
     assert SESSION_COOKIE not in sixth.headers.get("set-cookie", "")
     api = web.browser(client_ip="198.51.100.9")
     r = await api.post("/api/v1/auth/login", json={"username": "guarded_0001", "password": PASSWORD})
-    assert r.status_code == 403 and r.json()["code"] == "login_blocked"
+    assert r.status_code == 403 and read(r)["code"] == "login_blocked"
     # Another address is not blocked; the account itself only waits out its first delay (1 s,
     # growing with more failures, never a lock), then logs in.
     other = web.browser(client_ip="198.51.100.10")
@@ -326,7 +327,7 @@ async def test_ledger_csv_has_the_api_ledger_rows(web: Web) -> None:
     assert "attachment" in exported.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     api = await api_headers(web, "csv_user_001")
-    body = (await web.browser().get("/api/v1/balance/transactions", params={"limit": 100}, headers=api)).json()
+    body = read(await web.browser().get("/api/v1/balance/transactions", params={"limit": 100}, headers=api))
     assert len(rows) == len(body["transactions"]) == 5
     for row, entry in zip(rows, body["transactions"], strict=True):
         assert row["transaction_id"] == entry["transaction_id"]

@@ -13,6 +13,7 @@ from cnop.market.prices import PriceBook, Tick
 from cnop.services.web import format as fmt
 from tests.conftest import StoreFactory
 from tests.support.web_app import open_web
+from tests.support.wire import read
 
 
 async def test_price_history_survives_a_restart_bounded_and_downsampled(store_factory: StoreFactory) -> None:
@@ -97,7 +98,7 @@ async def test_price_stream_refuses_bad_asset_lists_and_too_many_connections(sto
         connections = web.container.price_stream_connections
         assert connections.acquire("203.0.113.5") and connections.acquire("203.0.113.5")
         r = await client.get("/api/v1/prices/stream", params={"assets": "BTC"})
-        assert r.status_code == 429 and r.json()["code"] == "rate_limited" and "Retry-After" in r.headers
+        assert r.status_code == 429 and read(r)["code"] == "rate_limited" and "Retry-After" in r.headers
         connections.release("203.0.113.5")
         assert connections.acquire("203.0.113.5")
     finally:

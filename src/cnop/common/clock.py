@@ -43,7 +43,10 @@ class FakeClock:
 
 def isoformat(moment: datetime) -> str:
     """RFC 3339 UTC with milliseconds: `2026-11-24T10:00:00.123Z`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    utc = moment.astimezone(UTC)
+    if utc.year >= 1000:  # `isoformat` is a third of `strftime`'s cost; both write the same text here
+        return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def parse_isoformat(text: str) -> datetime:

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     # announced on the invalidation channel, so with Redis other processes drop them at once;
     # this bounds staleness only when a message is lost (Redis down).
     asset_cache_seconds: float = Field(default=2.0, ge=0)
+    # How long one `/health` (liveness) answer is given again before its checks run anew (0: every
+    # request runs them). `/health/ready` always runs its checks.
+    health_cache_seconds: float = Field(default=1.0, ge=0)
     # How long a process remembers the caller behind a token (its user and that the token is not
     # revoked) instead of reading both per request. Logout, password and profile changes are
     # announced on the invalidation channel and drop it at once, in every process; while this

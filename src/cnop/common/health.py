@@ -10,6 +10,11 @@ as `"check failed"` or `"timed out"` (the exception goes to the log), unless the
 - `/health/ready`: 200 `healthy` when every readiness check passes, else 503 `unhealthy`;
   a check added with `required=False` is shown but does not make the process unready (200
   `degraded`): the shared-state Redis, which the process can do without for a while.
+
+With `liveness_cache_seconds` > 0, a `/health` answer (status and body, already rendered) is
+given again to every request for that long, so a busy front end or load balancer polling it
+costs no store round trip; a change of health shows at most that much later. Readiness is never
+kept: a load balancer's decision to send traffic always sees the checks run.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from cnop import __version__
-from cnop.common.jsonio import ExactJSONResponse
+from cnop.common.jsonio import ExactJSONResponse, RenderedJSONResponse, dumps
 from cnop.common.logging import get_logger
 
 HealthProbe = Callable[[], Awaitable[None]]
@@ -63,10 +69,18 @@ class _Check:
 class HealthCheck:
     """A registry of named checks for one service."""
 
-    def __init__(self, service: str, version: str = __version__, default_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        service: str,
+        version: str = __version__,
+        default_timeout: float = 2.0,
+        *,
+        liveness_cache_seconds: float = 0.0,
+    ) -> None:
         self.service = service
         self.version = version
         self.default_timeout = default_timeout
+        self.liveness_cache_seconds = liveness_cache_seconds
         self._checks: dict[str, _Check] = {}
 
     def add(
@@ -138,10 +152,16 @@ def health_router(health: HealthCheck) -> APIRouter:
     router = APIRouter(tags=["health"])
     unhealthy: dict[int | str, dict[str, Any]] = {503: {"model": HealthReport, "description": "Unhealthy"}}
 
+    kept: tuple[float, int, bytes] | None = None  # (when, status, rendered body) of the last /health
+
     @router.get("/health", response_model=HealthReport, responses=unhealthy)
-    async def read_health() -> ExactJSONResponse:
-        status_code, body = await health.liveness()
-        return ExactJSONResponse(body, status_code=status_code, headers=_NO_STORE)
+    async def read_health() -> RenderedJSONResponse:
+        nonlocal kept
+        now = monotonic()
+        if kept is None or now - kept[0] >= health.liveness_cache_seconds:
+            status_code, body = await health.liveness()
+            kept = (now, status_code, dumps(body))
+        return RenderedJSONResponse(kept[2], status_code=kept[1], headers=_NO_STORE)
 
     @router.get("/health/ready", response_model=HealthReport, responses=unhealthy)
     async def read_readiness() -> ExactJSONResponse:

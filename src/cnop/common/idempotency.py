@@ -21,7 +21,21 @@ from typing import Any
 from cnop.common.clock import Clock
 from cnop.common.config import Settings
 from cnop.common.database import keys
-from cnop.common.database.store import And, Delete, Eq, ItemStore, Lt, NotExists, Op, Or, Put, Update
+from cnop.common.database.store import (
+    And,
+    Delete,
+    Eq,
+    Item,
+    ItemStore,
+    Lt,
+    NotExists,
+    Op,
+    Or,
+    Page,
+    Put,
+    SortKey,
+    Update,
+)
 from cnop.common.exceptions import (
     ConditionFailed,
     IdempotencyInProgress,
@@ -51,6 +65,42 @@ class Applied:
 
     key: dict[str, str]
     result_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """One stored key, as read back (`IdempotencyRecords.get_records`): `status` is
+    `in_progress`, `applied` or `completed`; the response is there once completed."""
+
+    username: str
+    scope: str
+    client_key: str
+    status: str
+    fingerprint: str
+    owner: str
+    lease_until: Decimal
+    expires_at: Decimal
+    result_id: str | None = None
+    response_status: int | None = None
+    response_body: str | None = None
+
+
+def _record_from_item(username: str, item: Item) -> IdempotencyRecord:
+    scope, client_key = keys.idempotency_scope_and_key(item)
+    status = item.get("response_status")
+    return IdempotencyRecord(
+        username=username,
+        scope=scope,
+        client_key=client_key,
+        status=item["status"],
+        fingerprint=item["fingerprint"],
+        owner=item["owner"],
+        lease_until=item["lease_until"],
+        expires_at=item["expires_at"],
+        result_id=item.get("result_id"),
+        response_status=int(status) if status is not None else None,
+        response_body=item.get("response_body"),
+    )
 
 
 MarkApplied = Callable[[str], Op]
@@ -138,6 +188,19 @@ class IdempotencyRecords:
         if item is None or item.get("status") != "completed":
             return None
         return StoredResponse(int(item["response_status"]), item["response_body"].encode())
+
+    async def get_records(
+        self, username: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[IdempotencyRecord]:
+        """The user's stored keys (every scope) while they are kept, by scope and key."""
+        page = await self.store.query(
+            keys.USERS,
+            keys.user_pk(username),
+            sk=SortKey.prefix(keys.IDEMPOTENCY_PREFIX),
+            limit=limit,
+            cursor=cursor,
+        )
+        return Page([_record_from_item(username, item) for item in page.items], page.next_cursor)
 
     def apply_op(self, claim: Claim) -> MarkApplied:
         """What the work puts in its transaction: it applies only while this claim is the owner,

@@ -111,7 +111,9 @@ def create_app(
     app.state.draining = asyncio.Event()
     install_exception_handlers(app)
 
-    health = HealthCheck(service="cnop-gateway", version=__version__)
+    health = HealthCheck(
+        service="cnop-gateway", version=__version__, liveness_cache_seconds=settings.health_cache_seconds
+    )
     health.add("store", container.store.ping, critical=True, readiness=True)
     health.add("prices", _price_feed_check(container), critical=False, readiness=True)
     add_redis_health(health, settings, lambda: container.invalidations.connected)

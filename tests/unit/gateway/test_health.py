@@ -122,3 +122,56 @@ def test_a_check_name_is_registered_once() -> None:
     health.add("store", ok)
     with pytest.raises(ValueError, match="already registered"):
         health.add("store", ok)
+
+
+def test_a_kept_liveness_answer_is_given_again_for_its_seconds_and_readiness_is_never_kept() -> None:
+    calls = 0
+    failing = False
+
+    async def counted() -> None:
+        nonlocal calls
+        calls += 1
+        if failing:
+            raise ConnectionError("down")
+
+    health = HealthCheck(service="gateway", liveness_cache_seconds=3600)
+    health.add("store", counted, critical=True)
+    with capture_logs(), TestClient(build_app(health=health).app) as client:
+        first = client.get("/health")
+        failing = True
+        again = client.get("/health")  # the kept answer: same status, bytes and headers
+        assert (first.status_code, again.status_code) == (200, 200) and calls == 1
+        assert again.content == first.content and again.headers["cache-control"] == "no-store"
+        assert again.headers["content-type"] == first.headers["content-type"] == "application/json"
+        assert client.get("/health/ready").status_code == 503 and calls == 2  # readiness runs its checks
+
+    fresh = HealthCheck(service="gateway")  # 0 seconds (the default): every request runs the checks
+    fresh.add("store", counted, critical=True)
+    failing = False
+    with capture_logs(), TestClient(build_app(health=fresh).app) as client:
+        assert client.get("/health").status_code == 200
+        failing = True
+        assert client.get("/health").status_code == 503 and calls == 4
+
+
+def test_a_kept_liveness_answer_is_run_again_once_its_seconds_are_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnop.common.health as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "monotonic", lambda: now[0])
+    results: list[Exception | None] = [None, ConnectionError("down")]
+
+    async def probe() -> None:
+        outcome = results.pop(0) if results else None
+        if outcome is not None:
+            raise outcome
+
+    health = HealthCheck(service="gateway", liveness_cache_seconds=1.0)
+    health.add("store", probe, critical=True)
+    with capture_logs(), TestClient(build_app(health=health).app) as client:
+        assert client.get("/health").status_code == 200
+        now[0] += 0.99
+        assert client.get("/health").status_code == 200  # still the kept answer
+        now[0] += 0.01
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["checks"]["store"] == {"status": "fail", "detail": "check failed"}

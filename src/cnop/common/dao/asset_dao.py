@@ -11,7 +11,7 @@ from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.database import keys
 from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
-from cnop.common.entities.asset import Asset
+from cnop.common.entities.asset import Asset, HouseTotals
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 from cnop.common.shared.invalidation import ALL, ASSET, Invalidations, LocalInvalidations
 
@@ -185,3 +185,17 @@ class AssetDAO:
     async def house_quantity(self, asset_id: str) -> Decimal:
         """The units of an asset the house holds now, over all its shards (0 for an unknown asset)."""
         return await self.house.quantity(asset_id)
+
+    async def house_totals(self, asset_id: str) -> HouseTotals | None:
+        """The house's units, trade cash and initial units of an asset, summed over its shards
+        (consistent reads); None for an unknown asset. For the audit and tests: trades use
+        `house_quantity`."""
+        state = await self.house.read(asset_id)
+        if state.header is None:
+            return None
+        return HouseTotals(
+            asset_id=asset_id,
+            quantity=state.quantity,
+            cash=state.cash,
+            initial_quantity=state.header["initial_quantity"],
+        )

@@ -110,6 +110,11 @@ class BalanceDAO:
             return balance_from_item(balance_item(username, self.clock.now()))
         return balance_from_item(item)
 
+    async def find_balance(self, username: str) -> Balance | None:
+        """The stored balance, or None when the user has none (`get_balance` answers zero then)."""
+        item = await self.store.get(keys.USERS, keys.balance_key(username))
+        return balance_from_item(item) if item is not None else None
+
     async def create_transaction(
         self,
         entry: BalanceTransaction,

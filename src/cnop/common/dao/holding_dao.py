@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
+from cnop.common.dao.balance_dao import balance_from_item, balance_item
 from cnop.common.database import keys
 from cnop.common.database.store import (
     And,
@@ -23,6 +24,7 @@ from cnop.common.database.store import (
     Update,
     query_all,
 )
+from cnop.common.entities.balance import Balance
 from cnop.common.entities.holding import AssetTransaction, Holding
 
 ZERO = Decimal(0)
@@ -101,6 +103,26 @@ class HoldingDAO:
             async for item in query_all(self.store, keys.USERS, keys.user_pk(username), sk=prefix)
         ]
 
+    async def get_balance_and_holdings(self, username: str) -> tuple[Balance, list[Holding]]:
+        """The user's cash balance and every holding, in one query (`keys.BALANCE_AND_HOLDINGS`).
+
+        A user without a balance item (never the case for a registered user) has a zero balance,
+        as `BalanceDAO.get_balance` gives.
+        """
+        low, high = keys.BALANCE_AND_HOLDINGS
+        balance: Balance | None = None
+        holdings: list[Holding] = []
+        sk = SortKey.between(low, high)
+        async for item in query_all(self.store, keys.USERS, keys.user_pk(username), sk=sk):
+            sort_key = keys.sort_key_of(item)
+            if sort_key == keys.BALANCE_USD:
+                balance = balance_from_item(item)
+            elif sort_key.startswith(keys.HOLDING_PREFIX):
+                holdings.append(holding_from_item(item))
+        if balance is None:
+            balance = balance_from_item(balance_item(username, self.clock.now()))
+        return balance, holdings
+
     def change_op(
         self,
         username: str,
@@ -156,5 +178,18 @@ class HoldingDAO:
             limit=limit,
             cursor=cursor,
             descending=True,
+        )
+        return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)
+
+    async def get_all_asset_transactions(
+        self, username: str, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[AssetTransaction]:
+        """The user's movements of every asset, by asset and, within one asset, oldest first."""
+        page = await self.store.query(
+            keys.ORDERS,
+            keys.user_pk(username),
+            sk=SortKey.prefix(keys.ASSET_TXN_PREFIX),
+            limit=limit,
+            cursor=cursor,
         )
         return Page([asset_transaction_from_item(item) for item in page.items], page.next_cursor)

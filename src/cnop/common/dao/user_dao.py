@@ -134,6 +134,11 @@ class UserDAO:
         item = await self.store.get(keys.USERS, keys.user_key(username.lower()))
         return user_from_item(item) if item is not None else None
 
+    async def email_owner(self, email: str) -> str | None:
+        """The username that claims an email address (stored lower-case), or None if none does."""
+        item = await self.store.get(keys.USERS, keys.email_key(email))
+        return str(item["username"]) if item is not None else None
+
     async def update_user(self, current: User, changes: dict[str, Any]) -> User:
         """Apply profile changes; a new email claims the address and frees the old one atomically."""
         updated = current.model_copy(update={**changes, "updated_at": self.clock.now()})

@@ -102,6 +102,12 @@ def holding_key(username: str, asset_id: str) -> dict[str, str]:
     return key(user_pk(username), holding_sk(asset_id))
 
 
+# A user's cash balance and holdings are neighbours in sort order: nothing else of a user sorts
+# between them (APIKEYS < BALANCE#USD < HOLDING#... < IDEM#... < LIMIT#... < PROFILE < TXN#...),
+# so one key range (inclusive) reads both, and a portfolio is one query. `$` follows `#`.
+BALANCE_AND_HOLDINGS = (BALANCE_USD, "HOLDING$")
+
+
 def revoked_token_key(jti: str) -> dict[str, str]:
     return key(f"TOKEN#{jti}", "REVOKED")
 
@@ -111,6 +117,12 @@ IDEMPOTENCY_PREFIX = "IDEM#"
 
 def idempotency_key(username: str, scope: str, client_key: str) -> dict[str, str]:
     return key(user_pk(username), f"{IDEMPOTENCY_PREFIX}{scope}#{client_key}")
+
+
+def idempotency_scope_and_key(key_or_item: Mapping[str, Any]) -> tuple[str, str]:
+    """The (scope, client key) an idempotency record's key was made of (a scope has no `#`)."""
+    scope, _, client_key = str(sort_key_of(key_or_item)).removeprefix(IDEMPOTENCY_PREFIX).partition("#")
+    return scope, client_key
 
 
 def api_key_key(key_id: str) -> dict[str, str]:

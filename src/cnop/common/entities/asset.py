@@ -34,3 +34,16 @@ class Asset(BaseModel):
     atl_date: date | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class HouseTotals(BaseModel):
+    """What the house holds of one asset, summed over every item that holds it: `quantity`
+    units and the trade `cash` they brought in; `initial_quantity` is the units that exist
+    (house + every user's holding, the audit's invariant)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    asset_id: str
+    quantity: Decimal
+    cash: Decimal
+    initial_quantity: Decimal

@@ -67,7 +67,7 @@ async def login(body: LoginRequest, request: Request, logins: Logins) -> Respons
 
 @router.get("/auth/profile", response_model=UserProfile, tags=["auth"])
 async def get_profile(principal: CurrentUser) -> Response:
-    return ExactJSONResponse(UserProfile.of(principal.user))
+    return ExactJSONResponse(UserProfile.wire(principal.user))
 
 
 @router.put("/auth/profile", response_model=UserEnvelope, tags=["auth"])
@@ -121,7 +121,7 @@ async def delete_api_key(
 @router.get("/balance", response_model=BalanceResponse, tags=["balance"])
 async def get_balance(principal: CurrentUser, balances: Balances) -> Response:
     balance = await balances.get_balance(principal.username)
-    return ExactJSONResponse(BalanceResponse.of(balance))
+    return ExactJSONResponse(BalanceResponse.wire(balance))
 
 
 async def move_cash(

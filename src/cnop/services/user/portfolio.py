@@ -89,9 +89,9 @@ class PortfolioService:
             return None
         return or_none(lambda: (value / total * 100).quantize(CENT, rounding=ROUND_HALF_EVEN, context=MONEY_CONTEXT))
 
-    async def _name(self, asset_id: str) -> str:
-        asset = await self.assets.find_asset(asset_id)
-        return asset.name if asset else asset_id
+    async def _names(self) -> dict[str, str]:
+        """Every asset's name, from the DAO's cached asset list (no store read per holding)."""
+        return {asset.asset_id: asset.name for asset in await self.assets.all_assets()}
 
     @staticmethod
     def _average(holding: Holding) -> Decimal | None:
@@ -102,9 +102,10 @@ class PortfolioService:
         )
 
     async def portfolio(self, username: str) -> Portfolio:
-        balance = await self.balances.get_balance(username)
+        balance, holdings = await self.holdings.get_balance_and_holdings(username)
+        names = await self._names() if holdings else {}
         rows: list[PortfolioAsset] = []
-        for holding in await self.holdings.get_holdings(username):
+        for holding in holdings:
             if holding.quantity == 0:
                 continue
             price = self._price(holding.asset_id)
@@ -112,7 +113,7 @@ class PortfolioService:
             rows.append(
                 PortfolioAsset(
                     asset_id=holding.asset_id,
-                    asset_name=await self._name(holding.asset_id),
+                    asset_name=names.get(holding.asset_id, holding.asset_id),
                     quantity=holding.quantity,
                     available=holding.available,
                     held=holding.held,

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from cnop.common.entities.balance import Balance, BalanceTransaction
 from cnop.common.entities.user import User
-from cnop.common.money import UsdAmount, UsdAmountInput
+from cnop.common.money import UsdAmount, UsdAmountInput, usd_text
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_]{6,30}$")
 _PHONE_ALLOWED = re.compile(r"^\+?[0-9 ().\-]+$")
@@ -145,6 +145,23 @@ class UserProfile(BaseModel):
             updated_at=user.updated_at,
         )
 
+    @staticmethod
+    def wire(user: User) -> dict[str, Any]:
+        """What `UserProfile.of(user).model_dump(mode="python")` gives, without building the model
+        (`GET /auth/profile` is a hot read; a test holds the two equal)."""
+        return {
+            "username": user.username,
+            "email": user.email,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "phone": user.phone,
+            "date_of_birth": user.date_of_birth,
+            "marketing_emails_consent": user.marketing_emails_consent,
+            "role": user.role.value,
+            "created_at": user.created_at,
+            "updated_at": user.updated_at,
+        }
+
 
 class UserEnvelope(BaseModel):
     message: str
@@ -191,6 +208,20 @@ class BalanceResponse(BaseModel):
             currency=balance.currency,
             updated_at=balance.updated_at,
         )
+
+    @staticmethod
+    def wire(balance: Balance) -> dict[str, Any]:
+        """What `BalanceResponse.of(balance).model_dump(mode="python")` gives, without building the
+        model (`GET /balance` is a hot read; a test holds the two equal)."""
+        return {
+            "current_balance": usd_text(balance.current_balance),
+            "available_balance": usd_text(balance.available),
+            "held_balance": usd_text(balance.held),
+            "total_deposited": usd_text(balance.total_deposited),
+            "total_withdrawn": usd_text(balance.total_withdrawn),
+            "currency": balance.currency,
+            "updated_at": balance.updated_at,
+        }
 
 
 class MoneyMovementResponse(BaseModel):
