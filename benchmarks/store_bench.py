@@ -272,7 +272,7 @@ def stub_endpoint() -> Iterator[str]:
         port = sock.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.store_bench", "--serve-stub", str(port)])
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # the server imports this module first: slow on a loaded machine
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

@@ -135,9 +135,10 @@ def db_migrate(
         bool, typer.Option("--rerun", help="Run every migration again, not only those not applied yet")
     ] = False,
 ) -> None:
-    """Bring items written before a store format change to the current format (idempotent)."""
+    """Bring items written by an older version to the current format (each step once per store)."""
+    from cnop.common.clock import SystemClock
     from cnop.common.database.factory import open_store
-    from cnop.common.database.migrations import migrate
+    from cnop.common.migrations import migrate
 
     settings = _settings(store)
 
@@ -145,16 +146,16 @@ def db_migrate(
         s = open_store(settings.store, settings)
         try:
             await s.create_tables()
-            applied = await migrate(s, rerun=rerun)
+            applied = await migrate(s, settings, SystemClock(), rerun=rerun)
         finally:
             await s.close()
-        for result in applied:
-            console.print(f"{result.migration.id}: {result.migration.summary} ({result.changed} items changed)")
+        for step in applied:
+            console.print(f"[green]applied[/] {step.name}: {step.summary} ({step.changed} changed)")
         if not applied:
-            console.print("no migration pending")
+            console.print("nothing to migrate")
 
     asyncio.run(run())
-    console.print("[green]store format current[/]")
+    console.print("[green]store up to date[/]")
 
 
 @app.command("audit")

@@ -23,10 +23,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from cnop.roles import ROLES
 
@@ -34,6 +35,8 @@ SERVICE_OFFSETS = {"user": 10, "order": 11, "inventory": 12, "insights": 13, "we
 WORKER_OFFSET = 20
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
+MONOLITH = "api"  # a member of this role runs `cnop serve`: every route in one process
+LOG_TAIL_CHARS = 8000
 
 
 @dataclass
@@ -51,9 +54,123 @@ class Member:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def command(self) -> list[str]:
+        """The `cnop` arguments that run this member (host and port aside)."""
+        return ["serve"] if self.role == MONOLITH else ["serve", self.role]
+
+
+class LocalProcesses(ABC):
+    """Members run as processes on this machine: started, waited for until ready, killed, stopped.
+
+    What `CloudOnOneMachine` and the multi-process tests' fleet share. Each member writes to
+    `WORKDIR/logs/NAME.log` (appended to when it is started again).
+    """
+
+    workdir: Path
+    members: list[Member]
+
+    @abstractmethod
+    def base_env(self) -> dict[str, str]:
+        """What every member gets (its own `env` on top)."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start every member, each ready."""
+
+    def cnop(
+        self, *args: str, stdin: bytes | None = None, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a one-shot `cnop` command with the members' environment (db init, user create, audit)."""
+        return subprocess.run(  # noqa: S603 - our own CLI, arguments from this module
+            [sys.executable, "-m", "cnop", *args],
+            env=self.base_env(),
+            cwd=self.workdir,
+            input=stdin,
+            capture_output=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def member(self, name: str) -> Member:
+        return next(m for m in self.members if m.name == name)
+
+    def log(self, name: str) -> str:
+        """The end of a member's log."""
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if path.exists() else ""
+
+    def start_member(self, member: Member) -> None:
+        if member.process is not None and member.process.poll() is None:
+            raise RuntimeError(f"{member.name} is already running")
+        member.log = (self.workdir / "logs" / f"{member.name}.log").open("ab")
+        member.process = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from this module
+            [sys.executable, "-m", "cnop", *member.command, "--host", "127.0.0.1", "--port", str(member.port)],
+            env={**self.base_env(), **member.env},
+            cwd=self.workdir,
+            stdout=member.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, members: list[Member], timeout: float = READY_TIMEOUT_SECONDS) -> None:
+        """Until each of `members` answers `/health/ready` with 200 (an exit or `timeout` raises)."""
+        deadline = time.monotonic() + timeout
+        waiting = list(members)
+        while waiting:
+            for member in list(waiting):
+                assert member.process is not None
+                if member.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{member.name} exited with {member.process.returncode}; its log ends:\n{self.log(member.name)}"
+                    )
+                if _answers_200(f"{member.url}/health/ready"):
+                    waiting.remove(member)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout:g} s: {', '.join(m.name for m in waiting)}")
+            if waiting:
+                time.sleep(0.2)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one member (the crash tests)."""
+        member = self.member(name)
+        if member.process is not None:
+            member.process.kill()
+            member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        _close_log(member)
+
+    def stop(self) -> None:
+        """SIGTERM every member, gateways first; SIGKILL whatever has not exited in time."""
+        ordered = sorted(self.members, key=lambda m: m.role != "gateway")
+        for member in ordered:
+            if member.process is not None and member.process.poll() is None:
+                member.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for member in ordered:
+            if member.process is None:
+                continue
+            try:
+                member.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            _close_log(member)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _close_log(member: Member) -> None:
+    if member.log is not None:
+        member.log.close()
+        member.log = None
+
 
 @dataclass
-class CloudOnOneMachine:
+class CloudOnOneMachine(LocalProcesses):
     """The cloud shape as local processes; see the module docstring."""
 
     workdir: Path
@@ -115,21 +232,7 @@ class CloudOnOneMachine:
     def gateway_urls(self) -> list[str]:
         return [m.url for m in self.members if m.role == "gateway"]
 
-    def member(self, name: str) -> Member:
-        return next(m for m in self.members if m.name == name)
-
     # --- running ---------------------------------------------------------------------------
-
-    def cnop(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
-        """Run a one-shot `cnop` command with the shape's environment (db init, audit)."""
-        return subprocess.run(  # noqa: S603 - our own CLI, arguments from this module
-            [sys.executable, "-m", "cnop", *args],
-            env=self.base_env(),
-            cwd=self.workdir,
-            capture_output=True,
-            check=check,
-            timeout=timeout,
-        )
 
     def start(self) -> None:
         """Keys, `db init`, services and workers (ready), then gateways (ready)."""
@@ -149,66 +252,6 @@ class CloudOnOneMachine:
         except BaseException:
             self.stop()
             raise
-
-    def start_member(self, member: Member) -> None:
-        if member.process is not None and member.process.poll() is None:
-            raise RuntimeError(f"{member.name} is already running")
-        member.log = (self.workdir / "logs" / f"{member.name}.log").open("ab")
-        member.process = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from this module
-            [sys.executable, "-m", "cnop", "serve", member.role, "--host", "127.0.0.1", "--port", str(member.port)],
-            env={**self.base_env(), **member.env},
-            cwd=self.workdir,
-            stdout=member.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, members: list[Member], timeout: float = READY_TIMEOUT_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = list(members)
-        while waiting:
-            for member in list(waiting):
-                assert member.process is not None
-                if member.process.poll() is not None:
-                    raise RuntimeError(f"{member.name} exited with {member.process.returncode}; see its log")
-                if _answers_200(f"{member.url}/health/ready"):
-                    waiting.remove(member)
-            if waiting and time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout:g} s: {', '.join(m.name for m in waiting)}")
-            if waiting:
-                time.sleep(0.2)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one member (the crash tests)."""
-        member = self.member(name)
-        if member.process is not None:
-            member.process.kill()
-            member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-    def stop(self) -> None:
-        """SIGTERM every member, gateways first; SIGKILL whatever has not exited in time."""
-        ordered = sorted(self.members, key=lambda m: m.role != "gateway")
-        for member in ordered:
-            if member.process is not None and member.process.poll() is None:
-                member.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for member in ordered:
-            if member.process is None:
-                continue
-            try:
-                member.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                member.process.kill()
-                member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            if member.log is not None:
-                member.log.close()
-                member.log = None
-
-    def __enter__(self) -> CloudOnOneMachine:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def free_base_port(gateways: int = 2, workers: int = 2) -> int:
@@ -232,9 +275,12 @@ def _port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
+
+
 def _answers_200(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http://127.0.0.1 only
+        with _DIRECT.open(url, timeout=2) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, http.client.HTTPException):
         # HTTPException: e.g. a connection to a port nobody listens on yet that the kernel joined

@@ -55,8 +55,8 @@ def test_db_migrate_runs_each_migration_once(tmp_path: Path) -> None:
     assert runner.invoke(app, ["db", "init", "--store", url]).exit_code == 0
     first = runner.invoke(app, ["db", "migrate", "--store", url])
     assert first.exit_code == 0, first.output
-    assert "0001-ledger-type-index" in first.output and "(0 items changed)" in first.output
+    assert "applied 0001-ledger-type-index" in first.output and "(0 changed)" in first.output
     again = runner.invoke(app, ["db", "migrate", "--store", url])
-    assert again.exit_code == 0 and "no migration pending" in again.output
+    assert again.exit_code == 0 and "nothing to migrate" in again.output
     rerun = runner.invoke(app, ["db", "migrate", "--rerun", "--store", url])
     assert rerun.exit_code == 0 and "0001-ledger-type-index" in rerun.output

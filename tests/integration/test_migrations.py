@@ -11,19 +11,18 @@ import asyncio
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from cnop.audit import run_audit
 from cnop.cli import app
 from cnop.common.clock import FakeClock, isoformat
+from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import asset_to_item
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.house_dao import MAX_SHARDS, HouseInventory
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
-from cnop.common.database.migrations import migrate, pending
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.database.store import Ge, ItemStore, NotExists, Op, Put, Update
 from cnop.common.database.transaction import Leg, Legs
@@ -31,6 +30,7 @@ from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
 from cnop.common.ids import new_id
+from cnop.common.migrations import migrate, pending
 from cnop.services.order.settlement import Settlement
 
 D = Decimal
@@ -113,18 +113,16 @@ async def house_items(store: ItemStore, asset_id: str) -> dict[str, dict[str, ob
     return {item.key["pk"]: {"quantity": item.quantity, "cash": item.cash} for item in state.items}
 
 
-async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(
-    store: ItemStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(store: ItemStore) -> None:
     await write_pre_shard_asset(store, "BTC", "500", "0.00", "500")
     await write_pre_shard_asset(store, "ETH", "10000.00000001", "0.00", "10000.00000001")
     await write_pre_shard_holder(store, "alice", "BTC", "0.5", "25000.00")
     await write_pre_shard_holder(store, "bob", "ETH", "1", "3000.00")
     assert (await run_audit(store)).ok, (await run_audit(store)).violations
-    monkeypatch.setenv("CNOP_HOUSE_SHARDS", "4")
+    settings, clock = Settings(house_shards=4), FakeClock()
 
-    assert "0002-house-shards" in [m.id for m in await pending(store)]
-    applied = {a.migration.id: a.changed for a in await migrate(store)}
+    assert "0002-house-shards" in [m.name for m in await pending(store)]
+    applied = {a.name: a.changed for a in await migrate(store, settings, clock)}
     assert applied["0002-house-shards"] == 2
 
     header = await store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
@@ -150,8 +148,8 @@ async def test_migrating_a_pre_shard_store_splits_each_house_item_into_shards(
 
     # Recorded: a second run changes nothing.
     assert await pending(store) == []
-    assert await migrate(store) == []
-    assert {a.migration.id: a.changed for a in await migrate(store, rerun=True)}["0002-house-shards"] == 0
+    assert await migrate(store, settings, clock) == []
+    assert {a.name: a.changed for a in await migrate(store, settings, clock, rerun=True)}["0002-house-shards"] == 0
     assert await house_items(store, "BTC") == {
         f"HOUSE#BTC#0{k}": {"quantity": D("124.875"), "cash": D("25000.00") if k == 0 else D("0.00")} for k in range(4)
     }
@@ -210,10 +208,10 @@ def test_the_command_migrates_a_store_file(tmp_path: Path) -> None:
     env = {"CNOP_HOUSE_SHARDS": "2"}
     first = runner.invoke(app, ["db", "migrate", "--store", f"sqlite:///{path}"], env=env)
     assert first.exit_code == 0, first.output
-    assert "0002-house-shards: " in first.output and "(1 items changed)" in first.output
+    assert "applied 0002-house-shards" in first.output
     assert asyncio.run(read()) == {
         "HOUSE#BTC#00": {"quantity": D("250"), "cash": D("0.00")},
         "HOUSE#BTC#01": {"quantity": D("250"), "cash": D("0.00")},
     }
     again = runner.invoke(app, ["db", "migrate", "--store", f"sqlite:///{path}"], env=env)
-    assert again.exit_code == 0 and "no migration pending" in again.output
+    assert again.exit_code == 0 and "nothing to migrate" in again.output

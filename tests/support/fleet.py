@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,18 +26,20 @@ import httpx2
 import pytest
 import redis
 
-from cnop.dev import STOP_TIMEOUT_SECONDS, Member
+from cnop.dev import MONOLITH, LocalProcesses, Member
 from tests.support.cnop_server import free_port
 
 PASSWORD = "Str0ng!Passw0rd"
 ADMIN = "fleet_admin"
-READY_SECONDS = 120.0
 DEADLINE_SECONDS = 15.0
 T = TypeVar("T")
 
 
 @dataclass
-class Fleet:
+class Fleet(LocalProcesses):
+    """API processes (the whole app, `MONOLITH`) and workers; started, killed and stopped by the
+    member functions that `cnop dev cloud` uses (`cnop.dev.LocalProcesses`)."""
+
     workdir: Path
     store: str
     redis_url: str
@@ -56,7 +56,7 @@ class Fleet:
             self.members.append(Member(f"worker-{index + 1}", "worker", free_port(), {}))
         for index in range(self.apis):
             env = {"CNOP_TRIGGER_ENGINE": "false", "CNOP_JWT_PRIVATE_KEY_FILE": str(self.private_key)}
-            self.members.append(Member(f"api-{index + 1}", "api", free_port(), env))
+            self.members.append(Member(f"api-{index + 1}", MONOLITH, free_port(), env))
 
     # --- environment -----------------------------------------------------------------------
 
@@ -76,72 +76,13 @@ class Fleet:
         )
         return env
 
-    def cnop(self, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        """A one-shot `cnop` command with the fleet's environment (db init, user create, audit)."""
-        return subprocess.run(
-            [sys.executable, "-m", "cnop", *args],
-            env=self.base_env(),
-            cwd=self.workdir,
-            input=stdin,
-            capture_output=True,
-            check=check,
-            timeout=120,
-        )
-
     # --- members ---------------------------------------------------------------------------
 
-    def member(self, name: str) -> Member:
-        return next(m for m in self.members if m.name == name)
-
     def api_urls(self) -> list[str]:
-        return [m.url for m in self.members if m.role == "api"]
+        return [m.url for m in self.members if m.role == MONOLITH]
 
     def worker_names(self) -> list[str]:
         return [m.name for m in self.members if m.role == "worker"]
-
-    def start_member(self, member: Member) -> None:
-        if member.process is not None and member.process.poll() is None:
-            raise RuntimeError(f"{member.name} is already running")
-        command = ["serve"] if member.role == "api" else ["serve", member.role]
-        member.log = (self.workdir / "logs" / f"{member.name}.log").open("ab")
-        member.process = subprocess.Popen(
-            [sys.executable, "-m", "cnop", *command, "--host", "127.0.0.1", "--port", str(member.port)],
-            env={**self.base_env(), **member.env},
-            cwd=self.workdir,
-            stdout=member.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, members: list[Member], timeout: float = READY_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = list(members)
-        while waiting:
-            for member in list(waiting):
-                assert member.process is not None
-                if member.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{member.name} exited with {member.process.returncode}:\n{self.log(member.name)}"
-                    )
-                with contextlib.suppress(httpx2.HTTPError):
-                    if httpx2.get(f"{member.url}/health/ready", timeout=2, trust_env=False).status_code == 200:
-                        waiting.remove(member)
-            if waiting and time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout:g} s: {', '.join(m.name for m in waiting)}")
-            if waiting:
-                time.sleep(0.2)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one member (the crash tests)."""
-        member = self.member(name)
-        if member.process is not None:
-            member.process.kill()
-            member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        if member.log is not None:
-            member.log.close()
-            member.log = None
-
-    def log(self, name: str) -> str:
-        return (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")[-8000:]
 
     # --- the whole fleet -------------------------------------------------------------------
 
@@ -154,37 +95,13 @@ class Fleet:
             self.cnop("user", "create", ADMIN, "--email", f"{ADMIN}@example.com", "--admin", "--password-stdin",
                       stdin=PASSWORD.encode())  # fmt: skip
             workers = [m for m in self.members if m.role == "worker"]
-            apis = [m for m in self.members if m.role == "api"]
+            apis = [m for m in self.members if m.role == MONOLITH]
             for member in workers + apis:
                 self.start_member(member)
             self.wait_ready(workers + apis)
         except BaseException:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for member in self.members:
-            if member.process is None:
-                continue
-            try:
-                member.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                member.process.kill()
-                member.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            if member.log is not None:
-                member.log.close()
-                member.log = None
-
-    def __enter__(self) -> Fleet:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -111,6 +111,58 @@ def test_every_name_and_value_is_a_placeholder() -> None:
     assert len(expr.values) == len({repr(v) for v in expr.values.values()})
 
 
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.text(max_size=8)
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_serialize_is_boto3s_type_serializer_for_the_common_types(value: Any) -> None:
+    from boto3.dynamodb.types import TypeSerializer
+
+    from cnop.common.database.dynamodb import serialize
+
+    try:
+        expected: Any = TypeSerializer().serialize(value)
+    except ArithmeticError:
+        with pytest.raises(ValueError, match="out of DynamoDB's range"):
+            serialize(value)
+        return
+    except TypeError:
+        with pytest.raises(TypeError):
+            serialize(value)
+        return
+    assert serialize(value) == expected
+
+
+def test_serialize_hands_other_types_to_boto3_and_refuses_floats() -> None:
+    from cnop.common.database.dynamodb import serialize
+
+    assert serialize({"a", "b"})["SS"] in (["a", "b"], ["b", "a"])
+    assert serialize((Decimal("1.50"), "x")) == {"L": [{"N": "1.50"}, {"S": "x"}]}
+    assert serialize(b"\x00") == {"B": b"\x00"}
+    for bad in (1.5, Decimal("NaN"), Decimal("Infinity"), {"a": [0.1]}):
+        with pytest.raises(TypeError):
+            serialize(bad)
+    with pytest.raises(ValueError, match="38 digits"):
+        serialize(Decimal("1." + "1" * 40))
+
+
+def test_equal_values_share_one_placeholder_whatever_their_type() -> None:
+    expr = Expression(NOW)
+    names = [expr.value(v) for v in ("1", Decimal("1"), "1", Decimal("1"), True, None, [1], {"a": 1}, [1])]
+    assert names[0] == names[2] and names[1] == names[3] and names[6] == names[8]
+    assert len(set(names)) == 6
+    assert expr.values[names[0]] == {"S": "1"} and expr.values[names[1]] == {"N": "1"}
+
+
 def test_boolean_combinators_nest_in_parentheses() -> None:
     expr = Expression(NOW)
     compiled = resolve(expr.condition(Not(Or(Eq("s", "b"), And()))), expr)
@@ -234,6 +286,15 @@ def decimals(max_exponent: int) -> st.SearchStrategy[Decimal]:
         st.integers(min_value=-(10**12), max_value=10**12),
         st.integers(min_value=-8, max_value=max_exponent),
     )
+
+
+@given(st.one_of(decimals(6), st.integers(min_value=-(10**20), max_value=10**20)))
+@settings(max_examples=300, deadline=None)
+def test_any_number_reads_back_as_written_with_its_exponent(number: Decimal | int) -> None:
+    item = {"pk": "A", "sk": "1", "x": number, "in_list": [number], "text": "1.50"}
+    got = decode_item(dynamodb_normalises(encode_item(item)))
+    assert got == item
+    assert str(got["x"]) == str(Decimal(number)) and str(got["in_list"][0]) == str(Decimal(number))
 
 
 def run_update(stored: dict[str, Any], clause: str) -> None:

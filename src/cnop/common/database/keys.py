@@ -200,6 +200,11 @@ def house_shard_key(asset_id: str, shard: int) -> dict[str, str]:
     return key(f"HOUSE#{asset_id}#{shard:02d}", "SHARD")
 
 
+def migration_key(name: str) -> dict[str, str]:
+    """The record that a migration (`cnop db migrate`) was applied to this store."""
+    return key("MIGRATION", name)
+
+
 # Price history for charts: one partition of ring-buffer slots per (asset, resolution), so the
 # kept history is bounded by construction (a slot is overwritten when its time comes round).
 PRICE_HISTORY_PK = "PRICES"
@@ -207,13 +212,3 @@ PRICE_HISTORY_PK = "PRICES"
 
 def price_point_key(asset_id: str, resolution_seconds: int, slot: int) -> dict[str, str]:
     return key(PRICE_HISTORY_PK, f"{asset_id}#{resolution_seconds}#{slot:05d}")
-
-
-# --- store format ---------------------------------------------------------------------------
-
-# One item per applied migration (`cnop db migrate`), in the users table: sort key = its id.
-MIGRATIONS_PK = "MIGRATIONS"
-
-
-def migration_key(migration_id: str) -> dict[str, str]:
-    return key(MIGRATIONS_PK, migration_id)

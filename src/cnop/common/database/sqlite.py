@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -377,14 +377,14 @@ class SQLiteStore(ItemStore):
         )
         return None if row is None else _loads(row[0])
 
-    async def _get(self, table: str, key: Key, consistent: bool) -> Item | None:
-        return await self._run(self._read, table, key)
+    def _get(self, table: str, key: Key, consistent: bool) -> Awaitable[Item | None]:
+        return self._run(self._read, table, key)
 
     def _read_many(self, table: str, keys_: Sequence[Key]) -> list[Item]:
         return [item for item in map(partial(self._read, table), keys_) if item is not None]
 
-    async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
-        return await self._run(self._read_many, table, keys)
+    def _batch_get(self, table: str, keys: list[Key]) -> Awaitable[list[Item]]:
+        return self._run(self._read_many, table, keys)
 
     def _read_query(self, query: Query) -> Page:
         table = self._table(query.table)
@@ -431,8 +431,8 @@ class SQLiteStore(ItemStore):
         rows = self._ready().execute(sql, params).fetchall()
         return query.page([item for item in (_loads(row[0]) for row in rows) if is_live(item, now)])
 
-    async def _query(self, query: Query) -> Page:
-        return await self._run(self._read_query, query)
+    def _query(self, query: Query) -> Awaitable[Page]:
+        return self._run(self._read_query, query)
 
     # --- writes -------------------------------------------------------------------------------
 

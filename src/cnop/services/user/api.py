@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -124,51 +125,53 @@ async def get_balance(principal: CurrentUser, balances: Balances) -> Response:
     return ExactJSONResponse(BalanceResponse.wire(balance))
 
 
-async def move_cash(
-    kind: Literal["deposit", "withdraw"],
-    body: AmountRequest,
+@dataclass(frozen=True, slots=True)
+class CashMove:
+    """What a deposit or a withdrawal needs, resolved by FastAPI once for either route."""
+
+    request: Request
+    principal: Principal
+    money: MoneyService
+    idempotency: IdempotencyRecords
+    idempotency_key: str | None
+
+    async def run(self, kind: Literal["deposit", "withdraw"], body: AmountRequest) -> Response:
+        """A deposit or withdrawal under the client's idempotency key."""
+        username = self.principal.username
+        move = self.money.deposit if kind == "deposit" else self.money.withdraw
+        return await run_idempotent(
+            self.request,
+            self.idempotency,
+            username=username,
+            scope=kind,
+            client_key=self.idempotency_key,
+            payload={"amount": body.amount},
+            work=lambda: move(username, body.amount),
+            rebuild=lambda transaction_id: self.money.movement_of(username, transaction_id),
+        )
+
+
+async def cash_move(
     request: Request,
-    principal: Principal,
-    money: MoneyService,
-    idempotency: IdempotencyRecords,
-    idempotency_key: str | None,
-) -> Response:
-    """A deposit or withdrawal under the client's idempotency key."""
-    move = money.deposit if kind == "deposit" else money.withdraw
-    return await run_idempotent(
-        request,
-        idempotency,
-        username=principal.username,
-        scope=kind,
-        client_key=idempotency_key,
-        payload={"amount": body.amount},
-        work=lambda: move(principal.username, body.amount),
-        rebuild=lambda transaction_id: money.movement_of(principal.username, transaction_id),
-    )
+    principal: CurrentUser,
+    money: Money,
+    idempotency: Idempotency,
+    idempotency_key: IdempotencyKey = None,
+) -> CashMove:
+    return CashMove(request, principal, money, idempotency, idempotency_key)
+
+
+CashMoveDep = Annotated[CashMove, Depends(cash_move)]
 
 
 @router.post("/balance/deposit", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
-async def deposit(
-    body: AmountRequest,
-    request: Request,
-    principal: CurrentUser,
-    money: Money,
-    idempotency: Idempotency,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    return await move_cash("deposit", body, request, principal, money, idempotency, idempotency_key)
+async def deposit(body: AmountRequest, cash: CashMoveDep) -> Response:
+    return await cash.run("deposit", body)
 
 
 @router.post("/balance/withdraw", status_code=201, response_model=MoneyMovementResponse, tags=["balance"])
-async def withdraw(
-    body: AmountRequest,
-    request: Request,
-    principal: CurrentUser,
-    money: Money,
-    idempotency: Idempotency,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    return await move_cash("withdraw", body, request, principal, money, idempotency, idempotency_key)
+async def withdraw(body: AmountRequest, cash: CashMoveDep) -> Response:
+    return await cash.run("withdraw", body)
 
 
 @router.get("/balance/transactions", response_model=LedgerPage, tags=["balance"])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from decimal import Context, Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer, TypeSerializer
 
 from cnop.common.database import keys
 from cnop.common.database.store import KEY_ATTRIBUTES, Item, Key
@@ -84,6 +84,13 @@ def map_numbers(value: Any, fn: Callable[[Decimal], Decimal]) -> Any:
 
 def marker_of(value: Any) -> tuple[str, AttributeValue] | None:
     """The marker (kind, value) that restores the exponents of the numbers in `value`, if needed."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return None  # no number, or an int (it reads back as written)
+    if kind is Decimal:
+        _, digits, exponent = value.as_tuple()
+        if type(exponent) is int and exponent <= 0 and digits[-1] != 0:
+            return None  # no trailing zero to lose: it reads back as written (the common case)
     if is_number(value):
         number = Decimal(value)
         exponent = exponent_of(number)
@@ -122,9 +129,34 @@ def apply_marker(value: Any, marker: AttributeValue) -> Any:
     return value
 
 
+_create_decimal = DYNAMODB_CONTEXT.create_decimal
+
+
 def serialize(value: Any) -> AttributeValue:
-    """A Python value as a DynamoDB attribute value (floats, NaN and infinities refused)."""
+    """A Python value as a DynamoDB attribute value (floats, NaN and infinities refused).
+
+    What boto3's `TypeSerializer` gives, with the store's common types (strings, numbers, bools,
+    None, maps and lists of them) done by one type test each instead of its chain of checks;
+    any other type goes to `TypeSerializer`. Numbers pass through DynamoDB's context as there
+    (38 digits: anything it would round is refused).
+    """
+    kind = type(value)
     try:
+        if kind is str:
+            return {"S": value}
+        if kind is Decimal or kind is int:
+            number = str(_create_decimal(value))
+            if number in ("Infinity", "NaN"):
+                raise TypeError("Infinity and NaN not supported")
+            return {"N": number}
+        if kind is bool:
+            return {"BOOL": value}
+        if value is None:
+            return {"NULL": True}
+        if kind is dict:
+            return {"M": {name: serialize(inner) for name, inner in value.items()}}
+        if kind is list:
+            return {"L": [serialize(inner) for inner in value]}
         result: AttributeValue = _SERIALIZER.serialize(value)
     except ArithmeticError as exc:
         raise ValueError(f"number out of DynamoDB's range (38 digits): {value}") from exc

@@ -61,7 +61,7 @@ class Expression:
         self.names: dict[str, str] = {}
         self.values: dict[str, AttributeValue] = {}
         self._name_ids: dict[str, str] = {}
-        self._value_ids: dict[str, str] = {}
+        self._value_ids: dict[tuple[str, str], str] = {}
         self.now = Decimal(repr(time.time() if now is None else now))
 
     def name(self, attr: str) -> str:
@@ -75,7 +75,14 @@ class Expression:
         return self.raw_value(serialize(value))
 
     def raw_value(self, value: AttributeValue) -> str:
-        ident = json.dumps(value, sort_keys=True, default=repr)
+        # Equal values share a placeholder. The common case, one type code and a string (`S`,
+        # `N`), is its own identity; anything else is told apart by its JSON text.
+        ident: tuple[str, str]
+        if len(value) == 1:
+            ((code, inner),) = value.items()
+            ident = (code, inner) if type(inner) is str else (code, json.dumps(inner, sort_keys=True, default=repr))
+        else:
+            ident = ("", json.dumps(value, sort_keys=True, default=repr))
         placeholder = self._value_ids.get(ident)
         if placeholder is None:
             placeholder = self._value_ids[ident] = f":v{len(self._value_ids)}"
