@@ -206,6 +206,10 @@ async def test_batches_are_bounded_and_reads_run_between_them(tmp_path: Path) ->
         writes = [asyncio.ensure_future(store.transact(withdrawal(n, "1.00"))) for n in range(10)]
         await asyncio.sleep(0)
         read = asyncio.ensure_future(store.get(T, k("U", "BAL")))
+        # Let the read hand its job to the store thread before the thread is released: started
+        # later, it could queue behind the second batch (a loaded machine delays this loop).
+        for _ in range(3):
+            await asyncio.sleep(0)
         release.set()
         balance = await read
         await asyncio.gather(*writes)
