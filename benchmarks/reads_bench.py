@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from cnop.common.config import Settings
+from benchmarks.scale_bench import env_int, settings_for
 from cnop.common.database.sqlite import SQLiteStore
 from cnop.common.security.password_manager import TEST_ARGON2_PARAMS, PasswordManager
 from cnop.container import build_container
@@ -32,7 +32,6 @@ from cnop.services.user.schemas import RegisterRequest
 
 RESULTS = Path(__file__).parent / "results" / "reads.json"
 PASSWORD = "Str0ng!Passw0rd"
-SECRET = "reads-bench-secret-that-is-long-enough-0123456789"
 ROUTES = (
     ("/health", False),
     ("/api/v1/auth/profile", True),
@@ -40,27 +39,6 @@ ROUTES = (
     ("/api/v1/balance", True),
     ("/api/v1/portfolio", True),
 )
-
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, str(default)))
-
-
-def settings_for(path: str) -> Settings:
-    return Settings(
-        store=f"sqlite:///{path}",
-        jwt_secret=SECRET,
-        price_source="manual",
-        max_price_age_seconds=86400,
-        trigger_engine=False,
-        rate_limit_enabled=True,
-        rate_limit_per_ip="100000000/minute",
-        rate_limit_per_user="100000000/minute",
-        daily_deposit_limit=Decimal("1000000000"),
-        daily_withdraw_limit=Decimal("1000000000"),
-        log_level="WARNING",
-        price_history_flush_seconds=0,
-    )
 
 
 class Asgi:

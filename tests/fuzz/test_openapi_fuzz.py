@@ -63,7 +63,7 @@ class Tally:
     codes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
-    def check(self, method: str, path: str, response: Any, sent: dict[str, Any], body: Any = None) -> None:
+    def check(self, method: str, path: str, response: Any, sent: dict[str, Any], sent_body: Any = None) -> None:
         """The contract every response must meet, whatever was sent."""
         self.sent += 1
         status = response.status_code
@@ -91,7 +91,9 @@ class Tally:
             return
         # A replay (same Idempotency-Key, or for orders the same client_order_id, decision 0005)
         # answers the first response's body, request id included.
-        replay = any(name.lower() == "idempotency-key" for name in sent) or _has_client_order_id(path, body)
+        # The request's body says whether it carried a client_order_id: a replayed refusal (an
+        # unknown asset, say) does not repeat it in the problem body.
+        replay = any(name.lower() == "idempotency-key" for name in sent) or _has_client_order_id(path, sent_body)
         problems = problem_violations(body, status, None if replay else header(response, "x-request-id"))
         if isinstance(body, dict):
             self.codes[f"{status} {body.get('code')}"] += 1

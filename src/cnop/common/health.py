@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from cnop import __version__
 from cnop.common.jsonio import ExactJSONResponse, RenderedJSONResponse, dumps
 from cnop.common.logging import get_logger
+from cnop.common.web.routing import LeanRoute
 
 HealthProbe = Callable[[], Awaitable[None]]
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
@@ -149,7 +150,7 @@ class HealthCheck:
 
 def health_router(health: HealthCheck) -> APIRouter:
     """`GET /health` and `GET /health/ready` for `health`."""
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=["health"], route_class=LeanRoute)
     unhealthy: dict[int | str, dict[str, Any]] = {503: {"model": HealthReport, "description": "Unhealthy"}}
 
     kept: tuple[float, int, bytes] | None = None  # (when, status, rendered body) of the last /health

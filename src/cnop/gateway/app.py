@@ -117,7 +117,9 @@ def create_app(
     health.add("store", container.store.ping, critical=True, readiness=True)
     health.add("prices", _price_feed_check(container), critical=False, readiness=True)
     add_redis_health(health, settings, lambda: container.invalidations.connected)
-    app.include_router(health_router(health))
+    # Flat on the app, as the services' routes below: an included router costs a level of
+    # matching bookkeeping on every request that reaches it.
+    app.router.routes.extend(health_router(health).routes)
 
     if settings.metrics_enabled:
         app.router.routes.extend(metrics_router(container.metrics).routes)
@@ -142,7 +144,19 @@ def create_app(
     )
     # Outermost, so that it sees every answer under /alpaca, the middleware's own refusals included.
     app.add_middleware(AlpacaErrorShape)
+    _docs_last(app)
     return app
+
+
+def _docs_last(app: FastAPI) -> None:
+    """Move FastAPI's own routes (the OpenAPI document, the docs pages) behind the others.
+
+    FastAPI puts them first; every request is matched against the routes in order, and these
+    are asked for least. No other route's path overlaps theirs, so the order changes no answer.
+    """
+    own = {app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url} - {None}
+    first = [route for route in app.router.routes if getattr(route, "path", None) not in own]
+    app.router.routes[:] = first + [route for route in app.router.routes if getattr(route, "path", None) in own]
 
 
 def create_default_app() -> Any:

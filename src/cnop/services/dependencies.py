@@ -31,6 +31,7 @@ from cnop.common.metrics import Metrics
 from cnop.common.security import AuditLogger, TokenClaims, TokenManager
 from cnop.common.security.login_guard import AccountThrottle, LoginGuard
 from cnop.common.web.request_user import bind_request_user
+from cnop.common.web.routing import COMPONENT_ATTRIBUTE
 from cnop.market.prices import PriceBook, PriceSource
 from cnop.services.insights.service import InsightsService
 from cnop.services.inventory.service import InventoryService
@@ -49,6 +50,8 @@ def provide(name: str) -> Callable[[Request], Awaitable[Any]]:
         return component(request, name)
 
     dependency.__name__ = dependency.__qualname__ = f"get_{name}"
+    # The lean route path (cnop.common.web.routing) reads the component without the call.
+    setattr(dependency, COMPONENT_ATTRIBUTE, name)
     return dependency
 
 

@@ -55,13 +55,15 @@ async def create_order(
     async def rebuild(order_id: str) -> OrderEnvelope:
         return OrderEnvelope(data=OrderResponse.of(await orders.get_order(principal.username, order_id)))
 
+    client_key = idempotency_key or body.client_order_id
     return await run_idempotent(
         request,
         idempotency,
         username=principal.username,
         scope="order",
-        client_key=idempotency_key or body.client_order_id,
-        payload=body.model_dump(mode="python"),
+        client_key=client_key,
+        # The fingerprint of a keyed request; without a key nothing reads it, so it is not built.
+        payload=body.model_dump(mode="python") if client_key is not None else None,
         work=place,
         rebuild=rebuild,
     )
