@@ -17,11 +17,12 @@ from cnop.common.dao.holding_dao import HoldingDAO
 from cnop.common.dao.house_dao import HouseInventory, HouseRebalancer, split
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
-from cnop.common.database.store import ItemStore, Put, Update
+from cnop.common.database.store import ItemStore, Op, Put, Update
 from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.order import Order, OrderStatus, OrderType
+from cnop.common.exceptions import TransactionConflict
 from cnop.common.ids import new_id
 from cnop.common.shared.lease import FencedLease
 from cnop.common.shared.redis import open_redis
@@ -119,6 +120,43 @@ async def test_a_buy_larger_than_any_shard_takes_several_and_the_house_refuses_o
     assert failed.value.leg is Leg.HOUSE
     report = await run_audit(store)
     assert report.ok, report.violations
+
+
+class OutrunHouse(HouseInventory):
+    """A house where, between the read of the shards and the trade's commit, other trades always
+    take the units from the shards it found (they land on the other shards: the house as a whole
+    keeps them)."""
+
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None:
+        ops = await super().cover_ops(asset_id, quantity, cash)
+        if ops is not None:
+            state = await self.read(asset_id)
+            found = {op.key["pk"] for op in ops if isinstance(op, Update)}
+            taken = [item for item in state.items if item.key["pk"] in found]
+            others = [item for item in state.items if item.key["pk"] not in found]
+            moved = sum((item.quantity for item in taken), D(0))
+            await self.store.transact(
+                [
+                    *(Update(keys.INVENTORY, item.key, add={"quantity": -item.quantity}) for item in taken),
+                    Update(keys.INVENTORY, others[0].key, add={"quantity": moved}),
+                ]
+            )
+        return ops
+
+
+async def test_a_buy_the_house_could_supply_but_other_trades_keep_outrunning_is_a_conflict_not_a_refusal(
+    store: ItemStore,
+) -> None:
+    house, settlement = await open_house(store, "8", 4)
+    outrun = Settlement(store, settlement.balances, settlement.holdings, OutrunHouse(store, 4))
+    before = await store.get(keys.USERS, keys.balance_key("alice"))
+    with pytest.raises(TransactionConflict):  # retryable (503), never "insufficient inventory"
+        await buy(store, outrun, "3")  # more than any shard holds: the trade must find the units
+    assert await house.quantity("BTC") == D("8")
+    assert await store.get(keys.USERS, keys.balance_key("alice")) == before  # nothing applied
+    await buy(store, settlement, "3")  # without the competition it is made
+    assert await house.quantity("BTC") == D("5")
+    assert (await run_audit(store)).ok
 
 
 async def test_the_rebalancer_tops_up_a_drained_shard_and_keeps_the_total(store: ItemStore) -> None:

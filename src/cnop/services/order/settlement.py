@@ -147,11 +147,13 @@ class Settlement:
                 await legs.commit(self.store)
                 return
             except GuardFailed as failed:
-                if failed.leg is not Leg.HOUSE or last:
+                if failed.leg is not Leg.HOUSE:
                     raise
                 cover = await self.house.cover_ops(asset_id, quantity, cash)
                 if cover is None:
                     raise
+                if last:  # the house has the units, but other trades kept taking them first
+                    raise TransactionConflict("the house shards kept changing under this trade") from failed
                 legs = with_house(legs, cover)
             except TransactionConflict:
                 if last or self.house.shards == 1:
@@ -465,18 +467,18 @@ class Settlement:
             return legs.ops
 
         table, key = self.holdings.holding_ref(username, asset_id)
-        for attempt in range(HOUSE_ATTEMPTS):
+        for _ in range(HOUSE_ATTEMPTS):
             try:
                 await planner.transact_planned(table, key, plan)
             except ConditionFailed as exc:
                 failed = built[-1][1].failure(exc)
                 order = built[-1][0]
                 house_failed = isinstance(failed, GuardFailed) and failed.leg is Leg.HOUSE
-                if not house_failed or attempt == HOUSE_ATTEMPTS - 1 or order.total_amount is None:
+                if not house_failed or order.total_amount is None:
                     raise failed from exc
                 house = await self.house.cover_ops(asset_id, order.quantity, -order.total_amount)
                 if house is None:
                     raise failed from exc
                 continue
             return built[-1][0]
-        raise StoreError("the house leg kept failing; sell not applied")
+        raise TransactionConflict("the house shards kept changing under this sell; not applied")
