@@ -36,6 +36,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,13 +78,18 @@ USER_DEPOSIT = "20000.00"
 CONTENTION = {"asset": "BTC", "qty": "0.0002", "amount": "25.00", "deposit": "50000.00", "prebuy": "0.05"}
 RESTING = {"asset": "BTC", "qty": "0.001", "price": "1000.00"}  # ~1/67 of the market: never fills
 
-# Targets from the issue; reported, not enforced.
+# Targets from the issue (performance: a market order in under a millisecond of CPU); reported,
+# not enforced. CPU ms per request is the server's CPU seconds over a window divided by the requests
+# it answered, the median over the scenario's measured windows.
 TARGETS = (
     ("market_orders rps >= 0.35 x baseline", "market_orders", "rps_ratio", ">=", 0.35),
+    ("market_orders server CPU <= 1 ms per order", "market_orders", "server_cpu_ms", "<=", 1.0),
     ("market_orders p99 <= 10 x baseline p99", "market_orders", "p99_ratio", "<=", 10.0),
+    ("contention rps >= 0.25 x baseline", "contention", "rps_ratio", ">=", 0.25),
     ("contention: zero 5xx", "contention", "server_errors", "<=", 0),
     ("reads rps >= 0.6 x baseline", "reads", "rps_ratio", ">=", 0.6),
-    ("server RSS <= 150 MB", None, "rss_mb", "<=", 150.0),
+    ("resting_orders rps >= 0.3 x baseline", "resting_orders", "rps_ratio", ">=", 0.3),
+    ("server RSS <= 120 MB", None, "rss_mb", "<=", 120.0),
     ("audit passes", None, "audit_ok", "==", True),
 )
 
@@ -551,6 +557,8 @@ def run_wrk(
     # Share of one core each side used: the server near 1.0 and wrk well below it shows that the
     # server, not the load generator, is what limits the throughput.
     result["server_cpu"] = round(server_cpu / wall, 2)
+    # The server's CPU per answered request (ms): what a request costs, whatever the neighbours took.
+    result["server_cpu_ms"] = round(server_cpu * 1000 / (result["rps"] * wall), 3) if result["rps"] else None
     result["wrk_cpu"] = round(wrk_cpu / wall, 2)
     # What other processes (and the hypervisor) took from the server's core meanwhile: on a shared
     # machine this is the noise in the numbers; near 0 the run had core 0 to itself.
@@ -619,6 +627,7 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
     best: dict[str, Any] | None = None
     profiled: str | None = None  # the py-spy recording of the first measured window
     server_errors = 0
+    cpu_ms: list[float] = []  # server CPU ms per request of every measured window
     other_status_counts: list[dict[str, int]] = []
     for attempt in range(1, config.attempts + 1):
         if config.warmup:
@@ -633,6 +642,8 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
         if profile is not None:
             profiled = str(profile[1].relative_to(ROOT))
         server_errors += count_5xx(result["status_counts"])
+        if result.get("server_cpu_ms") is not None:
+            cpu_ms.append(result["server_cpu_ms"])
         print(
             f"  {scenario.name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
             f"statuses {format_counts(result['status_counts'])}, server CPU {result['server_cpu']:.2f}, "
@@ -657,6 +668,8 @@ def execute(server: Server, scenario: ScenarioRun, config: Config, workdir: Path
         "description": DESCRIPTIONS[scenario.name],
         "attempts": attempt,
         "server_errors": server_errors,
+        "server_cpu_ms": round(statistics.median(cpu_ms), 3) if cpu_ms else None,
+        "server_cpu_ms_windows": cpu_ms,
     }
     if profiled is not None:
         report["profile"] = profiled
@@ -791,14 +804,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['python']}, {m['wrk']}, " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         "",
         "| scenario | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | rps × base | p99 × base "
-        "| server CPU | others on core 0 | wrk CPU | statuses |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server CPU | CPU ms/req | others on core 0 | wrk CPU | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in report["scenarios"].items():
         ratio = r.get("ratio_to_baseline") or {}
         if r.get("rps") is None:
             why = r.get("skipped") or r.get("error") or "not run"
-            lines.append(f"| {name} | | not run: {why.splitlines()[0][:160]} | | | | | | | | | | |")
+            lines.append(f"| {name} | | not run: {why.splitlines()[0][:160]} | | | | | | | | | | | |")
             continue
         statuses = format_counts(r["status_counts"])
         codes = r.get("error_codes") or {}
@@ -807,7 +820,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r.get('connections', '')} | {r['rps']:.0f} | {_num(r['p50_ms'])} | {_num(r['p90_ms'])} "
             f"| {_num(r['p99_ms'])} | {_num(r['max_ms'])} | {_num(ratio.get('rps'), 2)} | {_num(ratio.get('p99'), 2)} "
-            f"| {_num(r.get('server_cpu'), 2)} | {_num(r.get('server_core_others'), 2)} "
+            f"| {_num(r.get('server_cpu'), 2)} | {_num(r.get('server_cpu_ms'), 3)} "
+            f"| {_num(r.get('server_core_others'), 2)} "
             f"| {_num(r.get('wrk_cpu'), 2)} | {statuses} |"
         )
     disturbed = [n for n, r in report["scenarios"].items() if (r.get("server_core_others") or 0) > DISTURBED]

@@ -28,6 +28,7 @@ from cnop.common.logging import configure_logging, get_logger
 from cnop.common.metrics import metrics_router
 from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
+from cnop.common.web.routing import NATIVE_TELEMETRY_OFF
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
@@ -162,6 +163,7 @@ def create_role_app(role: Role, settings: Settings, *, container: Container | No
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.container = container
     app.state.draining = draining

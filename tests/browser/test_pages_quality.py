@@ -14,6 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.support.web import ADMIN, PASSWORD, VIEWPORTS, Server, screenshot, serious_violations
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -32,14 +33,14 @@ def register_via_api(server: Server, username: str) -> dict[str, str]:
         )
         assert r.status_code == 201, r.text
         r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def admin_api(server: Server) -> dict[str, str]:
     with server.api() as http:
         r = http.post("/api/v1/auth/login", json={"username": ADMIN, "password": PASSWORD})
         assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def set_price(server: Server, admin: dict[str, str], asset_id: str, price: str) -> None:
@@ -126,7 +127,9 @@ def test_every_page_is_accessible_and_screenshotted(browser: Any, server: Server
 
     admin_context = browser.new_context(base_url=server.base, viewport={"width": 1280, "height": 800})
     admin_page = admin_context.new_page()
-    admin_page.on("console", lambda msg: problems.append(f"{admin_page.url}: {msg.text}") if msg.type == "error" else None)
+    admin_page.on(
+        "console", lambda msg: problems.append(f"{admin_page.url}: {msg.text}") if msg.type == "error" else None
+    )
     log_in(admin_page, ADMIN)
     admin_page.goto("/admin")
     check_page(admin_page, "admin")
@@ -180,9 +183,9 @@ def test_session_cookie_flags_and_csrf_refusal_in_the_browser(browser: Any, serv
     wrong = page.request.post("/cash/deposit", form={"amount": "500", "csrf_token": "forged-token-forged-token"})
     assert wrong.status == 403
     with server.api() as http:
-        balance = http.get("/api/v1/balance", headers=user).json()
-        assert Decimal(str(balance["available_balance"])) == Decimal("0")
-        assert http.get("/api/v1/balance/transactions", headers=user).json()["transactions"] == []
+        balance = read(http.get("/api/v1/balance", headers=user))
+        assert usd(balance["available_balance"]) == Decimal("0")
+        assert read(http.get("/api/v1/balance/transactions", headers=user))["transactions"] == []
     context.close()
 
 
@@ -220,11 +223,11 @@ def test_public_price_stream_and_cookie_authenticated_events_with_resume(server:
             assert {e["data"]["asset_id"] for e in first} == {"BTC", "ETH"}
             assert all(e["event"] == "price.tick" for e in first)
             btc = next(e for e in first if e["data"]["asset_id"] == "BTC")
-            assert Decimal(str(btc["data"]["price"])) == Decimal("50500.5")
+            assert exact(btc["data"]["price"]) == Decimal("50500.5")
             set_price(server, admin, "DOGE", "0.2")  # not asked for: not sent
             set_price(server, admin, "BTC", "50600.25")
             (tick,) = read_events(price_lines, 1)
-            assert tick["data"]["asset_id"] == "BTC" and Decimal(str(tick["data"]["price"])) == Decimal("50600.25")
+            assert tick["data"]["asset_id"] == "BTC" and exact(tick["data"]["price"]) == Decimal("50600.25")
         assert http.get("/api/v1/prices/stream", params={"assets": "BTC,NOPE"}).status_code == 422
 
         # The user's event stream on the web session cookie alone (what EventSource sends).
@@ -252,7 +255,7 @@ def test_public_price_stream_and_cookie_authenticated_events_with_resume(server:
             assert placed.status_code == 201
             (queued,) = read_events(events.iter_lines(), 1)
             assert queued["event"] == "order.queued"
-            order_id = placed.json()["data"]["order_id"]
+            order_id = read(placed)["data"]["order_id"]
             assert queued["data"]["order_id"] == order_id
             first_id = queued["id"]
         assert http.delete(f"/api/v1/orders/{order_id}", headers=user).status_code == 200

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.web import ADMIN, PASSWORD, Server, screenshot, wait_until
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -26,14 +27,14 @@ def api_token(server: Server, username: str, password: str = PASSWORD) -> dict[s
     with server.api() as http:
         r = http.post("/api/v1/auth/login", json={"username": username, "password": password})
         assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+        return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def api_get(server: Server, path: str, headers: dict[str, str], **params: Any) -> Any:
     with server.api() as http:
         r = http.get(path, headers=headers, params=params)
         assert r.status_code == 200, r.text
-        return r.json()
+        return read(r)
 
 
 def admin_sets_price(admin: Any, asset_id: str, price: str) -> None:
@@ -101,8 +102,8 @@ def test_sign_up_trade_watch_orders_fill_live_export_and_change_password(
     user_api = api_token(server, "journey_trader")
     portfolio = api_get(server, "/api/v1/portfolio", user_api)
     (btc,) = portfolio["assets"]
-    assert Decimal(str(btc["quantity"])) == Decimal("0.02")
-    assert Decimal(str(btc["unrealized_pnl"])) == Decimal("24.69")
+    assert exact(btc["quantity"]) == Decimal("0.02")
+    assert usd(btc["unrealized_pnl"]) == Decimal("24.69")
     page.goto("/dashboard")
     row = page.locator('[data-holding="BTC"]')
     assert row.locator("[data-quantity]").inner_text().startswith("0.02000000")
@@ -132,7 +133,7 @@ def test_sign_up_trade_watch_orders_fill_live_export_and_change_password(
     open_rows = page.locator("#open-orders tbody tr")
     assert open_rows.count() == 2
     balance = api_get(server, "/api/v1/balance", user_api)
-    assert Decimal(str(balance["held_balance"])) == Decimal("490.00")
+    assert usd(balance["held_balance"]) == Decimal("490.00")
     page.goto("/dashboard")
     assert page.locator("[data-cash-held]").inner_text() == "$490.00"
     orders = api_get(server, "/api/v1/orders", user_api, status="open")["data"]
@@ -150,7 +151,7 @@ def test_sign_up_trade_watch_orders_fill_live_export_and_change_password(
     assert page.locator(f'#open-orders [data-order="{stop_id}"]').count() == 1
     assert page.locator("#live-region").inner_text().lower().startswith("order btc limit buy")
     filled = api_get(server, f"/api/v1/orders/{limit_id}", user_api)["data"]
-    assert filled["status"] == "completed" and Decimal(str(filled["executed_price"])) == Decimal("48900")
+    assert filled["status"] == "completed" and exact(filled["executed_price"]) == Decimal("48900")
 
     # Cancel the other.
     page.locator(f'#open-orders [data-order="{stop_id}"] button').click()
@@ -169,7 +170,7 @@ def test_sign_up_trade_watch_orders_fill_live_export_and_change_password(
     assert len(rows) == len(entries) >= 5
     assert [r["transaction_id"] for r in rows] == [e["transaction_id"] for e in entries]
     assert [r["transaction_type"] for r in rows] == [e["transaction_type"] for e in entries]
-    assert [Decimal(r["amount"]) for r in rows] == [Decimal(str(e["amount"])) for e in entries]
+    assert [Decimal(r["amount"]) for r in rows] == [usd(e["amount"]) for e in entries]
 
     # A second session (another browser) is logged out by the password change; this one stays.
     other_ctx = browser.new_context(base_url=server.base)

@@ -80,6 +80,24 @@ async def test_floats_are_refused(store: ItemStore) -> None:
     assert await store.get(T, k("A", "1")) is None
 
 
+class _Ratio(float):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.1, _Ratio(0.5), [Decimal(1), 0.1], {"inner": [{"deep": 2.5}]}, (Decimal(1), "x", 1.0)],
+    ids=["float", "float-subclass", "in-list", "nested", "in-tuple"],
+)
+async def test_floats_are_refused_wherever_they_hide(store: ItemStore, value: object) -> None:
+    with pytest.raises(TypeError):
+        await store.transact([Put(T, {"pk": "A", "sk": "1", "x": value})])
+    with pytest.raises(TypeError):
+        await store.transact([Update(T, k("A", "2"), set={"x": value})])
+    assert await store.get(T, k("A", "1")) is None
+    assert await store.get(T, k("A", "2")) is None
+
+
 async def test_put_if_not_exists_refuses_second_put(store: ItemStore) -> None:
     await store.transact([Put(T, {"pk": "A", "sk": "1", "v": 1}, NotExists())])
     with pytest.raises(ConditionFailed) as err:

@@ -20,6 +20,7 @@ from alpaca.trading.requests import GetAssetsRequest, GetOrdersRequest, LimitOrd
 from ulid import ULID
 
 from tests.support.cnop_server import CNOP, cnop_serve
+from tests.support.wire import read, usd
 
 pytestmark = pytest.mark.system
 
@@ -29,13 +30,18 @@ PASSWORD = "Str0ng!Passw0rd"
 def test_an_alpaca_py_bot_trades_against_cnop_serve_and_the_books_agree(tmp_path: Path) -> None:
     with cnop_serve(tmp_path, CNOP_PRICE_TICK_SECONDS="0.2") as server:
         http = httpx.Client(base_url=server.url, timeout=30)
-        user = {"username": "alpaca_bot", "email": "bot@example.com", "password": PASSWORD,
-                "first_name": "Robo", "last_name": "Trader"}
+        user = {
+            "username": "alpaca_bot",
+            "email": "bot@example.com",
+            "password": PASSWORD,
+            "first_name": "Robo",
+            "last_name": "Trader",
+        }
         assert http.post("/api/v1/auth/register", json=user).status_code == 201
-        token = http.post("/api/v1/auth/login", json={"username": "alpaca_bot", "password": PASSWORD}).json()
+        token = read(http.post("/api/v1/auth/login", json={"username": "alpaca_bot", "password": PASSWORD}))
         native = {"Authorization": f"Bearer {token['access_token']}"}
         assert http.post("/api/v1/balance/deposit", json={"amount": "5000.00"}, headers=native).status_code == 201
-        created = http.post("/api/v1/auth/api-keys", json={"label": "alpaca bot"}, headers=native).json()
+        created = read(http.post("/api/v1/auth/api-keys", json={"label": "alpaca bot"}, headers=native))
         key_id, secret = created["key_id"], created["secret"]
 
         # --- the bot: alpaca-py, unchanged, pointed at cnop ---------------------------------
@@ -64,7 +70,10 @@ def test_an_alpaca_py_bot_trades_against_cnop_serve_and_the_books_agree(tmp_path
 
         buy = trading.submit_order(
             MarketOrderRequest(
-                symbol="BTC/USD", qty=0.01, side=OrderSide.BUY, time_in_force=TimeInForce.GTC,
+                symbol="BTC/USD",
+                qty=0.01,
+                side=OrderSide.BUY,
+                time_in_force=TimeInForce.GTC,
                 client_order_id="bot-buy-1",
             )
         )
@@ -81,7 +90,10 @@ def test_an_alpaca_py_bot_trades_against_cnop_serve_and_the_books_agree(tmp_path
         limit_price = round(quote.ask_price * 0.5, 2)
         resting = trading.submit_order(
             LimitOrderRequest(
-                symbol="BTC/USD", qty=0.001, side=OrderSide.BUY, limit_price=limit_price,
+                symbol="BTC/USD",
+                qty=0.001,
+                side=OrderSide.BUY,
+                limit_price=limit_price,
                 time_in_force=TimeInForce.GTC,
             )
         )
@@ -103,27 +115,33 @@ def test_an_alpaca_py_bot_trades_against_cnop_serve_and_the_books_agree(tmp_path
         assert refused.value.code == 40110000 and refused.value.status_code == 401
 
         # --- the native API sees the same orders and the same ledger --------------------------
-        orders = http.get("/api/v1/orders?status=all", headers=native).json()["data"]
+        orders = read(http.get("/api/v1/orders?status=all", headers=native))["data"]
         assert [(o["order_type"], o["status"]) for o in orders] == [
             ("market_sell", "completed"),
             ("limit_buy", "cancelled"),
             ("market_buy", "completed"),
         ]
         assert orders[2]["client_order_id"] == "bot-buy-1"
-        assert [str(o.id) for o in (sell, resting, buy)] == [str(ULID.from_str(o["order_id"]).to_uuid()) for o in orders]
-        ledger = http.get("/api/v1/balance/transactions", headers=native).json()["transactions"]
-        assert [e["transaction_type"] for e in ledger] == [
-            "order_proceeds", "order_release", "order_hold", "order_payment", "deposit"
+        assert [str(o.id) for o in (sell, resting, buy)] == [
+            str(ULID.from_str(o["order_id"]).to_uuid()) for o in orders
         ]
-        balance = http.get("/api/v1/balance", headers=native).json()
-        paid = Decimal(str(ledger[3]["amount"]))
-        received = Decimal(str(ledger[0]["amount"]))
-        assert Decimal(str(balance["current_balance"])) == Decimal("5000.00") - paid + received
-        assert Decimal(str(balance["held_balance"])) == 0
+        ledger = read(http.get("/api/v1/balance/transactions", headers=native))["transactions"]
+        assert [e["transaction_type"] for e in ledger] == [
+            "order_proceeds",
+            "order_release",
+            "order_hold",
+            "order_payment",
+            "deposit",
+        ]
+        balance = read(http.get("/api/v1/balance", headers=native))
+        paid = usd(ledger[3]["amount"])
+        received = usd(ledger[0]["amount"])
+        assert usd(balance["current_balance"]) == Decimal("5000.00") - paid + received
+        assert usd(balance["held_balance"]) == 0
         http.close()
 
-    audit = subprocess.run([CNOP, "audit", "--store", server.store], capture_output=True, text=True, timeout=120,
-                           check=False)
+    audit = subprocess.run(
+        [CNOP, "audit", "--store", server.store], capture_output=True, text=True, timeout=120, check=False
+    )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "all invariants hold" in audit.stdout
-

@@ -21,18 +21,22 @@ def test_db_init_user_create_and_audit(tmp_path: Path) -> None:
     result = runner.invoke(app, ["db", "init", "--store", url])
     assert result.exit_code == 0, result.output
     result = runner.invoke(
-        app, ["user", "create", "root_admin", "--email", "root@example.com", "--admin", "--password-stdin", "--store", url],
+        app,
+        ["user", "create", "root_admin", "--email", "root@example.com", "--admin", "--password-stdin", "--store", url],
         input="Adm1n!Password-x\n",
     )
     assert result.exit_code == 0, result.output
     assert "created root_admin (admin)" in result.output
     again = runner.invoke(
-        app, ["user", "create", "root_admin", "--email", "other@example.com", "--password-stdin", "--store", url],
+        app,
+        ["user", "create", "root_admin", "--email", "other@example.com", "--password-stdin", "--store", url],
         input="Adm1n!Password-x\n",
     )
     assert again.exit_code == 1 and "username_taken" in again.output
     weak = runner.invoke(
-        app, ["user", "create", "someone_x", "--email", "s@example.com", "--password-stdin", "--store", url], input="weak\n"
+        app,
+        ["user", "create", "someone_x", "--email", "s@example.com", "--password-stdin", "--store", url],
+        input="weak\n",
     )
     assert weak.exit_code == 2
     result = runner.invoke(app, ["audit", "--store", url])

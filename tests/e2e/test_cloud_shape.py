@@ -40,6 +40,7 @@ from tests.support.cloud import (
 from tests.support.cloud import client as gateway_client
 from tests.support.fake_prices import FakePrices, serve_fake_prices
 from tests.support.sse import EventStream
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -64,7 +65,7 @@ def cloud(
 def _price(client: httpx2.Client, asset: str) -> Decimal:
     r = client.get(f"/api/v1/inventory/assets/{asset}")
     assert r.status_code == 200, r.text
-    return Decimal(str(r.json()["data"]["price_usd"]))
+    return exact(read(r)["data"]["price_usd"])
 
 
 def test_a_journey_through_a_gateway(cloud: CloudOnOneMachine, prices: FakePrices) -> None:
@@ -72,21 +73,21 @@ def test_a_journey_through_a_gateway(cloud: CloudOnOneMachine, prices: FakePrice
         username, auth = new_user(client)
         r = client.post("/api/v1/balance/deposit", json={"amount": "5000"}, headers=auth)
         assert r.status_code == 201, r.text
-        assert Decimal(str(r.json()["balance"])) == Decimal("5000.00")
+        assert usd(read(r)["balance"]) == Decimal("5000.00")
         r = client.post("/api/v1/balance/withdraw", json={"amount": "500"}, headers=auth)
         assert r.status_code == 201, r.text
-        assert Decimal(str(r.json()["balance"])) == Decimal("4500.00")
+        assert usd(read(r)["balance"]) == Decimal("4500.00")
 
         # Market buy and sell (through the other gateway: either one serves any request).
         r = other_gateway.post("/api/v1/orders", json={"order_type": "market_buy", "asset_id": "ETH",
                                                        "quantity": "0.5", "client_order_id": "buy-1"}, headers=auth)  # fmt: skip
         assert r.status_code == 201, r.text
-        bought = r.json()["data"]
+        bought = read(r)["data"]
         assert bought["status"] == "completed"
         r = client.post("/api/v1/orders", json={"order_type": "market_sell", "asset_id": "ETH",
                                                 "quantity": "0.2"}, headers=auth)  # fmt: skip
         assert r.status_code == 201, r.text
-        sold = r.json()["data"]
+        sold = read(r)["data"]
         assert sold["status"] == "completed"
 
         # A limit buy below the market rests; when the market falls through it, a worker fills it,
@@ -97,13 +98,13 @@ def test_a_journey_through_a_gateway(cloud: CloudOnOneMachine, prices: FakePrice
             r = client.post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.01",
                                                     "price": "49000"}, headers=auth)  # fmt: skip
             assert r.status_code == 201, r.text
-            resting = r.json()["data"]
+            resting = read(r)["data"]
             assert resting["status"] == "queued"
             prices.set("BTC", Decimal("48000"))
-            filled = poll(lambda: client.get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"],
+            filled = poll(lambda: read(client.get(f"/api/v1/orders/{resting['order_id']}", headers=auth))["data"],
                            lambda order: order["status"] == "completed")  # fmt: skip
-            assert Decimal(str(filled["executed_price"])) == Decimal("48000")
-            assert Decimal(str(filled["total_amount"])) == Decimal("480.00")
+            assert exact(filled["executed_price"]) == Decimal("48000")
+            assert usd(filled["total_amount"]) == Decimal("480.00")
             completed = events.wait_for(
                 lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == resting["order_id"]
             )
@@ -115,32 +116,29 @@ def test_a_journey_through_a_gateway(cloud: CloudOnOneMachine, prices: FakePrice
         r = client.post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.01",
                                                 "price": "1.00"}, headers=auth)  # fmt: skip
         assert r.status_code == 201, r.text
-        cancel_me = r.json()["data"]
-        held = Decimal(str(client.get("/api/v1/balance", headers=auth).json()["held_balance"]))
+        cancel_me = read(r)["data"]
+        held = usd(read(client.get("/api/v1/balance", headers=auth))["held_balance"])
         assert held == Decimal("0.01")
         r = client.delete(f"/api/v1/orders/{cancel_me['order_id']}", headers=auth)
         assert r.status_code == 200, r.text
-        assert r.json()["data"]["status"] == "cancelled"
+        assert read(r)["data"]["status"] == "cancelled"
 
-        balance = client.get("/api/v1/balance", headers=auth).json()
-        assert Decimal(str(balance["held_balance"])) == Decimal("0")
+        balance = read(client.get("/api/v1/balance", headers=auth))
+        assert usd(balance["held_balance"]) == Decimal("0")
         expected_cash = (
-            Decimal("4500.00")
-            - Decimal(str(bought["total_amount"]))
-            + Decimal(str(sold["total_amount"]))
-            - Decimal(str(filled["total_amount"]))
+            Decimal("4500.00") - usd(bought["total_amount"]) + usd(sold["total_amount"]) - usd(filled["total_amount"])
         )
-        assert Decimal(str(balance["available_balance"])) == expected_cash
+        assert usd(balance["available_balance"]) == expected_cash
 
         portfolio = client.get("/api/v1/portfolio", headers=auth)
         assert portfolio.status_code == 200, portfolio.text
-        quantities = {a["asset_id"]: Decimal(str(a["quantity"])) for a in portfolio.json()["assets"]}
+        quantities = {a["asset_id"]: exact(a["quantity"]) for a in read(portfolio)["assets"]}
         assert quantities == {"ETH": Decimal("0.3"), "BTC": Decimal("0.01")}
         insights = client.get("/api/v1/insights/portfolio", headers=auth)
         assert insights.status_code == 200, insights.text
-        assert insights.json()["data"]["summary"]
+        assert read(insights)["data"]["summary"]
 
-        orders = client.get("/api/v1/orders", headers=auth).json()["data"]
+        orders = read(client.get("/api/v1/orders", headers=auth))["data"]
         assert {o["status"] for o in orders} == {"completed", "cancelled"}
         assert len(orders) == 4
 
@@ -180,7 +178,7 @@ def test_tokens_signed_by_the_user_service_verify_everywhere_and_no_other_token_
         _username, auth = new_user(client)
         token = auth["Authorization"].removeprefix("Bearer ")
         kid = jwt.get_unverified_header(token)["kid"]
-        jwks = client.get("/.well-known/jwks.json").json()
+        jwks = read(client.get("/.well-known/jwks.json"))
         assert [k["kid"] for k in jwks["keys"]] == [kid]
         # Every service verifies it itself: called directly, bypassing the gateway.
         for name, path in [("user", "/api/v1/balance"), ("order", "/api/v1/orders"),
@@ -201,7 +199,7 @@ def test_tokens_signed_by_the_user_service_verify_everywhere_and_no_other_token_
             headers = {"Authorization": f"Bearer {bad}"}
             r = client.get("/api/v1/orders", headers=headers)
             assert r.status_code == 401, r.text
-            assert r.json()["code"] == "invalid_token"
+            assert read(r)["code"] == "invalid_token"
             for name, path in [("order", "/api/v1/orders"), ("user", "/api/v1/balance")]:
                 r = httpx2.get(cloud.member(name).url + path, headers=headers, trust_env=False, timeout=30)
                 assert r.status_code == 401, (name, r.text)
@@ -224,7 +222,7 @@ def _allowed(response: httpx2.Response) -> bool:
     return (
         response.status_code == 503
         and response.headers.get("content-type", "").startswith("application/problem+json")
-        and response.json()["code"] == "service_unavailable"
+        and read(response)["code"] == "service_unavailable"
         and int(response.headers["retry-after"]) >= 1
     )
 
@@ -304,12 +302,12 @@ def test_kill_9_of_the_order_service_mid_burst(cloud: CloudOnOneMachine) -> None
                 time.sleep(min(float(r.headers.get("retry-after", "1")), 2.0))
         # Each id once more: the first order's answer again, nothing new.
         made = {
-            cid: next(x for x in responses if x.status_code == 201).json()["data"] for cid, responses in answers.items()
+            cid: read(next(x for x in responses if x.status_code == 201))["data"] for cid, responses in answers.items()
         }
         for cid, order in made.items():
             r = http.post("/api/v1/orders", json=body(cid), headers=auth)
             assert r.status_code == 201, r.text
-            assert r.json()["data"]["order_id"] == order["order_id"]
+            assert read(r)["data"]["order_id"] == order["order_id"]
 
         orders = all_pages(http, "/api/v1/orders", auth)
         by_client_id: dict[str, list[dict[str, Any]]] = {}
@@ -321,15 +319,15 @@ def test_kill_9_of_the_order_service_mid_burst(cloud: CloudOnOneMachine) -> None
         assert all(o["status"] == "completed" for o in orders)
 
         # Money: the deposit less every order's total, one ledger entry per order, the holding the sum.
-        spent = sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
-        balance = http.get("/api/v1/balance", headers=auth).json()
-        assert Decimal(str(balance["available_balance"])) == Decimal("10000") - spent
-        assert Decimal(str(balance["held_balance"])) == Decimal("0")
+        spent = sum((usd(o["total_amount"]) for o in orders), Decimal("0"))
+        balance = read(http.get("/api/v1/balance", headers=auth))
+        assert usd(balance["available_balance"]) == Decimal("10000") - spent
+        assert usd(balance["held_balance"]) == Decimal("0")
         ledger = all_pages(http, "/api/v1/balance/transactions", auth, key="transactions")
         per_order = sorted(e["order_id"] for e in ledger if e.get("order_id"))
         assert per_order == sorted(o["order_id"] for o in orders)
-        holding = http.get("/api/v1/balance/asset/ETH", headers=auth).json()
-        assert Decimal(str(holding["quantity"])) == QUANTITY * len(orders)
+        holding = read(http.get("/api/v1/balance/asset/ETH", headers=auth))
+        assert exact(holding["quantity"]) == QUANTITY * len(orders)
 
     # The breaker: opened while the service was down, half-opened, closed once it answered again.
     state, after = breaker_view(cloud, 0, "order")

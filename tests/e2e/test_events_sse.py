@@ -18,6 +18,7 @@ from cnop.common.shared.redis_events import STREAM_ID
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.redis_server import RedisServer
+from tests.support.wire import read
 
 
 def free_port() -> int:
@@ -105,7 +106,7 @@ async def test_order_events_and_price_ticks_stream_and_resume(served: tuple[Api,
             (price,) = await asyncio.wait_for(read_events(lines, 1), 5)
             assert price["event"] == "price.tick" and price["data"]["asset_id"] == "BTC"
             assert price["data"]["price"] == "49000.5"
-        order_id = placed.json()["data"]["order_id"]
+        order_id = read(placed)["data"]["order_id"]
         r = await api.client.delete(f"/api/v1/orders/{order_id}", headers=headers)
         assert r.status_code == 200
         async with http.stream("GET", "/api/v1/events", headers={**headers, "Last-Event-ID": queued["id"]}) as stream:
@@ -142,7 +143,7 @@ async def test_with_redis_a_stream_on_one_app_hears_another_and_resumes_on_a_thi
             # Away: two more orders happen on the first app.
             placed = await one.order(headers, order_type="limit_buy", asset_id="BTC", quantity="0.01", price="40000")
             assert placed.status_code == 201
-            order_id = placed.json()["data"]["order_id"]
+            order_id = read(placed)["data"]["order_id"]
             cancelled = await one.client.delete(f"/api/v1/orders/{order_id}", headers=headers)
             assert cancelled.status_code == 200
     # Both apps are gone; a new one (a restarted process) resumes from the stream in Redis.
@@ -214,8 +215,8 @@ async def test_with_redis_down_streams_end_with_a_retry_hint_trades_go_on_and_ev
             assert during.status_code == 201, during.text
             r = await http.get("/api/v1/balance", headers=headers)
             assert r.status_code == 200, r.text
-            balance = r.json()
-            assert during.json()["data"]["status"] == "completed"
+            balance = read(r)
+            assert read(during)["data"]["status"] == "completed"
             assert Decimal(balance["available_balance"]) == Decimal("10000") - Decimal("500.00") - Decimal("1000.00")
             # A reconnect while it is down gets the hint at once, again a 200.
             resume = {**headers, "Last-Event-ID": before["id"]}

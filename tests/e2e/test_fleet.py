@@ -31,6 +31,7 @@ import pytest
 from tests.support.fleet import ADMIN, PASSWORD, Fleet, client, json_of, login, register
 from tests.support.redis_server import RedisServer
 from tests.support.sse import EventStream
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -87,7 +88,7 @@ def test_a_per_user_limit_holds_for_the_whole_fleet(apis: tuple[httpx2.Client, h
     for http in apis:
         r = http.get("/api/v1/balance", headers=auth)
         assert r.status_code == 429, r.text
-        assert r.json()["code"] == "rate_limited"
+        assert read(r)["code"] == "rate_limited"
         assert int(r.headers["retry-after"]) >= 1
     # Another user is not limited by this one's count.
     _other, other_auth = _new_user(apis[1])
@@ -109,7 +110,7 @@ def test_failed_logins_spread_over_both_processes_block_the_ip_on_both(
         # Blocked even with the right password, on either process.
         r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD}, headers=attacker)
         assert r.status_code == 403, r.text
-        assert r.json()["code"] == "login_blocked"
+        assert read(r)["code"] == "login_blocked"
         assert 1 <= int(r.headers["retry-after"]) <= 300
     # The block is that address's: the user still logs in from elsewhere, on either process.
     for http in apis:
@@ -151,7 +152,7 @@ def test_a_logout_on_one_process_makes_the_token_fail_on_the_other(
 def _set_active(http: httpx2.Client, admin: dict[str, str], asset: str, active: bool) -> None:
     r = http.post(f"/api/v1/admin/assets/{asset}/{'activate' if active else 'deactivate'}", headers=admin)
     assert r.status_code == 200, r.text
-    assert r.json()["data"]["is_active"] is active
+    assert read(r)["data"]["is_active"] is active
 
 
 def _limit_buy_at_one_dollar(http: httpx2.Client, auth: dict[str, str], asset: str) -> httpx2.Response:
@@ -162,7 +163,7 @@ def _limit_buy_at_one_dollar(http: httpx2.Client, auth: dict[str, str], asset: s
 
 
 def _not_tradeable(r: httpx2.Response) -> bool:
-    return r.status_code == 422 and r.json()["code"] == "asset_not_tradeable"
+    return r.status_code == 422 and read(r)["code"] == "asset_not_tradeable"
 
 
 def test_an_asset_deactivated_on_one_process_is_refused_on_the_other(
@@ -185,22 +186,22 @@ def test_an_asset_deactivated_on_one_process_is_refused_on_the_other(
             lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code != 201
         )
         assert refused.status_code == 422, refused.text
-        assert refused.json()["code"] == "asset_not_tradeable"
+        assert read(refused)["code"] == "asset_not_tradeable"
         _poll(lambda: _limit_buy_at_one_dollar(apis[1], resting_auth, "LTC"), _not_tradeable)
     finally:
         _set_active(apis[0], admin, "LTC", active=True)
     _poll(lambda: apis[1].post("/api/v1/orders", json=order, headers=auth), lambda r: r.status_code == 201)
     _poll(lambda: _limit_buy_at_one_dollar(apis[1], resting_auth, "LTC"), lambda r: r.status_code == 201)
-    orders = apis[1].get("/api/v1/orders", headers=auth).json()["data"]
-    cash = Decimal(str(apis[1].get("/api/v1/balance", headers=auth).json()["available_balance"]))
-    assert cash == Decimal("1000") - sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+    orders = read(apis[1].get("/api/v1/orders", headers=auth))["data"]
+    cash = usd(read(apis[1].get("/api/v1/balance", headers=auth))["available_balance"])
+    assert cash == Decimal("1000") - sum((usd(o["total_amount"]) for o in orders), Decimal("0"))
 
 
 def _market_buy(http: httpx2.Client, auth: dict[str, str], asset: str = "DOGE", quantity: str = "10") -> dict[str, Any]:
     r = http.post("/api/v1/orders", json={"order_type": "market_buy", "asset_id": asset, "quantity": quantity},
                   headers=auth)  # fmt: skip
     assert r.status_code == 201, r.text
-    order: dict[str, Any] = r.json()["data"]
+    order: dict[str, Any] = read(r)["data"]
     assert order["status"] == "completed"
     return order
 
@@ -238,7 +239,7 @@ def test_order_events_reach_a_stream_held_by_the_other_process_and_resume_on_eit
 def _quote(http: httpx2.Client, asset: str) -> Decimal:
     r = http.get(f"/api/v1/inventory/assets/{asset}")
     assert r.status_code == 200, r.text
-    return Decimal(str(r.json()["data"]["price_usd"]))
+    return exact(read(r)["data"]["price_usd"])
 
 
 def _set_price(http: httpx2.Client, admin: dict[str, str], asset: str, price: str) -> None:
@@ -311,7 +312,7 @@ def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first
             assert queued["data"] == first
             market.set("BTC", "48000", via=1)
             filled = _filled(api1, auth, first["order_id"])
-            assert Decimal(str(filled["executed_price"])) == Decimal("48000")
+            assert exact(filled["executed_price"]) == Decimal("48000")
             completed = stream.wait_for(
                 lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == first["order_id"]
             )
@@ -349,10 +350,8 @@ def test_a_workers_fill_reaches_a_stream_on_another_api_and_resumes_on_the_first
         assert sorted(ids, key=_position) == ids and len(set(ids)) == len(ids)
 
         # The money matches the fills, and the store's invariants hold.
-        cash = Decimal(str(json_of(api2.get("/api/v1/balance", headers=auth))["available_balance"]))
-        spent = sum(
-            (Decimal(str(o["total_amount"])) for o in (filled, second_filled, third_filled, marker)), Decimal("0")
-        )
+        cash = usd(json_of(api2.get("/api/v1/balance", headers=auth))["available_balance"])
+        spent = sum((usd(o["total_amount"]) for o in (filled, second_filled, third_filled, marker)), Decimal("0"))
         assert cash == Decimal("10000.00") - spent
     audit = fleet.cnop("audit", check=False)
     assert audit.returncode == 0, audit.stdout.decode() + audit.stderr.decode()
@@ -433,18 +432,18 @@ def test_a_workers_fill_after_an_admin_price_change_reaches_the_stream_on_the_ot
         r = apis[0].post("/api/v1/orders", json={"order_type": "limit_buy", "asset_id": "AVAX", "quantity": "2",
                                                  "price": "35"}, headers=auth)  # fmt: skip
         assert r.status_code == 201, r.text
-        resting = r.json()["data"]
+        resting = read(r)["data"]
         assert resting["status"] == "queued"
         _set_price(apis[1], admin, "AVAX", "34.5")
         completed = stream.wait_for(
             lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == resting["order_id"], DEADLINE
         )
     assert Decimal(completed["data"]["executed_price"]) <= Decimal("35")
-    order = apis[1].get(f"/api/v1/orders/{resting['order_id']}", headers=auth).json()["data"]
+    order = read(apis[1].get(f"/api/v1/orders/{resting['order_id']}", headers=auth))["data"]
     assert order == completed["data"]
-    balance = apis[1].get("/api/v1/balance", headers=auth).json()
-    assert Decimal(str(balance["held_balance"])) == Decimal("0")
-    assert Decimal(str(balance["available_balance"])) == Decimal("1000") - Decimal(str(order["total_amount"]))
+    balance = read(apis[1].get("/api/v1/balance", headers=auth))
+    assert usd(balance["held_balance"]) == Decimal("0")
+    assert usd(balance["available_balance"]) == Decimal("1000") - usd(order["total_amount"])
 
 
 CROSSING = {"SOL": "160", "LINK": "18", "DOT": "7", "NEAR": "7.2", "UNI": "10", "ATOM": "8"}
@@ -472,8 +471,8 @@ def test_kill_9_of_a_worker_mid_burst_of_crossing_prices_fills_every_order_once(
         body = {"order_type": "limit_buy", "asset_id": asset, "quantity": "1", "price": limit}
         r = apis[index % 2].post("/api/v1/orders", json=body, headers=auth)
         assert r.status_code == 201, r.text
-        assert r.json()["data"]["status"] == "queued"
-        resting[r.json()["data"]["order_id"]] = asset
+        assert read(r)["data"]["status"] == "queued"
+        resting[read(r)["data"]["order_id"]] = asset
 
     victim = fleet.worker_names()[0]
     for index, (asset, price) in enumerate(CROSSING.items()):
@@ -485,23 +484,23 @@ def test_kill_9_of_a_worker_mid_burst_of_crossing_prices_fills_every_order_once(
         time.sleep(0.5)  # with `_poll`'s pause: about one listing a second, within the user's limit
         r = apis[0].get("/api/v1/orders", params={"status": "open", "limit": 100}, headers=auth)
         assert r.status_code == 200, r.text
-        data: list[dict[str, Any]] = r.json()["data"]
+        data: list[dict[str, Any]] = read(r)["data"]
         return data
 
     _poll(still_open, lambda left: not left, 2 * DEADLINE)
-    orders = apis[1].get("/api/v1/orders", params={"limit": 100}, headers=auth).json()["data"]
+    orders = read(apis[1].get("/api/v1/orders", params={"limit": 100}, headers=auth))["data"]
     assert {o["order_id"] for o in orders} == set(resting)
     assert all(o["status"] == "completed" for o in orders)
     for order in orders:
-        assert Decimal(str(order["executed_price"])) == Decimal(CROSSING[resting[order["order_id"]]]) * Decimal("0.9")
-    ledger = apis[0].get("/api/v1/balance/transactions", params={"limit": 100}, headers=auth).json()["transactions"]
+        assert exact(order["executed_price"]) == Decimal(CROSSING[resting[order["order_id"]]]) * Decimal("0.9")
+    ledger = read(apis[0].get("/api/v1/balance/transactions", params={"limit": 100}, headers=auth))["transactions"]
     paid = sorted(e["order_id"] for e in ledger if e["transaction_type"] == "order_payment")
     assert paid == sorted(resting)  # one payment per order: none filled twice
-    balance = apis[0].get("/api/v1/balance", headers=auth).json()
-    spent = sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
-    assert Decimal(str(balance["available_balance"])) == Decimal("5000") - spent
-    assert Decimal(str(balance["held_balance"])) == Decimal("0")
-    holdings = {a["asset_id"]: Decimal(str(a["quantity"])) for a in apis[1].get("/api/v1/portfolio", headers=auth).json()["assets"]}  # fmt: skip
+    balance = read(apis[0].get("/api/v1/balance", headers=auth))
+    spent = sum((usd(o["total_amount"]) for o in orders), Decimal("0"))
+    assert usd(balance["available_balance"]) == Decimal("5000") - spent
+    assert usd(balance["held_balance"]) == Decimal("0")
+    holdings = {a["asset_id"]: exact(a["quantity"]) for a in read(apis[1].get("/api/v1/portfolio", headers=auth))["assets"]}  # fmt: skip
     assert holdings == {asset: Decimal("2") for asset in CROSSING}
 
     fleet.start_member(fleet.member(victim))
@@ -519,7 +518,7 @@ DOCUMENTED_503 = {"price_unavailable", "service_unavailable"}
 def _health(http: httpx2.Client) -> dict[str, Any]:
     r = http.get("/health")
     assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
+    body: dict[str, Any] = read(r)
     return body
 
 
@@ -572,11 +571,11 @@ def test_redis_stopped_for_a_while_under_light_load(
     unexpected = [
         (r.status_code, r.text)
         for _, r in answers
-        if r.status_code >= 500 and not (r.status_code == 503 and r.json().get("code") in DOCUMENTED_503)
+        if r.status_code >= 500 and not (r.status_code == 503 and read(r).get("code") in DOCUMENTED_503)
     ]
     assert not unexpected, unexpected
-    made = [r.json()["data"] for _, r in answers if r.request.method == "POST" and r.status_code == 201]
-    since_stop = [r.json()["data"] for at, r in answers if at > stopped and r.request.method == "POST" and r.status_code == 201]  # fmt: skip
+    made = [read(r)["data"] for _, r in answers if r.request.method == "POST" and r.status_code == 201]
+    since_stop = [read(r)["data"] for at, r in answers if at > stopped and r.request.method == "POST" and r.status_code == 201]  # fmt: skip
     assert since_stop, [r.status_code for _, r in answers]
 
     # Events flow again: every order made since Redis went away (the ones made while it was away
@@ -590,9 +589,9 @@ def test_redis_stopped_for_a_while_under_light_load(
         live = _market_buy(apis[1], auth)
         after.wait_for(_of(live), DEADLINE)
     # Money: the deposit less every order, nothing lost, and the store is consistent.
-    orders = apis[0].get("/api/v1/orders", params={"limit": 100}, headers=auth).json()["data"]
+    orders = read(apis[0].get("/api/v1/orders", params={"limit": 100}, headers=auth))["data"]
     assert {o["order_id"] for o in orders} >= {o["order_id"] for o in [*made, live]}
-    cash = Decimal(str(apis[1].get("/api/v1/balance", headers=auth).json()["available_balance"]))
-    assert cash == Decimal("5000") - sum((Decimal(str(o["total_amount"])) for o in orders), Decimal("0"))
+    cash = usd(read(apis[1].get("/api/v1/balance", headers=auth))["available_balance"])
+    assert cash == Decimal("5000") - sum((usd(o["total_amount"]) for o in orders), Decimal("0"))
     audit = fleet.cnop("audit", check=False)
     assert audit.returncode == 0, audit.stdout.decode() + audit.stderr.decode()

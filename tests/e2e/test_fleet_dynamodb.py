@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.fleet import ADMIN, Fleet, client, login, register
 from tests.support.sse import EventStream
+from tests.support.wire import read
 
 pytestmark = pytest.mark.system
 
@@ -56,7 +57,7 @@ def test_the_fleet_on_dynamodb(fleet: Fleet) -> None:
             order = {"order_type": "market_buy", "asset_id": "DOGE", "quantity": "10"}
             r = one.post("/api/v1/orders", json=order, headers=auth)
             assert r.status_code == 201, r.text
-            placed = r.json()["data"]
+            placed = read(r)["data"]
             seen = stream.wait_for(
                 lambda e: e["event"] == "order.completed" and e["data"]["order_id"] == placed["order_id"], DEADLINE
             )
@@ -68,7 +69,7 @@ def test_the_fleet_on_dynamodb(fleet: Fleet) -> None:
         assert one.post("/api/v1/admin/assets/DOGE/deactivate", headers=admin).status_code == 200
         try:
             refused = _eventually(lambda: two.post("/api/v1/orders", json=order, headers=auth))
-            assert refused.json()["code"] == "asset_not_tradeable", refused.text
+            assert read(refused)["code"] == "asset_not_tradeable", refused.text
         finally:
             assert one.post("/api/v1/admin/assets/DOGE/activate", headers=admin).status_code == 200
 

@@ -18,6 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.support.edge_server import CNOP, CnopServer, base_env, cnop_server
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -41,7 +42,7 @@ READS = [
 def login(http: httpx.Client, username: str) -> dict[str, str]:
     r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def raw_number(value: str) -> bytes:
@@ -57,7 +58,14 @@ def raw_number(value: str) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CnopServer]:
     workdir = tmp_path_factory.mktemp("extremes")
-    with cnop_server(workdir, {"CNOP_PRICE_SOURCE": "manual", "CNOP_RATE_LIMIT_PER_IP": "100000/minute", "CNOP_RATE_LIMIT_PER_USER": "100000/minute"}) as running:
+    with cnop_server(
+        workdir,
+        {
+            "CNOP_PRICE_SOURCE": "manual",
+            "CNOP_RATE_LIMIT_PER_IP": "100000/minute",
+            "CNOP_RATE_LIMIT_PER_USER": "100000/minute",
+        },
+    ) as running:
         env = base_env(workdir, {"CNOP_PRICE_SOURCE": "manual"})
         created = subprocess.run(
             [CNOP, "user", "create", "admin_edge", "--email", "admin@example.com", "--admin", "--password-stdin"],
@@ -87,10 +95,12 @@ def accounts(server: CnopServer) -> Iterator[dict[str, dict[str, str]]]:
 
 def everything_of(http: httpx.Client, headers: dict[str, str]) -> dict[str, Any]:
     return {
-        "balance": http.get("/api/v1/balance", headers=headers).json(),
-        "portfolio": {k: v for k, v in http.get("/api/v1/portfolio", headers=headers).json().items() if k != "updated_at"},
-        "orders": http.get("/api/v1/orders", headers=headers).json(),
-        "ledger": http.get("/api/v1/balance/transactions", headers=headers).json(),
+        "balance": read(http.get("/api/v1/balance", headers=headers)),
+        "portfolio": {
+            k: v for k, v in read(http.get("/api/v1/portfolio", headers=headers)).items() if k != "updated_at"
+        },
+        "orders": read(http.get("/api/v1/orders", headers=headers)),
+        "ledger": read(http.get("/api/v1/balance/transactions", headers=headers)),
     }
 
 
@@ -105,7 +115,7 @@ def test_an_extreme_admin_price_is_422_and_every_valuation_still_answers(
     server: CnopServer, accounts: dict[str, dict[str, str]], value: str
 ) -> None:
     with server.client() as http:
-        before = http.get("/api/v1/inventory/assets/SOL").json()
+        before = read(http.get("/api/v1/inventory/assets/SOL"))
         held_before = everything_of(http, accounts["holder"])
         r = http.post(
             "/api/v1/admin/prices",
@@ -113,11 +123,11 @@ def test_an_extreme_admin_price_is_422_and_every_valuation_still_answers(
             headers={**accounts["admin"], "Content-Type": "application/json"},
         )
         assert r.status_code == 422, r.text[:300]
-        problem = r.json()
+        problem = read(r)
         assert r.headers["content-type"].startswith("application/problem+json")
         assert problem["code"] == "validation_error" and problem["request_id"] == r.headers["x-request-id"]
-        after = http.get("/api/v1/inventory/assets/SOL").json()
-        assert Decimal(str(after["data"]["price_usd"])) == Decimal(str(before["data"]["price_usd"])) == 150
+        after = read(http.get("/api/v1/inventory/assets/SOL"))
+        assert exact(after["data"]["price_usd"]) == exact(before["data"]["price_usd"]) == 150
         assert everything_of(http, accounts["holder"]) == held_before
         assert_reads_answer(http, accounts["holder"])
 
@@ -133,7 +143,7 @@ def test_an_extreme_order_number_is_422_and_changes_nothing(
         before = everything_of(http, accounts["holder"])
         r = http.post("/api/v1/orders", content=raw, headers={**accounts["holder"], "Content-Type": "application/json"})
         assert r.status_code == 422, r.text[:300]
-        assert r.json()["code"] in {"validation_error", "invalid_order"}
+        assert read(r)["code"] in {"validation_error", "invalid_order"}
         after = everything_of(http, accounts["holder"])
         assert after == before, (before, after)
 
@@ -144,8 +154,8 @@ def test_the_order_body_the_extremes_are_put_into_is_accepted_as_it_stands(
     with server.client() as http:
         r = http.post("/api/v1/orders", json=STOP_LIMIT_BUY, headers=accounts["holder"])
         assert r.status_code == 201, r.text
-        assert r.json()["data"]["status"] == "queued"
-        cancel = http.delete(f"/api/v1/orders/{r.json()['data']['order_id']}", headers=accounts["holder"])
+        assert read(r)["data"]["status"] == "queued"
+        cancel = http.delete(f"/api/v1/orders/{read(r)['data']['order_id']}", headers=accounts["holder"])
         assert cancel.status_code == 200
 
 
@@ -162,7 +172,7 @@ def test_an_extreme_amount_is_422_and_changes_nothing(
             headers={**accounts["holder"], "Content-Type": "application/json"},
         )
         assert r.status_code == 422, r.text[:300]
-        assert r.json()["code"] in {"validation_error", "daily_limit_exceeded"}
+        assert read(r)["code"] in {"validation_error", "daily_limit_exceeded"}
         after = everything_of(http, accounts["holder"])
         assert after == before, (before, after)
 
@@ -174,12 +184,12 @@ def test_a_small_buy_at_the_smallest_admin_price_still_costs_a_cent(
         admin, holder = accounts["admin"], accounts["holder"]
         r = http.post("/api/v1/admin/prices", json={"asset_id": "DOGE", "price": "0.00000001"}, headers=admin)
         assert r.status_code == 200, r.text
-        cash_before = Decimal(str(http.get("/api/v1/balance", headers=holder).json()["available_balance"]))
+        cash_before = usd(read(http.get("/api/v1/balance", headers=holder))["available_balance"])
         r = http.post("/api/v1/orders", json={"order_type": "market_buy", "asset_id": "DOGE", "quantity": "1"},
                       headers=holder)  # fmt: skip
         assert r.status_code == 201, r.text
-        assert Decimal(str(r.json()["data"]["total_amount"])) == Decimal("0.01")  # rounded up: never free
-        cash_after = Decimal(str(http.get("/api/v1/balance", headers=holder).json()["available_balance"]))
+        assert usd(read(r)["data"]["total_amount"]) == Decimal("0.01")  # rounded up: never free
+        cash_after = usd(read(http.get("/api/v1/balance", headers=holder))["available_balance"])
         assert cash_before - cash_after == Decimal("0.01")
         assert_reads_answer(http, holder)
 

@@ -20,6 +20,7 @@ import redis
 
 from tests.support.fleet import Fleet, client, lease_holder, poll, quote
 from tests.support.redis_server import RedisServer
+from tests.support.wire import read
 
 pytestmark = pytest.mark.system
 
@@ -62,7 +63,7 @@ def shared(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def detail(http: httpx2.Client) -> dict[str, Any]:
     r = http.get(f"/api/v1/inventory/assets/{ASSET}")
     assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()["data"]
+    data: dict[str, Any] = read(r)["data"]
     return data
 
 
@@ -97,7 +98,7 @@ def test_both_api_processes_quote_the_same_moving_prices_figures_and_history(
         poll(lambda: (detail(one), detail(two)), lambda d: d[0] == d[1], "the same asset detail from both")
         # The same history from both (a late tick may land between the two reads: poll).
         path = f"/api/v1/inventory/assets/{ASSET}/prices"
-        poll(lambda: (one.get(path, params={"interval": "1m"}).json(), two.get(path, params={"interval": "1m"}).json()),
+        poll(lambda: (read(one.get(path, params={"interval": "1m"})), read(two.get(path, params={"interval": "1m"}))),
              lambda h: h[0] == h[1] and len(h[0]["data"]["prices"]) >= 1, "the same history from both")  # fmt: skip
 
 

@@ -20,8 +20,10 @@ import redis
 from tests.support.fake_prices import FakePrices, serve_fake_prices
 from tests.support.fleet import Fleet, client, lease_holder, login, poll, quote, register
 from tests.support.redis_server import RedisServer
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
@@ -97,8 +99,8 @@ def test_kill_9_of_the_lease_holder_hands_publishing_over_and_every_crossing_ord
             body = {"order_type": "limit_buy", "asset_id": "BTC", "quantity": "0.001", "price": "55000"}
             r = (one if index % 2 else two).post("/api/v1/orders", json=body, headers=auth)
             assert r.status_code == 201, r.text
-            assert r.json()["data"]["status"] == "queued"
-            orders.append(r.json()["data"]["order_id"])
+            assert read(r)["data"]["status"] == "queued"
+            orders.append(read(r)["data"]["order_id"])
 
         holder = lease_holder(shared, prefix, fleet)
         assert holder is not None and holder[1] in fleet.worker_names()
@@ -117,17 +119,17 @@ def test_kill_9_of_the_lease_holder_hands_publishing_over_and_every_crossing_ord
         assert entries and entries[0][1]["f"].startswith(f"{taken[0]}:")
 
         for order_id in orders:
-            filled = poll(lambda order_id=order_id: two.get(f"/api/v1/orders/{order_id}", headers=auth).json()["data"],  # type: ignore[misc]
+            filled = poll(lambda order_id=order_id: read(two.get(f"/api/v1/orders/{order_id}", headers=auth))["data"],  # type: ignore[misc]
                           lambda o: o["status"] == "completed", f"order {order_id} fills")  # fmt: skip
-            assert Decimal(str(filled["executed_price"])) == Decimal("50000")
-            assert Decimal(str(filled["total_amount"])) == Decimal("50.00")
+            assert exact(filled["executed_price"]) == Decimal("50000")
+            assert usd(filled["total_amount"]) == Decimal("50.00")
 
-        balance = one.get("/api/v1/balance", headers=auth).json()
-        assert Decimal(str(balance["available_balance"])) == Decimal("700.00")  # 1000 - 6 x 50, once each
-        assert Decimal(str(balance["held_balance"])) == Decimal("0")
-        portfolio = one.get("/api/v1/portfolio", headers=auth).json()
-        assert {a["asset_id"]: Decimal(str(a["quantity"])) for a in portfolio["assets"]} == {"BTC": Decimal("0.006")}
-        ledger = one.get("/api/v1/balance/transactions", headers=auth, params={"limit": 100}).json()["transactions"]
+        balance = read(one.get("/api/v1/balance", headers=auth))
+        assert usd(balance["available_balance"]) == Decimal("700.00")  # 1000 - 6 x 50, once each
+        assert usd(balance["held_balance"]) == Decimal("0")
+        portfolio = read(one.get("/api/v1/portfolio", headers=auth))
+        assert {a["asset_id"]: exact(a["quantity"]) for a in portfolio["assets"]} == {"BTC": Decimal("0.006")}
+        ledger = read(one.get("/api/v1/balance/transactions", headers=auth, params={"limit": 100}))["transactions"]
         payments = [e for e in ledger if e["transaction_type"] == "order_payment"]
         assert len(payments) == 6
 

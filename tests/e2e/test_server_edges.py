@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.support.edge_server import CnopServer, cnop_server, raw_exchange, read_until_closed
+from tests.support.wire import read, usd
 
 pytestmark = pytest.mark.system
 
@@ -38,7 +38,7 @@ def register_and_login(http: httpx.Client, username: str) -> dict[str, str]:
     assert r.status_code == 201, r.text
     r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -107,7 +107,7 @@ def test_a_rotating_spoofed_forwarded_for_does_not_dodge_the_login_guard(tmp_pat
                 json={"username": "victim_01", "password": "Wrong!Passw0rd1"},
                 headers={"X-Forwarded-For": f"198.51.100.{i + 1}", "X-Real-IP": f"198.51.100.{i + 1}"},
             )
-            statuses.append((r.status_code, r.json()["code"]))
+            statuses.append((r.status_code, read(r)["code"]))
         assert statuses[:5] == [(401, "invalid_credentials")] * 5
         assert statuses[5:] == [(403, "login_blocked")] * 3
         # The peer itself is blocked now, so even the right password (with yet another header) is refused.
@@ -116,7 +116,7 @@ def test_a_rotating_spoofed_forwarded_for_does_not_dodge_the_login_guard(tmp_pat
             json={"username": "victim_01", "password": PASSWORD},
             headers={"X-Forwarded-For": "203.0.113.99"},
         )
-        assert r.status_code == 403 and r.json()["code"] == "login_blocked"
+        assert r.status_code == 403 and read(r)["code"] == "login_blocked"
         assert int(r.headers["retry-after"]) > 0
 
 
@@ -127,7 +127,7 @@ def test_a_rotating_spoofed_forwarded_for_does_not_dodge_the_per_ip_rate_limit(t
         ]
         assert [r.status_code for r in answers] == [200] * 10 + [429, 429]
         assert [r.headers["x-ratelimit-limit"] for r in answers] == ["10"] * 12
-        assert answers[-1].json()["code"] == "rate_limited" and int(answers[-1].headers["retry-after"]) > 0
+        assert read(answers[-1])["code"] == "rate_limited" and int(answers[-1].headers["retry-after"]) > 0
 
 
 def test_forwarded_for_is_believed_only_from_a_configured_proxy(tmp_path: Path) -> None:
@@ -165,21 +165,23 @@ def test_a_64_mb_header_is_431_without_reading_it_and_others_are_served_meanwhil
         health = http.get("/health")
     thread.join(30)
     assert not thread.is_alive()
-    assert health.status_code == 200 and health.json()["status"] in {"healthy", "degraded"}
+    assert health.status_code == 200 and read(health)["status"] in {"healthy", "degraded"}
     problem = assert_server_problem(outcome["response"], 431, "headers_too_large")
     assert "16384 bytes" in problem["detail"]
     assert outcome["sent"] < 64 * MB  # refused (and closed) long before the header was all sent
 
 
 def test_a_32_mb_bearer_token_is_431_and_never_reaches_the_app(server: CnopServer) -> None:
-    request = b"GET /api/v1/balance HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + b"x" * (32 * MB) + b"\r\n\r\n"
+    request = (
+        b"GET /api/v1/balance HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + b"x" * (32 * MB) + b"\r\n\r\n"
+    )
     assert_server_problem(raw_exchange(server.port, request), 431, "headers_too_large")
 
 
 def test_a_head_just_within_the_bound_is_served(server: CnopServer) -> None:
     with server.client() as http:
         r = http.get("/api/v1/inventory/assets", headers={"X-Padding": "a" * 15_000})
-    assert r.status_code == 200 and len(r.json()["data"]) > 0
+    assert r.status_code == 200 and len(read(r)["data"]) > 0
 
 
 def test_a_200_kb_query_string_is_a_414_problem_with_a_request_id(server: CnopServer) -> None:
@@ -292,9 +294,9 @@ def test_a_50_mb_deposit_is_413_before_its_body_is_sent_and_changes_nothing(serv
         assert problem["code"] == "body_too_large" and problem["request_id"] == response_headers["x-request-id"]
         assert "65536 bytes" in problem["detail"]
         assert response_headers["x-ratelimit-limit"] and response_headers["connection"] == "close"
-        balance = http.get("/api/v1/balance", headers=headers).json()
-        assert Decimal(str(balance["current_balance"])) == 0
-        assert http.get("/api/v1/balance/transactions", headers=headers).json()["transactions"] == []
+        balance = read(http.get("/api/v1/balance", headers=headers))
+        assert usd(balance["current_balance"]) == 0
+        assert read(http.get("/api/v1/balance/transactions", headers=headers))["transactions"] == []
 
 
 def test_a_chunked_login_body_past_its_bound_is_413(server: CnopServer) -> None:
@@ -306,8 +308,8 @@ def test_a_chunked_login_body_past_its_bound_is_413(server: CnopServer) -> None:
 
     with server.client() as http:
         r = http.post("/api/v1/auth/login", content=chunks(), headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and r.json()["code"] == "body_too_large"
-    assert "8192 bytes" in r.json()["detail"]
+    assert r.status_code == 413 and read(r)["code"] == "body_too_large"
+    assert "8192 bytes" in read(r)["detail"]
 
 
 # --- finding 9: a restart keeps everyone signed in (local shape, no CNOP_JWT_SECRET) -------------
@@ -321,9 +323,10 @@ def test_without_a_configured_secret_tokens_survive_a_restart(tmp_path: Path) ->
     assert secret_file.stat().st_mode & 0o777 == 0o600
     with cnop_server(tmp_path, unset=("CNOP_JWT_SECRET",)) as second, second.client() as http:
         r = http.get("/api/v1/balance", headers=headers)
-        assert r.status_code == 200 and Decimal(str(r.json()["current_balance"])) == 0
+        assert r.status_code == 200 and usd(read(r)["current_balance"]) == 0
     secret_file.chmod(0o644)
-    with pytest.raises(RuntimeError, match="may be read by others"), cnop_server(
-        tmp_path, unset=("CNOP_JWT_SECRET",), ready_timeout=30
+    with (
+        pytest.raises(RuntimeError, match="may be read by others"),
+        cnop_server(tmp_path, unset=("CNOP_JWT_SECRET",), ready_timeout=30),
     ):
         pass

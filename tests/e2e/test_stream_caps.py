@@ -17,6 +17,7 @@ import uvicorn
 from tests.conftest import StoreFactory
 from tests.support.api import Api, open_api
 from tests.support.edge_server import free_port
+from tests.support.wire import read
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ async def test_streams_past_the_per_user_cap_are_429_and_a_closed_one_frees_its_
             refused = await http.get("/api/v1/events", headers=headers)
             assert refused.status_code == 429
             assert refused.headers["content-type"].startswith("application/problem+json")
-            problem = refused.json()
+            problem = read(refused)
             assert problem["code"] == "too_many_streams" and "per user" in problem["detail"]
             assert problem["request_id"] == refused.headers["x-request-id"]
             assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-ratelimit-limit"]
@@ -79,6 +80,6 @@ async def test_streams_past_the_per_ip_cap_are_429_whoever_opens_them(served: tu
         ]
         assert [r.status_code for r in opened] == [200, 200, 200]
         refused = await http.get("/api/v1/events", headers=users[2][1])
-        assert refused.status_code == 429 and refused.json()["code"] == "too_many_streams"
-        assert "per address" in refused.json()["detail"]
+        assert refused.status_code == 429 and read(refused)["code"] == "too_many_streams"
+        assert "per address" in read(refused)["detail"]
         assert api.container.streams.open_for(ip="127.0.0.1") == 3

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cnop.dev import CloudOnOneMachine, free_base_port
 from tests.support.fake_prices import FakePrices
+from tests.support.wire import read
 
 PASSWORD = "Str0ng!Passw0rd"
 DEADLINE = 60.0
@@ -79,7 +80,7 @@ def new_user(http: httpx2.Client) -> tuple[str, dict[str, str]]:
     assert r.status_code == 201, r.text
     r = http.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.text
-    return username, {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return username, {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def poll(fetch: Any, until: Any, deadline: float = DEADLINE) -> Any:
@@ -128,7 +129,7 @@ def all_pages(http: httpx2.Client, path: str, headers: Mapping[str, str], key: s
     while True:
         r = http.get(path, params=params, headers=headers)
         assert r.status_code == 200, r.text
-        page = r.json()
+        page = read(r)
         items.extend(page[key])
         if not page.get("has_more"):
             return items

@@ -28,6 +28,7 @@ import redis
 
 from cnop.dev import MONOLITH, LocalProcesses, Member
 from tests.support.cnop_server import free_port
+from tests.support.wire import exact, read
 
 PASSWORD = "Str0ng!Passw0rd"
 ADMIN = "fleet_admin"
@@ -117,7 +118,7 @@ def client(url: str) -> httpx2.Client:
 def login(http: httpx2.Client, username: str, password: str = PASSWORD) -> dict[str, str]:
     r = http.post("/api/v1/auth/login", json={"username": username, "password": password})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return {"Authorization": f"Bearer {read(r)['access_token']}"}
 
 
 def register(http: httpx2.Client, username: str) -> None:
@@ -129,15 +130,15 @@ def register(http: httpx2.Client, username: str) -> None:
 
 def json_of(response: httpx2.Response) -> Any:
     assert response.status_code < 300, (response.status_code, response.text)
-    return response.json()
+    return read(response)
 
 
 def quote(http: httpx2.Client, asset: str) -> tuple[Decimal, str]:
     """(price, last_updated) of an asset as one API process quotes it."""
     r = http.get(f"/api/v1/inventory/assets/{asset}")
     assert r.status_code == 200, r.text
-    data: dict[str, Any] = r.json()["data"]
-    return Decimal(str(data["price_usd"])), str(data["last_updated"])
+    data: dict[str, Any] = read(r)["data"]
+    return exact(data["price_usd"]), str(data["last_updated"])
 
 
 def lease_holder(shared: redis.Redis, prefix: str, fleet: Fleet) -> tuple[int, str] | None:

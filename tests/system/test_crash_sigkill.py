@@ -34,6 +34,7 @@ import pytest
 
 from tests.conftest import ENGINES
 from tests.support.restartable_server import CnopServer, run_cnop, store_env
+from tests.support.wire import exact, read, usd
 
 pytestmark = pytest.mark.system
 
@@ -108,7 +109,7 @@ async def set_up_users(client: httpx.AsyncClient) -> dict[str, dict[str, str]]:
         assert (await client.post("/api/v1/auth/register", json=body)).status_code == 201
         r = await client.post("/api/v1/auth/login", json={"username": name, "password": PASSWORD})
         assert r.status_code == 200, r.text
-        users[name] = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        users[name] = {"Authorization": f"Bearer {read(r)['access_token']}"}
         r = await client.post("/api/v1/balance/deposit", json={"amount": "2000.00"}, headers=users[name])
         assert r.status_code == 201, r.text
     return users
@@ -117,7 +118,7 @@ async def set_up_users(client: httpx.AsyncClient) -> dict[str, dict[str, str]]:
 async def market_price(client: httpx.AsyncClient, asset: str) -> Decimal:
     r = await client.get(f"/api/v1/inventory/assets/{asset}")
     assert r.status_code == 200, r.text
-    return Decimal(str(r.json()["data"]["price_usd"]))
+    return exact(read(r)["data"]["price_usd"])
 
 
 def next_request(rng: random.Random, user: str, load: Load, prices: dict[str, Decimal]) -> Sent:
@@ -167,10 +168,10 @@ async def run_load_then_kill(server: CnopServer, users: dict[str, dict[str, str]
                     r = await send(client, users, sent)
                 except httpx.HTTPError:
                     return  # the server is gone: this one stays unanswered
-                sent.status, sent.answer = r.status_code, r.json() if r.content else None
+                sent.status, sent.answer = r.status_code, read(r) if r.content else None
                 assert r.status_code < 500, (sent, r.text)
-                if sent.kind == "limit_buy" and r.status_code == 201 and r.json()["data"]["status"] == "queued":
-                    load.queued.setdefault(user, []).append(r.json()["data"]["order_id"])
+                if sent.kind == "limit_buy" and r.status_code == 201 and read(r)["data"]["status"] == "queued":
+                    load.queued.setdefault(user, []).append(read(r)["data"]["order_id"])
 
         answered_before = sum(1 for s in load.sent if s.status is not None)
         tasks = [asyncio.create_task(worker(user, n)) for user in users for n in range(WORKERS_PER_USER)]
@@ -194,7 +195,7 @@ async def all_pages(client: httpx.AsyncClient, path: str, headers: dict[str, str
             params["cursor"] = cursor
         r = await client.get(path, params=params, headers=headers)
         assert r.status_code == 200, r.text
-        page = r.json()
+        page = read(r)
         items += page[field]
         cursor = page.get("next_cursor")
         if not page["has_more"]:
@@ -225,7 +226,7 @@ def check_acknowledged(sent: Sent, entries: dict[str, Any], orders: dict[str, An
         entry = entries.get(sent.answer["transaction_id"])
         if entry is None:
             return [f"acknowledged {sent.kind} {sent.answer['transaction_id']} is missing"]
-        if entry["transaction_type"] != sent.kind or Decimal(str(entry["amount"])) != Decimal(sent.body["amount"]):
+        if entry["transaction_type"] != sent.kind or usd(entry["amount"]) != Decimal(sent.body["amount"]):
             return [f"acknowledged {sent.kind} {sent.answer} is stored as {entry}"]
         return []
     order = orders.get(sent.answer["data"]["order_id"])
@@ -260,13 +261,13 @@ async def check_replays(
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         for sent in (s for s in load.sent if s.key is not None and s.status is not None):
             r = await send(client, users, sent)
-            answer = r.json() if r.content else None
+            answer = read(r) if r.content else None
             if r.status_code != sent.status or answer != sent.answer:
                 problems.append(f"replay of {sent.kind} {sent.key}: {r.status_code} {answer}, first {sent.status}")
         await asyncio.sleep(LEASE_SECONDS + 1)  # claims of requests cut off by the kill lapse
         for sent in (s for s in load.unanswered() if s.key is not None):
             r = await send(client, users, sent)
-            body = r.json() if r.content else None
+            body = read(r) if r.content else None
             if r.status_code == 409 and body.get("code") == "idempotency_in_progress":
                 stuck.append(f"{sent.kind} {sent.key}")
                 continue
@@ -274,7 +275,7 @@ async def check_replays(
                 problems.append(f"replay of cut-off {sent.kind} {sent.key}: {r.status_code} {body}")
                 continue
             again = await send(client, users, sent)
-            if again.status_code != r.status_code or (again.json() if again.content else None) != body:
+            if again.status_code != r.status_code or (read(again) if again.content else None) != body:
                 problems.append(f"second replay of cut-off {sent.kind} {sent.key} differs: {again.text}")
             sent.status, sent.answer = r.status_code, body  # now acknowledged: checked once more below
     return problems, stuck

@@ -28,6 +28,7 @@ import pytest
 
 from tests.support.fleet import ADMIN, PASSWORD, Fleet, client, login, register
 from tests.support.redis_server import RedisServer
+from tests.support.wire import read
 
 pytestmark = pytest.mark.system
 
@@ -93,13 +94,13 @@ def _limit_buy(http: httpx2.Client, auth: dict[str, str], asset: str) -> httpx2.
 def _set_active(http: httpx2.Client, admin: dict[str, str], asset: str, active: bool) -> None:
     r = http.post(f"/api/v1/admin/assets/{asset}/{'activate' if active else 'deactivate'}", headers=admin)
     assert r.status_code == 200, r.text
-    assert r.json()["data"]["is_active"] is active
+    assert read(r)["data"]["is_active"] is active
 
 
 def _refused_as_not_tradeable(http: httpx2.Client, auth: dict[str, str], asset: str) -> bool:
     r = _limit_buy(http, auth, asset)
     assert r.status_code in (201, 422), r.text
-    return r.status_code == 422 and r.json()["code"] == "asset_not_tradeable"
+    return r.status_code == 422 and read(r)["code"] == "asset_not_tradeable"
 
 
 def _accepted(http: httpx2.Client, auth: dict[str, str], asset: str) -> bool:
@@ -110,7 +111,7 @@ def _accepted(http: httpx2.Client, auth: dict[str, str], asset: str) -> bool:
 
 def _health(http: httpx2.Client, path: str) -> tuple[int, dict[str, Any]]:
     r = http.get(path)
-    return r.status_code, r.json()
+    return r.status_code, read(r)
 
 
 def _redis_check(http: httpx2.Client, path: str) -> str:

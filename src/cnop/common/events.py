@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from cnop.common.clock import Clock
-from cnop.common.entities.order import Order, OrderResponse
+from cnop.common.entities.order import Order, order_wire
 
 RETAINED_PER_USER = 500
 RETENTION_SECONDS = 300.0
@@ -40,15 +40,53 @@ class EventsUnavailable(Exception):
     """The bus cannot read events now (its Redis is down): end the stream with a retry hint."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One event. `id` is its wire form; `position` orders events of one user's stream."""
+_UNSET: Any = object()
 
-    id: str
-    type: str
-    data: Any
-    at: float
-    position: tuple[int, int]
+
+class Event:
+    """One event. `id` is its wire form; `position` orders events of one user's stream.
+
+    `data` is the payload in its wire form. `Event.later(...)` makes an event from what was
+    published (an `Order`, say) whose wire form is written the first time `data` is read: the
+    local shape's bus keeps every event for replay, but most are never read, so an order's
+    payload is not built for nobody (decision 0029). What was published is immutable (an `Order`
+    is frozen), so the payload is the same whenever it is built.
+    """
+
+    __slots__ = ("_data", "_source", "at", "id", "position", "type")
+
+    def __init__(self, id: str, type: str, data: Any, at: float, position: tuple[int, int]) -> None:
+        self.id = id
+        self.type = type
+        self._data = data
+        self._source = _UNSET
+        self.at = at
+        self.position = position
+
+    @classmethod
+    def later(cls, id: str, type: str, source: Any, at: float, position: tuple[int, int]) -> Event:
+        event = cls(id, type, None, at, position)
+        event._source = source
+        return event
+
+    @property
+    def data(self) -> Any:
+        if self._source is not _UNSET:
+            self._data, self._source = wire_payload(self._source), _UNSET
+        return self._data
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.id, self.type, self.data, self.at, self.position)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.type, self.at, self.position))
+
+    def __repr__(self) -> str:
+        fields = f"id={self.id!r}, type={self.type!r}, data={self.data!r}, at={self.at!r}, position={self.position!r}"
+        return f"Event({fields})"
 
 
 @dataclass(eq=False, slots=True)
@@ -93,7 +131,7 @@ class EventBus(Protocol):
 def wire_payload(data: Any) -> Any:
     """An event's data in its wire form: an `Order` as the API's order object (decision 0008)."""
     if isinstance(data, Order):
-        data = OrderResponse.of(data)
+        return order_wire(data)
     payload = data.model_dump(mode="python") if isinstance(data, BaseModel) else data
     if isinstance(payload, dict):
         payload.pop("username", None)
@@ -154,7 +192,7 @@ class InProcessEventBus:
 
     def publish(self, username: str, event_type: str, data: Any) -> None:
         number = next(self._ids)
-        event = Event(str(number), event_type, wire_payload(data), self.clock.timestamp(), (number, 0))
+        event = Event.later(str(number), event_type, data, self.clock.timestamp(), (number, 0))
         kept = self._retained.setdefault(username, deque(maxlen=self.retained_per_user))
         kept.append(event)
         self._drop_expired(username, kept)

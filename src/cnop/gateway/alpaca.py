@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cnop.common.web.problems import install_exception_handlers, problem_response
+from cnop.common.web.routing import NATIVE_TELEMETRY_OFF
 from cnop.container import Container
 from cnop.services.alpaca.errors import alpaca_body
 from cnop.services.alpaca.market_data import router as market_data_router
@@ -31,7 +32,9 @@ _NO_STORE = (b"cache-control", b"no-store")
 
 
 def create_alpaca_app(container: Container) -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
+    app = FastAPI(
+        openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False, telemetry=NATIVE_TELEMETRY_OFF
+    )
     app.state.container = container
     app.router.redirect_slashes = False
     install_exception_handlers(app)

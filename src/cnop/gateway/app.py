@@ -19,6 +19,7 @@ from cnop.common.logging import configure_logging
 from cnop.common.metrics import metrics_router
 from cnop.common.shared.redis import add_redis_health
 from cnop.common.web.problems import install_exception_handlers
+from cnop.common.web.routing import NATIVE_TELEMETRY_OFF, install_route_index
 from cnop.container import Container, build_container
 from cnop.gateway.alpaca import AlpacaErrorShape, mount_alpaca
 from cnop.gateway.middleware import install_middleware
@@ -106,6 +107,7 @@ def create_app(
         openapi_url="/api/v1/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.container = container
     app.state.draining = asyncio.Event()
@@ -145,6 +147,7 @@ def create_app(
     # Outermost, so that it sees every answer under /alpaca, the middleware's own refusals included.
     app.add_middleware(AlpacaErrorShape)
     _docs_last(app)
+    install_route_index(app)
     return app
 
 

@@ -30,6 +30,7 @@ from cnop.common.metrics import Metrics, metrics_router
 from cnop.common.security import TokenClaims, TokenManager
 from cnop.common.shared.redis import add_redis_health, connection_url, watch_redis
 from cnop.common.web.problems import install_exception_handlers, scope_problem_response
+from cnop.common.web.routing import NATIVE_TELEMETRY_OFF
 from cnop.gateway.alpaca import AlpacaErrorShape
 from cnop.gateway.middleware import install_middleware
 from cnop.gateway.proxy import ReverseProxy, Upstream
@@ -142,7 +143,14 @@ def create_gateway_app(settings: Settings) -> FastAPI:
                 await asyncio.gather(watcher, return_exceptions=True)
             await proxy.aclose()
 
-    app = FastAPI(title="cnop gateway", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None)
+    app = FastAPI(
+        title="cnop gateway",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        telemetry=NATIVE_TELEMETRY_OFF,
+    )
     app.state.draining = draining
     app.state.proxy = proxy
     app.state.metrics = metrics

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from cnop.common.exceptions import CnopError, IdempotencyInProgress, ValidationFailed
 from cnop.common.idempotency import Applied, IdempotencyRecords, StoredResponse, applying, request_fingerprint
-from cnop.common.jsonio import dumps
+from cnop.common.jsonio import Rendered, render
 from cnop.common.web.problems import problem_response
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -31,7 +31,7 @@ async def run_idempotent(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[], Awaitable[BaseModel]],
+    work: Callable[[], Awaitable[BaseModel | Rendered]],
     rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> Response:
@@ -63,18 +63,18 @@ async def idempotent_outcome(
     scope: str,
     client_key: str | None,
     payload: Any,
-    work: Callable[[], Awaitable[BaseModel]],
+    work: Callable[[], Awaitable[BaseModel | Rendered]],
     rebuild: Callable[[str], Awaitable[BaseModel]],
     status_code: int = 201,
 ) -> StoredResponse:
     """`run_idempotent`'s status and body, for a caller that answers in another shape (the compat API)."""
     if client_key is None:
-        return StoredResponse(status_code, dumps(await work()))
+        return StoredResponse(status_code, render(await work()))
     begun = await records.begin(username, scope, client_key, request_fingerprint(payload))
     if isinstance(begun, StoredResponse):
         return begun
     if isinstance(begun, Applied):
-        body = dumps(await rebuild(begun.result_id))
+        body = render(await rebuild(begun.result_id))
         await records.complete_applied(begun, status_code, body)
         return StoredResponse(status_code, body)
     try:
@@ -91,7 +91,7 @@ async def idempotent_outcome(
     except BaseException:
         await records.abandon(begun)
         raise
-    body = dumps(result)
+    body = render(result)
     await records.finish(begun, status_code, body)
     return StoredResponse(status_code, body)
 

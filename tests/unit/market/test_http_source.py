@@ -24,7 +24,9 @@ from cnop.market.prices import Tick
 from cnop.market.sources.http import HttpPriceSource, PricePollFailed, backoff_delay, markets_endpoint
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-CLIENT_TIMEOUT = 0.3
+# Long enough that the fake market's thread answers in time on a loaded machine (with 0.3 s a
+# scripted 429 was sometimes reported as "no answer"); the stall step waits three times this.
+CLIENT_TIMEOUT = 1.5
 
 Step = Callable[["ScriptedHandler"], None]
 
@@ -244,7 +246,7 @@ async def test_the_stream_rides_out_failures_and_recovers(market: FakeMarket) ->
     source = make_source(market.url)
     batches: list[list[Tick]] = []
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(15):
             async for batch in source.ticks():
                 batches.append(batch)
                 if len(batches) == 3:

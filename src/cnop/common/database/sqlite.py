@@ -116,16 +116,20 @@ _INSERT_SQL = {
 }
 
 
+_INDEX_COLUMNS = tuple((spec.pk_attr, spec.sk_attr, spec.sk_type == "N") for spec in keys.INDEXES.values())
+
+
 def _columns(item: Item) -> list[Any]:
     """The row for an item: keys, index columns (numbers made sortable), TTL and the JSON body."""
     columns: list[Any] = [item["pk"], item["sk"]]
-    for spec in keys.INDEXES.values():
-        pk_value, sk_value = item.get(spec.pk_attr), item.get(spec.sk_attr)
+    get = item.get
+    for pk_attr, sk_attr, numeric in _INDEX_COLUMNS:
+        pk_value, sk_value = get(pk_attr), get(sk_attr)
         if pk_value is None or sk_value is None:
-            columns += [None, None]
+            columns += (None, None)
         else:
-            columns += [pk_value, encode_number_key(sk_value) if spec.sk_type == "N" else sk_value]
-    expires = item.get(TTL_ATTRIBUTE)
+            columns += (pk_value, encode_number_key(sk_value) if numeric else sk_value)
+    expires = get(TTL_ATTRIBUTE)
     columns.append(float(expires) if expires is not None else None)
     columns.append(_dumps(item))
     return columns
@@ -372,10 +376,17 @@ class SQLiteStore(ItemStore):
     def _read(self, table: str, key: Key) -> Item | None:
         row = (
             self._ready()
-            .execute(f"SELECT body FROM {self._table(table)} WHERE pk=? AND sk=?", (key["pk"], key["sk"]))  # noqa: S608
+            .execute(
+                f"SELECT body, expires_at FROM {self._table(table)} WHERE pk=? AND sk=?",  # noqa: S608
+                (key["pk"], key["sk"]),
+            )
             .fetchone()
         )
-        return None if row is None else _loads(row[0])
+        if row is None:
+            return None
+        item = _loads(row[0])
+        # Only a row with a TTL can have expired; the item's own `expires_at` decides, exactly.
+        return item if row[1] is None or is_live(item, time.time()) else None
 
     def _get(self, table: str, key: Key, consistent: bool) -> Awaitable[Item | None]:
         return self._run(self._read, table, key)
@@ -426,10 +437,15 @@ class SQLiteStore(ItemStore):
         now = time.time()
         where.append("(expires_at IS NULL OR expires_at > ?)")
         params.append(now)
-        sql = f"SELECT body FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
+        sql = f"SELECT body, expires_at FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
         params.append(query.limit + 1)
         rows = self._ready().execute(sql, params).fetchall()
-        return query.page([item for item in (_loads(row[0]) for row in rows) if is_live(item, now)])
+        items: list[Item] = []
+        for body, expires in rows:
+            item = _loads(body)
+            if expires is None or is_live(item, now):  # the SQL filter compares floats; decide exactly
+                items.append(item)
+        return query.page(items)
 
     def _query(self, query: Query) -> Awaitable[Page]:
         return self._run(self._read_query, query)

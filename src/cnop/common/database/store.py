@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import operator
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -383,24 +382,25 @@ class ItemStore(ABC):
     event loop.
 
     The port's methods are written once, here: they check their arguments (a transaction by
-    `check_ops`, a query into a `Query`), hand them to the engine's hook (`_get`, `_batch_get`,
-    `_query`, `_transact`) and drop expired items from what a read returns. An engine implements
+    `check_ops`, a query into a `Query`) and hand them to the engine's hook (`_get`, `_batch_get`,
+    `_query`, `_transact`), which leaves expired items out of what it reads. An engine implements
     the hooks; a wrapper around another store is a `StoreWrapper`.
     """
 
-    async def get(self, table: str, key: Key, *, consistent: bool = True) -> Item | None:
-        item = await self._get(table, key, consistent)
-        return item if item is not None and is_live(item, time.time()) else None
+    # `get` and `query` hand back the engine's awaitable itself (no coroutine of their own around
+    # it): they are the hottest calls of the port, and every frame costs on every read.
+
+    def get(self, table: str, key: Key, *, consistent: bool = True) -> Awaitable[Item | None]:
+        """The live item stored under `key`, or None (absent or expired)."""
+        return self._get(table, key, consistent)
 
     async def batch_get(self, table: str, keys: Sequence[Key]) -> list[Item]:
         """The live items among `keys`, in no particular order."""
         if len(keys) > MAX_BATCH_GET:
             raise ValueError(f"batch_get takes at most {MAX_BATCH_GET} keys")
-        found = await self._batch_get(table, list(keys))
-        now = time.time()
-        return [item for item in found if is_live(item, now)]
+        return await self._batch_get(table, list(keys))
 
-    async def query(
+    def query(
         self,
         table: str,
         pk: str,
@@ -411,9 +411,11 @@ class ItemStore(ABC):
         cursor: str | None = None,
         descending: bool = False,
         consistent: bool = True,
-    ) -> Page:
-        """Items under one partition key, ordered by sort key; a page holds at most `limit`."""
-        return await self._query(Query(table, pk, sk, index, limit, cursor, descending, consistent))
+    ) -> Awaitable[Page]:
+        """Items under one partition key, ordered by sort key; a page holds at most `limit`.
+
+        The arguments are checked when it is called (a `ValueError` before anything is awaited)."""
+        return self._query(Query(table, pk, sk, index, limit, cursor, descending, consistent))
 
     async def transact(self, ops: Sequence[Op], *, token: str | None = None) -> None:
         """Apply every op or none; raise ConditionFailed(index) for the first failing condition.
@@ -439,13 +441,16 @@ class ItemStore(ABC):
 
     # (Awaitables, not coroutines: an engine may hand back the one its thread hop makes.)
 
+    # Reads leave out expired items themselves: an engine knows which of its rows carry a TTL
+    # at all (most do not) and checks `is_live` only on those.
+
     @abstractmethod
     def _get(self, table: str, key: Key, consistent: bool) -> Awaitable[Item | None]:
-        """The item stored under `key` (expired or not), or None."""
+        """The live item stored under `key`, or None (absent, or expired: see `is_live`)."""
 
     @abstractmethod
     def _batch_get(self, table: str, keys: list[Key]) -> Awaitable[list[Item]]:
-        """The items stored under `keys` (expired or not; at most `MAX_BATCH_GET` keys)."""
+        """The live items stored under `keys` (at most `MAX_BATCH_GET` keys)."""
 
     @abstractmethod
     def _query(self, query: Query) -> Awaitable[Page]:
@@ -587,10 +592,21 @@ def check_item(item: Item) -> None:
     _refuse_floats(item)
 
 
+# The exact types of nearly every stored value: neither a float nor a container, so one set
+# lookup clears them (subclasses of anything, e.g. an enum, take the isinstance checks).
+_PLAIN_TYPES = frozenset({str, Decimal, int, bool, type(None)})
+
+
 def _refuse_floats(value: Any) -> None:
     # On every write: a flat loop over the common case (scalars), recursion only for containers.
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return
     values = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else (value,)
+    plain = _PLAIN_TYPES
     for inner in values:
+        if type(inner) in plain:
+            continue
         if isinstance(inner, float):
             raise TypeError("floats are not stored; use Decimal")
         if isinstance(inner, dict | list | tuple):

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from cnop.common.clock import isoformat
 from cnop.common.money import (
     DECIMAL_TEXT_SCHEMA,
     MAX_PRICE,
@@ -300,3 +301,53 @@ class OrderResponse(BaseModel):
             cancelled_at=order.cancelled_at,
             reason=order.reason,
         )
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else plain_text(value)
+
+
+def _usd(value: Decimal | None) -> str | None:
+    return None if value is None else usd_text(value)
+
+
+def _moment(value: datetime | None) -> str | None:
+    return None if value is None else isoformat(value)
+
+
+def order_wire(order: Order) -> dict[str, str | None]:
+    """`OrderResponse.of(order)` in its JSON form, written directly: the same keys in the same
+    order and the same text for every value (`jsonio.dumps` of either gives the same bytes), without
+    building and dumping the model. The hot path's response and event payload (decision 0029);
+    `tests/unit/test_order_wire.py` holds it to the model."""
+    if order.order_type.is_market:
+        price, bound = order.executed_price, order.price
+    else:
+        price, bound = order.price, None
+    held = order.held_amount
+    return {
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "order_type": order.order_type.value,
+        "side": order.order_type.side.value,
+        "asset_id": order.asset_id,
+        "quantity": plain_text(order.quantity),
+        "price": _plain(price),
+        "price_bound": _plain(bound),
+        "stop_price": _plain(order.stop_price),
+        "trail_amount": _plain(order.trail_amount),
+        "trail_percent": _plain(order.trail_percent),
+        "time_in_force": order.time_in_force.value,
+        "expires_at": _moment(order.expires_at),
+        "status": order.status.value,
+        "executed_price": _plain(order.executed_price),
+        "total_amount": _usd(order.total_amount),
+        "held_amount": usd_text(held) if order.order_type.side is OrderSide.BUY else plain_text(held),
+        "realized_pnl": _usd(order.realized_pnl),
+        "trail_anchor": _plain(order.trail_anchor),
+        "created_at": isoformat(order.created_at),
+        "updated_at": isoformat(order.updated_at),
+        "executed_at": _moment(order.executed_at),
+        "cancelled_at": _moment(order.cancelled_at),
+        "reason": order.reason,
+    }

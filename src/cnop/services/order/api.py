@@ -16,8 +16,9 @@ from cnop.common.entities.order import (
     OrderResponse,
     OrderStatus,
     OrderType,
+    order_wire,
 )
-from cnop.common.jsonio import ExactJSONResponse
+from cnop.common.jsonio import ExactJSONResponse, Rendered, dumps_native
 from cnop.common.web.routing import ExactJSONRoute
 from cnop.services.dependencies import (
     Assets,
@@ -48,9 +49,10 @@ async def create_order(
     idempotency: Idempotency,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    async def place() -> OrderEnvelope:
+    async def place() -> Rendered:
+        # `OrderEnvelope` written directly (decision 0029): the same bytes as the model's.
         order = await trading.place_order(principal.username, body)
-        return OrderEnvelope(data=OrderResponse.of(order))
+        return Rendered(dumps_native({"data": order_wire(order)}))
 
     async def rebuild(order_id: str) -> OrderEnvelope:
         return OrderEnvelope(data=OrderResponse.of(await orders.get_order(principal.username, order_id)))

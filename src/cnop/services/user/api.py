@@ -193,7 +193,7 @@ async def list_transactions(
 
 @router.get("/portfolio", response_model=Portfolio, tags=["portfolio"])
 async def get_portfolio(principal: CurrentUser, portfolios: Portfolios) -> Response:
-    return ExactJSONResponse(await portfolios.portfolio(principal.username))
+    return ExactJSONResponse(await portfolios.portfolio_wire(principal.username))
 
 
 @router.get("/balance/asset/{asset_id}", response_model=AssetBalance, tags=["portfolio"])

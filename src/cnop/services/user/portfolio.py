@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -11,9 +13,20 @@ from cnop.common.clock import Clock
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.entities.balance import Balance
 from cnop.common.entities.holding import Holding
 from cnop.common.exceptions import HoldingNotFound
-from cnop.common.money import CENT, MONEY_CONTEXT, Percent, Price, Quantity, UsdAmount, or_none
+from cnop.common.money import (
+    CENT,
+    MONEY_CONTEXT,
+    Percent,
+    Price,
+    Quantity,
+    UsdAmount,
+    or_none,
+    plain_text,
+    usd_text,
+)
 from cnop.market.prices import PriceBook
 
 
@@ -42,6 +55,27 @@ class Portfolio(BaseModel):
     cash: CashSummary
     total_value: UsdAmount
     updated_at: datetime
+
+
+def _text_or_none(write: Callable[[Decimal], str], value: Decimal | None) -> str | None:
+    return None if value is None else write(value)
+
+
+def _row_wire(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of `_rows` as `PortfolioAsset(**row).model_dump(mode="python")` writes it."""
+    return {
+        "asset_id": row["asset_id"],
+        "asset_name": row["asset_name"],
+        "quantity": plain_text(row["quantity"]),
+        "available": plain_text(row["available"]),
+        "held": plain_text(row["held"]),
+        "current_price": _text_or_none(plain_text, row["current_price"]),
+        "market_value": _text_or_none(usd_text, row["market_value"]),
+        "cost_basis": usd_text(row["cost_basis"]),
+        "average_price": _text_or_none(plain_text, row["average_price"]),
+        "unrealized_pnl": _text_or_none(usd_text, row["unrealized_pnl"]),
+        "percentage": _text_or_none(plain_text, row["percentage"]),
+    }
 
 
 class AssetBalance(BaseModel):
@@ -101,41 +135,64 @@ class PortfolioService:
             lambda: (holding.cost_basis / holding.quantity).quantize(Decimal("0.00000001"), rounding=ROUND_HALF_EVEN)
         )
 
-    async def portfolio(self, username: str) -> Portfolio:
+    async def _rows(self, username: str) -> tuple[list[dict[str, Any]], Balance, Decimal]:
+        """The portfolio's rows as `PortfolioAsset`'s fields (Decimals, in their order), sorted,
+        the cash balance, and the total value."""
         balance, holdings = await self.holdings.get_balance_and_holdings(username)
         names = await self._names() if holdings else {}
-        rows: list[PortfolioAsset] = []
+        rows: list[dict[str, Any]] = []
         for holding in holdings:
-            if holding.quantity == 0:
+            quantity = holding.quantity
+            if quantity == 0:
                 continue
             price = self._price(holding.asset_id)
-            value = self._value(holding.quantity, price)
+            value = self._value(quantity, price)
             rows.append(
-                PortfolioAsset(
-                    asset_id=holding.asset_id,
-                    asset_name=names.get(holding.asset_id, holding.asset_id),
-                    quantity=holding.quantity,
-                    available=holding.available,
-                    held=holding.held,
-                    current_price=price,
-                    market_value=value,
-                    cost_basis=holding.cost_basis,
-                    average_price=self._average(holding),
-                    unrealized_pnl=self._pnl(value, holding.cost_basis),
-                    percentage=None,
-                )
+                {
+                    "asset_id": holding.asset_id,
+                    "asset_name": names.get(holding.asset_id, holding.asset_id),
+                    "quantity": quantity,
+                    "available": holding.available,
+                    "held": holding.held,
+                    "current_price": price,
+                    "market_value": value,
+                    "cost_basis": holding.cost_basis,
+                    "average_price": self._average(holding),
+                    "unrealized_pnl": self._pnl(value, holding.cost_basis),
+                    "percentage": None,
+                }
             )
         cash_total = balance.current_balance
-        total = cash_total + sum((r.market_value or Decimal(0) for r in rows), Decimal(0))
+        total = cash_total + sum((r["market_value"] or Decimal(0) for r in rows), Decimal(0))
         if total > 0:
-            rows = [r.model_copy(update={"percentage": self._share(r.market_value, total)}) for r in rows]
-        rows.sort(key=lambda r: (-(r.market_value or Decimal(0)), r.asset_id))
+            for row in rows:
+                row["percentage"] = self._share(row["market_value"], total)
+        rows.sort(key=lambda r: (-(r["market_value"] or Decimal(0)), r["asset_id"]))
+        return rows, balance, total
+
+    async def portfolio(self, username: str) -> Portfolio:
+        rows, balance, total = await self._rows(username)
         return Portfolio(
-            assets=rows,
-            cash=CashSummary(available=balance.available, held=balance.held, total=cash_total),
+            assets=[PortfolioAsset(**row) for row in rows],
+            cash=CashSummary(available=balance.available, held=balance.held, total=balance.current_balance),
             total_value=total,
             updated_at=self.clock.now(),
         )
+
+    async def portfolio_wire(self, username: str) -> dict[str, Any]:
+        """What `portfolio(username).model_dump(mode="python")` gives, without building the models
+        (`GET /portfolio` is a hot read; a test holds the two equal)."""
+        rows, balance, total = await self._rows(username)
+        return {
+            "assets": [_row_wire(row) for row in rows],
+            "cash": {
+                "available": usd_text(balance.available),
+                "held": usd_text(balance.held),
+                "total": usd_text(balance.current_balance),
+            },
+            "total_value": usd_text(total),
+            "updated_at": self.clock.now(),
+        }
 
     async def asset_balance(self, username: str, asset_id: str) -> AssetBalance:
         asset = await self.assets.get_asset(asset_id)

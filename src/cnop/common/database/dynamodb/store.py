@@ -232,7 +232,10 @@ class DynamoDBStore(ItemStore):
             "get_item", TableName=self.table_name(table), Key=encode_key(key), ConsistentRead=consistent
         )
         raw = response.get("Item")
-        return None if raw is None else decode_item(raw)
+        if raw is None:
+            return None
+        item = decode_item(raw)
+        return item if is_live(item, time.time()) else None
 
     async def _batch_get(self, table: str, keys: list[Key]) -> list[Item]:
         name = self.table_name(table)
@@ -250,7 +253,8 @@ class DynamoDBStore(ItemStore):
             await self._sleep(self.retry.delay(attempt))
         else:
             raise StoreError(f"dynamodb batch_get_item: keys still unprocessed after {self.retry.max_attempts} tries")
-        return found
+        now = time.time()
+        return [item for item in found if is_live(item, now)]
 
     async def _query(self, query: Query) -> Page:
         cursor = query.cursor
