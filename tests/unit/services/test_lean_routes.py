@@ -144,6 +144,7 @@ async def test_lean_answers_are_fastapis(route_class: type[LeanRoute]) -> None:
 
 async def test_dependency_overrides_go_to_fastapi() -> None:
     app = build(ExactJSONRoute)
+
     async def other(request: Request) -> str:
         return "overridden"
 
@@ -151,3 +152,47 @@ async def test_dependency_overrides_go_to_fastapi() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         r = await client.post("/both", json={"n": 1})
     assert r.status_code == 200 and r.json()["a"] == "overridden"
+
+
+# --- parameters read once-compiled, as FastAPI reads them ----------------------------------------
+
+
+def _all_params(plan: Any) -> Iterator[Any]:
+    for kind in (plan.path_params, plan.query_params, plan.header_params):
+        if kind:
+            yield kind
+    for sub in plan.subs:
+        yield from _all_params(sub)
+
+
+SAMPLES = ["", "1", "0", "-1", "50", "101", "abc", "BTC", "btc", "ORD_01HZX", "x" * 3000, "true", "é", "1.5"]
+
+
+def test_compiled_parameters_read_what_fastapi_reads() -> None:
+    from fastapi.dependencies.utils import request_params_to_args
+    from starlette.datastructures import Headers, QueryParams
+
+    app = create_app(make_settings())
+    kinds = [
+        params for route in app.router.routes if getattr(route, "_plan", None) for params in _all_params(route._plan)
+    ]
+    assert any(params.scalars for params in kinds)
+    compared = 0
+    for params in kinds:
+        fields = params.fields
+        keys = [key for field in fields for key in {field.alias, field.name, field.alias.replace("_", "-")}]
+        for sample in SAMPLES:
+            for present in range(len(keys) + 1):
+                pairs = [(key, sample) for key in keys[:present]]
+                for received in (
+                    dict(pairs),
+                    QueryParams(pairs),
+                    Headers(raw=[(k.encode(), v.encode()) for k, v in pairs]),
+                ):
+                    expected, expected_errors = request_params_to_args(fields, received)
+                    found, errors = params.read(received)
+                    assert bool(errors) == bool(expected_errors)
+                    if not errors:
+                        assert found == expected
+                    compared += 1
+    assert compared > 100

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
 from cnop.common.dao.house_dao import HouseInventory
@@ -14,6 +16,9 @@ from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, P
 from cnop.common.entities.asset import Asset, HouseTotals
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 from cnop.common.shared.invalidation import ALL, ASSET, Invalidations, LocalInvalidations
+
+T = TypeVar("T")
+_ALL = object()  # the key of the whole list's load among the loads in flight
 
 _DECIMAL_FIELDS = (
     "min_quantity",
@@ -83,6 +88,11 @@ class AssetDAO:
     Writes through this DAO clear the cache at once and publish the change on `invalidations`
     (topic `asset`), so with Redis every other process drops the asset within milliseconds; if
     a message is lost (Redis down), the entry still expires after `cache_seconds`.
+
+    Single flight: the readers that miss while a read of the same asset (or of the whole list) is
+    on its way wait for that read instead of each asking the store. A change (`forget`) while a
+    read is on its way leaves it out of the cache (it may have read the asset before the change)
+    and lets the next reader start a fresh one.
     """
 
     def __init__(
@@ -100,6 +110,8 @@ class AssetDAO:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Asset | None]] = {}
         self._all: tuple[float, list[Asset]] | None = None
+        self._loads: dict[object, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._generation = 0  # moves on with every `forget`: a read started before it is not kept
         self._invalidations = invalidations if invalidations is not None else LocalInvalidations()
         self._invalidations.subscribe(ASSET, self.forget)
 
@@ -125,14 +137,38 @@ class AssetDAO:
         return asset
 
     async def find_asset(self, asset_id: str) -> Asset | None:
-        now = time.monotonic()
         cached = self._cache.get(asset_id)
-        if cached is not None and now - cached[0] < self.cache_seconds:
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
+        return await self._single_flight(asset_id, lambda: self._load_asset(asset_id))
+
+    async def _load_asset(self, asset_id: str) -> Asset | None:
+        now, generation = time.monotonic(), self._generation
         item = await self.store.get(keys.INVENTORY, keys.asset_key(asset_id))
         asset = asset_from_item(item) if item is not None else None
-        self._cache[asset_id] = (now, asset)
+        if generation == self._generation:
+            self._cache[asset_id] = (now, asset)
         return asset
+
+    async def _single_flight(self, key: object, load: Callable[[], Awaitable[T]]) -> T:
+        """`load()`'s answer, shared by every caller that asks for `key` while it runs (on this
+        loop). A caller that is cancelled stops waiting; the load goes on for the others."""
+        loop = asyncio.get_running_loop()
+        running = self._loads.get(key)
+        if running is None or running[0] is not loop or running[1].done():
+            future: asyncio.Future[T] = asyncio.ensure_future(load())
+            running = (loop, future)
+            self._loads[key] = running
+
+            def finished(done: asyncio.Future[T], key: object = key) -> None:
+                if self._loads.get(key, (None, None))[1] is done:
+                    del self._loads[key]
+                if not done.cancelled():
+                    done.exception()  # retrieved: a failed load is each waiter's error, not the loop's
+
+            future.add_done_callback(finished)
+        result: T = await asyncio.shield(running[1])
+        return result
 
     async def update_asset(self, asset_id: str, changes: dict[str, Any]) -> Asset:
         current = await self.get_asset(asset_id)
@@ -158,6 +194,8 @@ class AssetDAO:
         else:
             self._cache.pop(asset_id, None)
         self._all = None
+        self._generation += 1
+        self._loads.clear()  # the reads on their way may predate the change: the next reader starts anew
 
     async def activate_asset(self, asset_id: str) -> Asset:
         return await self.update_asset(asset_id, {"is_active": True})
@@ -174,12 +212,17 @@ class AssetDAO:
 
     async def all_assets(self) -> list[Asset]:
         """Every asset in rank order (the catalogue is small: tens of assets); cached like `find_asset`."""
-        now = time.monotonic()
-        if self._all is not None and now - self._all[0] < self.cache_seconds:
-            return self._all[1]
+        cached = self._all
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+            return cached[1]
+        return await self._single_flight(_ALL, self._load_all)
+
+    async def _load_all(self) -> list[Asset]:
+        now, generation = time.monotonic(), self._generation
         items = query_all(self.store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX)
         assets = [asset_from_item(item) async for item in items]
-        self._all = (now, assets)
+        if generation == self._generation:
+            self._all = (now, assets)
         return assets
 
     async def house_quantity(self, asset_id: str) -> Decimal:
