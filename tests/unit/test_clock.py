@@ -32,3 +32,11 @@ def test_isoformat_examples() -> None:
     assert isoformat(datetime(2026, 1, 1, 1, 30, tzinfo=timezone(timedelta(hours=2)))) == "2025-12-31T23:30:00.000Z"
     early = datetime(999, 5, 6, 7, 8, 9, 10000, tzinfo=UTC)
     assert isoformat(early) == strftime_text(early)
+
+
+def test_isoformat_of_the_same_moment_again_and_of_others_in_between() -> None:
+    first = datetime(2026, 12, 4, 4, 50, 1, 123456, tzinfo=UTC)
+    equal_elsewhere = first.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    later = first + timedelta(milliseconds=1)
+    for moment in (first, first, later, first, equal_elsewhere, later, later, first):
+        assert isoformat(moment) == strftime_text(moment)

@@ -8,7 +8,16 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnop.common.entities.order import Order, OrderResponse, OrderStatus, OrderType, TimeInForce, order_wire
+from cnop.common.entities.order import (
+    Order,
+    OrderResponse,
+    OrderStatus,
+    OrderType,
+    TimeInForce,
+    facts_wire,
+    order_facts,
+    order_wire,
+)
 from cnop.common.events import Event, wire_payload
 from cnop.common.jsonio import dumps, dumps_native
 from cnop.services.order.schemas import OrderEnvelope
@@ -119,7 +128,7 @@ def test_any_order_is_written_as_the_model_writes_it(
 
 def test_an_event_builds_its_payload_when_first_read_and_keeps_it() -> None:
     o = order()
-    event = Event.later("1", "order.completed", o, 1.0, (1, 0))
+    event = Event.later("1", "order.completed", order_facts(o), facts_wire, 1.0, (1, 0))
     first = event.data
     assert first == wire_payload(o)
     assert event.data is first

@@ -196,7 +196,8 @@ async def test_a_caller_that_stops_waiting_before_its_batch_starts_is_not_applie
 
 
 async def test_batches_are_bounded_and_reads_run_between_them(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "b.db"), max_batch=4)
+    # Reads on the store thread (as they run off the event loop's thread, or when SQLite is busy).
+    store = SQLiteStore(str(tmp_path / "b.db"), max_batch=4, inline_reads=False)
     await store.create_tables()
     await store.transact([Put(T, {"pk": "U", "sk": "BAL", "available": Decimal("100.00")})])
     counting = CountingConnection(store._connection())
@@ -219,6 +220,64 @@ async def test_batches_are_bounded_and_reads_run_between_them(tmp_path: Path) ->
         assert await balance_and_ledger(store) == (Decimal("90.00"), [f"TXN#{n:04d}" for n in range(10)])
     finally:
         release.set()
+        await store.close()
+
+
+async def test_inline_reads_answer_at_once_with_what_is_committed(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "i.db"))
+    await store.create_tables()
+    await store.transact([Put(T, {"pk": "U", "sk": "BAL", "available": Decimal("100.00")})])
+    release = pause(store)
+    try:
+        writes = [asyncio.ensure_future(store.transact(withdrawal(n, "1.00"))) for n in range(3)]
+        await asyncio.sleep(0)
+        # The store thread is held: a read does not wait for it, and sees the last commit.
+        read = store.get(T, k("U", "BAL"))
+        assert isinstance(read, asyncio.Future) and read.done()
+        assert (await read or {}).get("available") == Decimal("100.00")
+        page = store.query(T, "U", sk=SortKey.prefix("TXN#"))
+        assert isinstance(page, asyncio.Future) and (await page).items == []
+        release.set()
+        await asyncio.gather(*writes)
+        # A caller reads what it wrote once its transaction returned.
+        assert await balance_and_ledger(store) == (Decimal("97.00"), [f"TXN#{n:04d}" for n in range(3)])
+        found = await store.batch_get(T, [k("U", "BAL"), k("U", "TXN#0001"), k("U", "none")])
+        assert sorted(item["sk"] for item in found) == ["BAL", "TXN#0001"]
+        # Another thread's loop reads through the store thread (the read connection is this thread's).
+        other = await asyncio.to_thread(asyncio.run, _read_balance(store))
+        assert other == Decimal("97.00")
+    finally:
+        release.set()
+        await store.close()
+    with pytest.raises(RuntimeError):
+        await store.get(T, k("U", "BAL"))
+
+
+async def _read_balance(store: SQLiteStore) -> Decimal:
+    read = store.get(T, k("U", "BAL"))
+    assert not isinstance(read, asyncio.Future)  # a coroutine: the hop to the store thread
+    item = await read
+    assert item is not None
+    return Decimal(item["available"])
+
+
+async def test_a_busy_inline_read_goes_to_the_store_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "busy.db"))
+    await store.create_tables()
+    await store.transact([Put(T, {"pk": "U", "sk": "BAL", "available": Decimal("5.00")})])
+    await store.get(T, k("U", "BAL"))  # opens the read connection
+
+    class Busy:
+        def execute(self, *args: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    real, store._reader = store._reader, Busy()  # type: ignore[assignment]
+    try:
+        read = store.get(T, k("U", "BAL"))
+        assert not isinstance(read, asyncio.Future)
+        assert (await read or {}).get("available") == Decimal("5.00")
+    finally:
+        store._reader = real
         await store.close()
 
 

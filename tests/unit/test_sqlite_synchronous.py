@@ -43,3 +43,12 @@ def test_group_commit_is_on_unless_configured_off(tmp_path: Path) -> None:
     off = open_store(f"sqlite:///{tmp_path}/b.db", Settings(sqlite_group_commit=False))
     assert isinstance(default, SQLiteStore) and default.group_commit is True
     assert isinstance(off, SQLiteStore) and off.group_commit is False
+
+
+def test_inline_reads_are_on_unless_configured_off_and_never_in_memory(tmp_path: Path) -> None:
+    default = open_store(f"sqlite:///{tmp_path}/a.db", Settings())
+    off = open_store(f"sqlite:///{tmp_path}/b.db", Settings(sqlite_inline_reads=False))
+    memory = open_store("sqlite://:memory:", Settings())
+    assert isinstance(default, SQLiteStore) and default.inline_reads is True
+    assert isinstance(off, SQLiteStore) and off.inline_reads is False
+    assert isinstance(memory, SQLiteStore) and memory.inline_reads is False

@@ -82,7 +82,9 @@ async def test_an_unexpected_bug_answers_a_generic_500_that_leaks_nothing(
             "SELECT body FROM users WHERE pk='USER#x' -- /work/src/cnop/services/user/portfolio.py line 12"
         )
 
-    monkeypatch.setattr(api.container.portfolio, "portfolio", broken)
+    # The route writes the body from dicts (`portfolio_wire`); the models' path breaks alike.
+    for name in ("portfolio", "portfolio_wire"):
+        monkeypatch.setattr(api.container.portfolio, name, broken)
     r = await api.client.get("/api/v1/portfolio", headers=headers)
     assert_problem(r, 500, "internal_error")
     assert "RuntimeError" not in r.text and "portfolio.py" not in r.text and "pk=" not in r.text

@@ -41,12 +41,26 @@ class FakeClock:
         self._now = self._now + timedelta(seconds=seconds)
 
 
+# The last moment written and its text: an order's moments (created, updated, executed, its ledger
+# entry's, its asset transaction's, its holding's) are one `datetime` object, written six times or
+# more per order. Only that very object is answered from here (identity, not equality), and the
+# pair is replaced in one assignment, so threads never see a text of another moment.
+_last_written: tuple[datetime, str] | None = None
+
+
 def isoformat(moment: datetime) -> str:
     """RFC 3339 UTC with milliseconds: `2026-11-24T10:00:00.123Z`."""
+    global _last_written
+    last = _last_written
+    if last is not None and last[0] is moment:
+        return last[1]
     utc = moment.astimezone(UTC)
     if utc.year >= 1000:  # `isoformat` is a third of `strftime`'s cost; both write the same text here
-        return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        text = utc.isoformat(timespec="milliseconds")[:-6] + "Z"
+    else:
+        text = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    _last_written = (moment, text)
+    return text
 
 
 def parse_isoformat(text: str) -> datetime:

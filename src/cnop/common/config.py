@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "NORMAL"
     # Concurrent transactions share one SQLite commit, a savepoint each (off: one commit each).
     sqlite_group_commit: bool = True
+    # Reads run in place on the event loop's thread, on a read connection of their own (off: on
+    # the store thread, a hop each way).
+    sqlite_inline_reads: bool = True
     aws_role_arn: str | None = None
     aws_role_session_name: str = "cnop"
     environment: str = "local"

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from cnop.common.clock import Clock
-from cnop.common.entities.order import Order, order_wire
+from cnop.common.entities.order import Order, facts_wire, order_facts, order_wire
 
 RETAINED_PER_USER = 500
 RETENTION_SECONDS = 300.0
@@ -46,33 +47,37 @@ _UNSET: Any = object()
 class Event:
     """One event. `id` is its wire form; `position` orders events of one user's stream.
 
-    `data` is the payload in its wire form. `Event.later(...)` makes an event from what was
-    published (an `Order`, say) whose wire form is written the first time `data` is read: the
-    local shape's bus keeps every event for replay, but most are never read, so an order's
-    payload is not built for nobody (decision 0029). What was published is immutable (an `Order`
-    is frozen), so the payload is the same whenever it is built.
+    `data` is the payload in its wire form. `Event.later(...)` makes an event whose wire form is
+    written the first time `data` is read, from what was published (an order's `order_facts`:
+    values that never change): the local shape's bus keeps every event for replay, but most are
+    never read, so their payload is not written for nobody (decision 0029).
     """
 
-    __slots__ = ("_data", "_source", "at", "id", "position", "type")
+    __slots__ = ("_data", "_render", "_source", "at", "id", "position", "type")
 
     def __init__(self, id: str, type: str, data: Any, at: float, position: tuple[int, int]) -> None:
         self.id = id
         self.type = type
         self._data = data
-        self._source = _UNSET
+        self._source: Any = _UNSET
+        self._render: Callable[[Any], Any] | None = None
         self.at = at
         self.position = position
 
     @classmethod
-    def later(cls, id: str, type: str, source: Any, at: float, position: tuple[int, int]) -> Event:
+    def later(
+        cls, id: str, type: str, source: Any, render: Callable[[Any], Any], at: float, position: tuple[int, int]
+    ) -> Event:
+        """An event whose `data` is `render(source)`, written when first read."""
         event = cls(id, type, None, at, position)
-        event._source = source
+        event._source, event._render = source, render
         return event
 
     @property
     def data(self) -> Any:
-        if self._source is not _UNSET:
-            self._data, self._source = wire_payload(self._source), _UNSET
+        if self._render is not None:
+            self._data = self._render(self._source)
+            self._source, self._render = _UNSET, None
         return self._data
 
     def _fields(self) -> tuple[Any, ...]:
@@ -192,7 +197,11 @@ class InProcessEventBus:
 
     def publish(self, username: str, event_type: str, data: Any) -> None:
         number = next(self._ids)
-        event = Event.later(str(number), event_type, data, self.clock.timestamp(), (number, 0))
+        at, position = self.clock.timestamp(), (number, 0)
+        if isinstance(data, Order):  # kept as its facts: less memory than the order or its wire form
+            event = Event.later(str(number), event_type, order_facts(data), facts_wire, at, position)
+        else:
+            event = Event(str(number), event_type, wire_payload(data), at, position)
         kept = self._retained.setdefault(username, deque(maxlen=self.retained_per_user))
         kept.append(event)
         self._drop_expired(username, kept)

@@ -17,7 +17,10 @@ def open_store(url: str, settings: Settings | None = None) -> ItemStore:
             path = path[1:]
         settings = settings or Settings()
         return SQLiteStore(
-            path or ":memory:", synchronous=settings.sqlite_synchronous, group_commit=settings.sqlite_group_commit
+            path or ":memory:",
+            synchronous=settings.sqlite_synchronous,
+            group_commit=settings.sqlite_group_commit,
+            inline_reads=settings.sqlite_inline_reads,
         )
     if url == "dynamodb" or url.startswith("dynamodb://"):
         from cnop.common.database.dynamodb import DynamoDBStore

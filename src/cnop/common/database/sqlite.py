@@ -11,6 +11,13 @@ commit; a batch that fails as a whole (an SQLite error, at `COMMIT` say) is roll
 transactions run again one by one. Every caller's future resolves only after the commit that
 holds its transaction, so durability is that of one transaction per commit; what a batch saves is
 `BEGIN`/`COMMIT` and the hops between the event loop and the store thread, paid once per batch.
+
+Reads (`inline_reads`, the default for a file): the event loop's thread reads on a connection of
+its own, in place, without the hop to the store thread and back. In WAL mode a reader never
+waits for the writer and sees every transaction committed before the read began, so a caller
+still reads what it wrote once its `transact` returned. The read connection never waits for a
+lock (`busy_timeout` 0): a read SQLite answers "busy" (a recovery, say) goes to the store thread,
+as do reads before the tables are known to exist and reads from any other thread.
 """
 
 from __future__ import annotations
@@ -294,9 +301,12 @@ class SQLiteStore(ItemStore):
         synchronous: str = "NORMAL",
         group_commit: bool = True,
         max_batch: int = MAX_BATCH,
+        inline_reads: bool = True,
     ) -> None:
         """`group_commit=False` runs every transaction in its own `BEGIN IMMEDIATE ... COMMIT`
-        (for measurements); `max_batch` bounds the transactions of one group commit."""
+        (for measurements); `max_batch` bounds the transactions of one group commit;
+        `inline_reads=False` sends every read to the store thread (see the module docstring;
+        an in-memory database has one connection, so its reads always go there)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if synchronous not in SYNCHRONOUS_MODES:
@@ -314,6 +324,10 @@ class SQLiteStore(ItemStore):
         self._queue: deque[_Queued] = deque()
         self._queue_lock = threading.Lock()
         self._draining = False  # a drain of the queue is scheduled on (or running on) the store thread
+        self.inline_reads = inline_reads and path != ":memory:"
+        self._reader: sqlite3.Connection | None = None
+        self._reader_thread: int | None = None  # the thread whose reads use `_reader` (the first to read)
+        self._closing = False
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -373,9 +387,42 @@ class SQLiteStore(ItemStore):
 
     # --- reads --------------------------------------------------------------------------------
 
-    def _read(self, table: str, key: Key) -> Item | None:
+    def _inline(self) -> sqlite3.Connection | None:
+        """The calling thread's read connection, when this read may run in place (see above)."""
+        if not self.inline_reads or not self._tables_ready or self._closing:
+            return None
+        reader = self._reader
+        if reader is None:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA busy_timeout=0")  # never wait on the event loop's thread
+            reader.execute("PRAGMA query_only=ON")
+            self._reader, self._reader_thread = reader, threading.get_ident()
+        elif self._reader_thread != threading.get_ident():
+            return None
+        return reader
+
+    def _read_inline(
+        self, read: Callable[[sqlite3.Connection], T], on_thread: Callable[[], Awaitable[T]]
+    ) -> Awaitable[T]:
+        """`read` on this thread's read connection, answered at once (an awaitable already done),
+        or `on_thread()` when the read must go to the store thread."""
+        reader = self._inline()
+        if reader is not None:
+            try:
+                result = read(reader)
+            except sqlite3.OperationalError:  # busy, or a table not there yet: the store thread decides
+                pass
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite: {exc}") from exc
+            else:
+                done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+                done.set_result(result)
+                return done
+        return on_thread()
+
+    def _read(self, table: str, key: Key, conn: sqlite3.Connection | None = None) -> Item | None:
         row = (
-            self._ready()
+            (conn or self._ready())
             .execute(
                 f"SELECT body, expires_at FROM {self._table(table)} WHERE pk=? AND sk=?",  # noqa: S608
                 (key["pk"], key["sk"]),
@@ -389,15 +436,19 @@ class SQLiteStore(ItemStore):
         return item if row[1] is None or is_live(item, time.time()) else None
 
     def _get(self, table: str, key: Key, consistent: bool) -> Awaitable[Item | None]:
-        return self._run(self._read, table, key)
+        self._table(table)
+        return self._read_inline(lambda conn: self._read(table, key, conn), lambda: self._run(self._read, table, key))
 
-    def _read_many(self, table: str, keys_: Sequence[Key]) -> list[Item]:
-        return [item for item in map(partial(self._read, table), keys_) if item is not None]
+    def _read_many(self, table: str, keys_: Sequence[Key], conn: sqlite3.Connection | None = None) -> list[Item]:
+        return [item for item in (self._read(table, key, conn) for key in keys_) if item is not None]
 
     def _batch_get(self, table: str, keys: list[Key]) -> Awaitable[list[Item]]:
-        return self._run(self._read_many, table, keys)
+        self._table(table)
+        return self._read_inline(
+            lambda conn: self._read_many(table, keys, conn), lambda: self._run(self._read_many, table, keys)
+        )
 
-    def _read_query(self, query: Query) -> Page:
+    def _read_query(self, query: Query, conn: sqlite3.Connection | None = None) -> Page:
         table = self._table(query.table)
         pk, sk, index, cursor, descending = query.pk, query.sk, query.index, query.cursor, query.descending
         pk_col, sk_col, numeric = query.pk_attr, query.sk_attr, query.numeric
@@ -439,7 +490,7 @@ class SQLiteStore(ItemStore):
         params.append(now)
         sql = f"SELECT body, expires_at FROM {table} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"  # noqa: S608
         params.append(query.limit + 1)
-        rows = self._ready().execute(sql, params).fetchall()
+        rows = (conn or self._ready()).execute(sql, params).fetchall()
         items: list[Item] = []
         for body, expires in rows:
             item = _loads(body)
@@ -448,7 +499,8 @@ class SQLiteStore(ItemStore):
         return query.page(items)
 
     def _query(self, query: Query) -> Awaitable[Page]:
-        return self._run(self._read_query, query)
+        self._table(query.table)
+        return self._read_inline(lambda conn: self._read_query(query, conn), lambda: self._run(self._read_query, query))
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -659,5 +711,9 @@ class SQLiteStore(ItemStore):
             self._conn = None
 
     async def close(self) -> None:
+        self._closing = True  # reads from now on go to the store thread, which refuses them once shut down
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         await self._run(self._close)
         self._executor.shutdown()

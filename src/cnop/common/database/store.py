@@ -571,17 +571,19 @@ def check_ops(ops: Sequence[Op]) -> None:
         raise ValueError(f"a transaction holds at most {MAX_TRANSACTION_OPS} ops")
     seen: set[tuple[str, str, str]] = set()
     for op in ops:
-        ident = (op.table, op.key["pk"], op.key["sk"])
+        key = op.item if isinstance(op, Put) else op.key  # a Put's key is its item's (no dict built)
+        ident = (op.table, key["pk"], key["sk"])
         if ident in seen:
             raise ValueError(f"two ops on one item in a transaction: {ident}")
         seen.add(ident)
         if isinstance(op, Update):
             names = [*op.set, *op.add, *op.remove, *op.init]
-            if len(names) != len(set(names)):
+            distinct = set(names)
+            if len(names) != len(distinct):
                 raise ValueError("an attribute may be set, added, removed or initialised: one of these")
-            if any(name in KEY_ATTRIBUTES for name in names):
+            if not distinct.isdisjoint(KEY_ATTRIBUTES):
                 raise ValueError("key attributes cannot be updated")
-        if isinstance(op, Put):
+        elif isinstance(op, Put):
             check_item(op.item)
 
 
