@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: install run cloud test lint bench bench-store bench-scale bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
+.PHONY: install run cloud test lint bench bench-store bench-scale bench-house bench-ticks bench-pages audit clean deps-dynamodb deps-browser web-assets \
   audit-deps sbom soak bench-durability deps-redis
 
 install: $(STAMP) web-assets
@@ -59,6 +59,9 @@ bench-store: install deps-dynamodb
 
 bench-scale: install
 	$(BIN)/python -m benchmarks.scale_bench
+
+bench-house: install deps-dynamodb
+	$(BIN)/python -m benchmarks.house_conflicts
 
 bench-ticks: install
 	$(BIN)/python -m benchmarks.tick_bench

@@ -138,7 +138,7 @@ async def seeded(store: ItemStore) -> tuple[Settlement, OrderDAO, str, FakeClock
         created_at=now,
     )
     await balances.create_transaction(deposit)
-    return Settlement(store, balances, holdings, AssetDAO.house_trade_op), OrderDAO(store, clock), username, clock
+    return Settlement(store, balances, holdings, assets.house), OrderDAO(store, clock), username, clock
 
 
 def order_of(username: str, clock: FakeClock, kind: OrderType, quantity: Decimal, total: Decimal, **more: Any) -> Order:

@@ -83,9 +83,9 @@ async def measure(resting: int, rounds: int) -> tuple[list[float], list[float]]:
         balances = BalanceDAO(store, clock)
         events = InProcessEventBus(clock)
         orders = OrderDAO(store, clock)
-        settlement = Settlement(store, balances, HoldingDAO(store, clock), assets.house_trade_op)
+        settlement = Settlement(store, balances, HoldingDAO(store, clock), assets.house)
         placement = Placement(store, orders, settlement, settings, clock, events)
-        engine = trigger_engine(store, PriceBook(clock), assets.house_trade_op, settings, clock, events)
+        engine = trigger_engine(store, PriceBook(clock), assets.house, settings, clock, events)
         await resting_background(store, resting)
         users = [f"trader{n:02d}" for n in range(CROSSING)]
         for user in users:

@@ -5,7 +5,7 @@
    per user and asset, asset transactions sum to the holding;
 2. nothing available or held is negative;
 3. held cash and units equal the reservations of the user's resting orders;
-4. per asset, house inventory + all holdings is constant;
+4. per asset, house inventory (the sum of its shards) + all holdings is constant;
 5. cash paid by buyers equals cash received by the house, and the reverse for sells.
 
 Checks register themselves in `CHECKS`; services add theirs as they gain the entities.
@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from cnop.common.dao.house_dao import MAX_SHARDS, HouseInventory
 from cnop.common.database import keys
 from cnop.common.database.store import ItemStore, SortKey, query_all
 
@@ -132,26 +133,37 @@ async def check_conservation(store: ItemStore, usernames: list[str], report: Aud
                 user_trade_cash += entry["available_change"] + entry["held_change"]
     house_cash = Decimal(0)
     assets = 0
+    # Every shard a store may hold, not only the configured count: a stray one is a violation.
+    houses = HouseInventory(store, MAX_SHARDS)
+    shards = 0
     async for asset in query_all(store, keys.INVENTORY, keys.ASSETS_INDEX_PK, index=keys.ASSETS_INDEX):
-        house = await store.get(keys.INVENTORY, keys.house_inventory_key(asset["asset_id"]))
-        if house is None:
-            report.violations.append(f"{asset['asset_id']}: no house inventory")
+        asset_id = asset["asset_id"]
+        house = await houses.read(asset_id)
+        if house.header is None or not house.items:
+            report.violations.append(f"{asset_id}: no house inventory")
             continue
         assets += 1
-        house_cash += house.get("cash", Decimal(0))
-        total = house["quantity"] + held_by_users.get(asset["asset_id"], Decimal(0))
-        if total != house["initial_quantity"]:
+        shards += len(house.items)
+        house_cash += house.cash
+        total = house.quantity + held_by_users.get(asset_id, Decimal(0))
+        initial = house.header["initial_quantity"]
+        if total != initial:
             report.violations.append(
-                f"{asset['asset_id']}: house {house['quantity']} + users {held_by_users.get(asset['asset_id'], 0)}"
-                f" = {total}, not the {house['initial_quantity']} that exist"
+                f"{asset_id}: house {house.quantity} (over {len(house.items)} items) + users "
+                f"{held_by_users.get(asset_id, 0)} = {total}, not the {initial} that exist"
             )
-        if house["quantity"] < 0:
-            report.violations.append(f"{asset['asset_id']}: negative house inventory {house['quantity']}")
+        for item in house.items:
+            where = "house inventory" if item.shard is None else f"house shard {item.shard}"
+            if item.quantity < 0:
+                report.violations.append(f"{asset_id}: negative {where} {item.quantity}")
+            if item.shard is not None and item.shard >= house.shards:
+                report.violations.append(f"{asset_id}: {where} beyond the {house.shards} the header counts")
     if house_cash + user_trade_cash != 0:
         report.violations.append(
             f"cash: the house received {house_cash} USD but users' trades moved {user_trade_cash} USD"
         )
     report.facts["assets checked"] = str(assets)
+    report.facts["house items (shards)"] = str(shards)
     report.facts["house trade cash (USD)"] = str(house_cash)
 
 

@@ -17,6 +17,7 @@ from cnop.common.dao.api_key_dao import ApiKeyDAO
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.house_dao import HouseInventory, HouseRebalancer
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.dao.user_dao import UserDAO
 from cnop.common.database.factory import open_store
@@ -153,13 +154,16 @@ def build_container(
     )
     user_dao = UserDAO(store, passwords, clock, invalidations=invalidations)
     balance_dao = BalanceDAO(store, clock)
-    asset_dao = AssetDAO(store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations)
+    house = HouseInventory(store, settings.house_shards)
+    asset_dao = AssetDAO(
+        store, clock, cache_seconds=settings.asset_cache_seconds, invalidations=invalidations, house=house
+    )
     holding_dao = HoldingDAO(store, clock)
     order_dao = OrderDAO(store, clock)
     inventory = InventoryService(asset_dao, price_book, catalogue, clock)
     # Shared state through Redis when CNOP_REDIS_URL is set (decision 0015), else in-process.
     events: EventBus = InProcessEventBus(clock) if redis is None else RedisEventBus(redis, clock, metrics=metrics)
-    settlement = Settlement(store, balance_dao, holding_dao, asset_dao.house_trade_op)
+    settlement = Settlement(store, balance_dao, holding_dao, house)
     release = Release(store, order_dao, settlement, clock, events)
     portfolio = PortfolioService(balance_dao, holding_dao, asset_dao, price_book, clock)
     api_key_dao = ApiKeyDAO(store, clock)
@@ -256,6 +260,14 @@ def build_container(
         container.price_lease = FencedLease(shared, "prices", holder, settings.price_lease_seconds)
         container.background.append(LeasedPriceFeed(container.price_lease, price_source, price_bus, price_book).run)
     if settings.trigger_engine:
+        # The house shards are rebalanced by the background process; in a fleet, by one of them.
+        rebalance_lease = None
+        if shared is not None:
+            holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+            ttl = max(3 * settings.house_rebalance_seconds, settings.price_lease_seconds)
+            rebalance_lease = FencedLease(shared, "house-rebalance", holder, ttl)
+        rebalancer = HouseRebalancer(house, asset_dao.all_assets, settings.house_rebalance_seconds, rebalance_lease)
+        container.background.append(rebalancer.run)
         if shared is not None:
             holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
             ttl = max(3 * settings.expiry_check_seconds, settings.price_lease_seconds)

@@ -11,12 +11,12 @@ import pytest
 
 from cnop.audit import run_audit
 from cnop.common.clock import FakeClock, isoformat
-from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.events import InProcessEventBus
 from cnop.market.prices import Tick
 from cnop.services.order.triggers import trigger_engine
 from tests.conftest import StoreFactory
 from tests.support.api import Api, Snapshot, assert_problem, funded_user, open_api, snapshot
+from tests.support.house import set_house_units
 from tests.support.wire import read
 
 D = Decimal
@@ -326,7 +326,7 @@ async def test_two_trigger_engines_fill_every_order_exactly_once(api: Api, store
             orders.append((headers, await place(api, headers, order_type="limit_buy", quantity="0.02", price=price)))
     c = api.container
     other_store = store_factory()
-    other = trigger_engine(other_store, c.price_book, AssetDAO.house_trade_op, c.settings, c.clock, InProcessEventBus(c.clock))
+    other = trigger_engine(other_store, c.price_book, c.asset_dao.house, c.settings, c.clock, InProcessEventBus(c.clock))
     # Ticks go to the two engines only (not through the book, so the app's own engine stays out).
     burst = [Tick("BTC", D(p), c.clock.now()) for p in ("44500", "42500", "40000")]
     filled = await asyncio.gather(c.triggers.process(burst), other.process(burst), c.triggers.process(burst[-1:]))
@@ -341,12 +341,8 @@ async def test_insufficient_house_inventory_fails_the_order_and_releases_the_hol
     username, headers = await funded_user(api)
     api.set_price("BTC", "50000")
     order = await place(api, headers, order_type="limit_buy", quantity="0.1", price="40000")
-    from cnop.common.database import keys
-    from cnop.common.database.store import Update
 
-    await api.container.store.transact(
-        [Update(keys.INVENTORY, keys.house_inventory_key("BTC"), set={"quantity": D("0.05"), "initial_quantity": D("0.05")})]
-    )
+    await set_house_units(api.container.store, "BTC", D("0.05"), initial=True)
     await tick(api, "39000")
     done = await order_status(api, headers, order["order_id"])
     assert done["status"] == "failed" and done["reason"]

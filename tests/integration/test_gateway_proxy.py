@@ -165,7 +165,12 @@ async def test_one_request_id_from_client_through_gateway_to_service_and_back(st
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "journey-0001"
     body = response.json()
-    assert body == {"path": "/api/v1/orders", "query": "limit=5", "request_id": "journey-0001", "forwarded_for": "127.0.0.1"}
+    assert body == {
+        "path": "/api/v1/orders",
+        "query": "limit=5",
+        "request_id": "journey-0001",
+        "forwarded_for": "127.0.0.1",
+    }
 
     # Without one, the gateway makes one, and the service sees the same.
     response = await stack.client.get("/api/v1/orders")
@@ -275,4 +280,3 @@ async def test_the_breaker_opens_on_a_dead_upstream_and_closes_when_it_is_back(s
         assert response.status_code == 200
         assert json.loads(response.text)["request_id"] == "after-outage"
         assert stack.breaker.state is BreakerState.CLOSED
-

@@ -98,7 +98,9 @@ def _spender(path: str, name: str) -> None:
             try:
                 await store.transact(
                     [
-                        Update(keys.USERS, {"pk": "R", "sk": "BAL"}, add={"available": -1}, condition=Ge("available", 1)),
+                        Update(
+                            keys.USERS, {"pk": "R", "sk": "BAL"}, add={"available": -1}, condition=Ge("available", 1)
+                        ),
                         Put(keys.USERS, {"pk": "R", "sk": f"TXN#{name}#{i:03d}"}),
                     ]
                 )

@@ -49,6 +49,9 @@ def make_settings(**overrides: Any) -> Settings:
         "price_source": "manual",
         # Tests drive the engine themselves (container.triggers.process), so nothing races them.
         "trigger_engine": False,
+        # Each test's fresh store creates every catalogue asset with its house shards; four keep
+        # that cheap on DynamoDB Local (tests/integration/test_house_* set their own counts).
+        "house_shards": 4,
     }
     base.update(overrides)
     return Settings(**base)

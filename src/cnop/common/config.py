@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_HOUSE_SHARDS = 32
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
@@ -85,6 +87,13 @@ class Settings(BaseSettings):
     trigger_engine: bool = True
     idempotency_ttl_seconds: int = 86400
     idempotency_lease_seconds: int = 30
+    # The house side of each asset is split into this many inventory shards, so concurrent
+    # trades write different items (decision 0025); new assets and `cnop db migrate` use it, and
+    # the rebalancer grows existing assets to it (never shrinks them).
+    house_shards: int = Field(default=DEFAULT_HOUSE_SHARDS, ge=1, le=64)
+    # How often the shards of each asset are rebalanced (by the trigger-engine process; with
+    # Redis, by the one holding the `house-rebalance` lease).
+    house_rebalance_seconds: float = Field(default=5.0, gt=0)
 
     # Prices
     price_source: str = "simulated"

@@ -15,10 +15,10 @@ from cnop.common.config import Settings
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.dao.order_dao import OrderDAO, RestingIndex
-from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore
-from cnop.common.database.store import SortKey, Update
+from cnop.common.database.store import SortKey
 from cnop.common.database.transaction import Leg, Legs
 from cnop.common.entities.asset import Asset
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
@@ -30,6 +30,7 @@ from cnop.services.order.fills import Fills
 from cnop.services.order.placement import Placement
 from cnop.services.order.release import Release
 from cnop.services.order.settlement import Settlement
+from tests.support.house import set_house_units
 
 D = Decimal
 USER = "bob"
@@ -70,7 +71,7 @@ async def book(tmp_path: Path) -> AsyncIterator[Book]:
     )
     await balances.create_transaction(deposit)
     events = InProcessEventBus(clock)
-    settlement = Settlement(store, balances, holdings, AssetDAO.house_trade_op)
+    settlement = Settlement(store, balances, holdings, HouseInventory(store))
     release = Release(store, orders, settlement, clock, events)
     yield Book(
         store,
@@ -160,7 +161,7 @@ async def test_a_fill_the_cash_cannot_cover_fails_the_order_and_releases_the_hol
 
 async def test_a_fill_the_house_cannot_supply_fails_the_order(book: Book) -> None:
     order = await book.placement.queue(USER, limit_buy("0.1"), D("50000"))
-    await book.store.transact([Update(keys.INVENTORY, keys.house_inventory_key("BTC"), set={"quantity": D("0.05")})])
+    await set_house_units(book.store, "BTC", D("0.05"))
     assert await book.fills.fill(order, D("39000")) is None
     failed = await book.orders.get_order(USER, order.order_id)
     assert (failed.status, failed.reason) == (OrderStatus.FAILED, "the house could not supply the units")

@@ -223,7 +223,7 @@ async def open_books(store: ItemStore, *, planned: bool, cash: str = "100000000.
         created_at=now,
     )
     await balances.create_transaction(deposit)
-    settlement = Settlement(store, balances, holdings, AssetDAO.house_trade_op, planned_sells=planned)
+    settlement = Settlement(store, balances, holdings, assets.house, planned_sells=planned)
     return Books(store, clock, holdings, OrderDAO(store, clock), settlement, username)
 
 

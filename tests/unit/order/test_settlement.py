@@ -17,6 +17,7 @@ from cnop.common.clock import FakeClock
 from cnop.common.dao.asset_dao import AssetDAO
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
+from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.dao.order_dao import OrderDAO
 from cnop.common.database import keys
 from cnop.common.database.sqlite import SQLiteStore
@@ -30,6 +31,7 @@ from cnop.common.idempotency import applying
 from cnop.common.ids import new_id
 from cnop.services.order.service import market_refusal
 from cnop.services.order.settlement import SELL_ATTEMPTS, Settlement, UnitsMissing
+from tests.support.house import house_totals
 
 D = Decimal
 USER = "alice"
@@ -52,7 +54,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await store.create_tables()
     clock = FakeClock()
     balances, holdings = BalanceDAO(store, clock), HoldingDAO(store, clock)
-    assets = AssetDAO(store, clock)
+    # One shard: the raw buys interleaved below (no fallback to other shards) always find the units.
+    assets = AssetDAO(store, clock, house=HouseInventory(store, 1))
     now = clock.now()
     await assets.create_asset(
         Asset(asset_id="BTC", name="Bitcoin", symbol="BTC", created_at=now, updated_at=now), D("10")
@@ -76,14 +79,14 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         holdings,
         assets,
         OrderDAO(store, clock),
-        Settlement(store, balances, holdings, AssetDAO.house_trade_op),
+        Settlement(store, balances, holdings, assets.house),
     )
     await store.close()
 
 
 def read_path(world: World) -> Settlement:
     """Settlement that reads and retries even on SQLite, as it does on DynamoDB."""
-    return Settlement(world.store, world.balances, world.holdings, AssetDAO.house_trade_op, planned_sells=False)
+    return Settlement(world.store, world.balances, world.holdings, world.assets.house, planned_sells=False)
 
 
 def count_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -116,9 +119,8 @@ def filled(world: World, order_type: OrderType, quantity: str, price: str, total
 
 
 async def house(world: World) -> tuple[Decimal, Decimal]:
-    item = await world.store.get(keys.INVENTORY, keys.house_inventory_key("BTC"))
-    assert item is not None
-    return item["quantity"], item["cash"]
+    totals = await house_totals(world.store, "BTC")
+    return totals["quantity"], totals["cash"]
 
 
 async def ledger(world: World) -> list[BalanceTransaction]:

@@ -10,8 +10,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from cnop.common.clock import Clock, isoformat, parse_isoformat
+from cnop.common.dao.house_dao import HouseInventory
 from cnop.common.database import keys
-from cnop.common.database.store import Exists, Ge, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
+from cnop.common.database.store import Exists, Item, ItemStore, NotExists, Op, Page, Put, Update, query_all
 from cnop.common.entities.asset import Asset, HouseTotals
 from cnop.common.exceptions import AssetNotFound, ConditionFailed
 from cnop.common.shared.invalidation import ALL, ASSET, Invalidations, LocalInvalidations
@@ -101,8 +102,10 @@ class AssetDAO:
         *,
         cache_seconds: float = 2.0,
         invalidations: Invalidations | None = None,
+        house: HouseInventory | None = None,
     ) -> None:
         self.store = store
+        self.house = house if house is not None else HouseInventory(store)
         self.clock = clock
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Asset | None]] = {}
@@ -115,17 +118,7 @@ class AssetDAO:
     def create_asset_ops(self, asset: Asset, house_quantity: Decimal) -> list[Op]:
         return [
             Put(keys.INVENTORY, asset_to_item(asset), NotExists()),
-            Put(
-                keys.INVENTORY,
-                {
-                    **keys.house_inventory_key(asset.asset_id),
-                    "asset_id": asset.asset_id,
-                    "quantity": house_quantity,
-                    "initial_quantity": house_quantity,
-                    "cash": Decimal("0.00"),
-                },
-                NotExists(),
-            ),
+            *self.house.create_ops(asset.asset_id, house_quantity, asset.scale),
         ]
 
     async def create_asset(self, asset: Asset, house_quantity: Decimal = Decimal(0)) -> bool:
@@ -233,29 +226,19 @@ class AssetDAO:
         return assets
 
     async def house_quantity(self, asset_id: str) -> Decimal:
-        """The units of an asset the house holds now (0 for an unknown asset)."""
-        item = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id), consistent=False)
-        return Decimal(item["quantity"]) if item is not None else Decimal(0)
+        """The units of an asset the house holds now, over all its shards (0 for an unknown asset)."""
+        return await self.house.quantity(asset_id)
 
     async def house_totals(self, asset_id: str) -> HouseTotals | None:
-        """The house's units, trade cash and initial units of an asset (consistent read); None
-        for an unknown asset. For the audit and tests: trades use `house_quantity`."""
-        item = await self.store.get(keys.INVENTORY, keys.house_inventory_key(asset_id))
-        if item is None:
+        """The house's units, trade cash and initial units of an asset, summed over its shards
+        (consistent reads); None for an unknown asset. For the audit and tests: trades use
+        `house_quantity`."""
+        state = await self.house.read(asset_id)
+        if state.header is None:
             return None
         return HouseTotals(
             asset_id=asset_id,
-            quantity=item["quantity"],
-            cash=item.get("cash", Decimal("0.00")),
-            initial_quantity=item["initial_quantity"],
-        )
-
-    @staticmethod
-    def house_trade_op(asset_id: str, quantity: Decimal, cash: Decimal) -> Op:
-        """The house's side of a trade: it may never hand out units it does not hold."""
-        return Update(
-            keys.INVENTORY,
-            keys.house_inventory_key(asset_id),
-            add={"quantity": quantity, "cash": cash},
-            condition=Ge("quantity", -quantity) if quantity < 0 else None,
+            quantity=state.quantity,
+            cash=state.cash,
+            initial_quantity=state.header["initial_quantity"],
         )

@@ -190,7 +190,14 @@ def asset_key(asset_id: str) -> dict[str, str]:
 
 
 def house_inventory_key(asset_id: str) -> dict[str, str]:
+    """The house header of an asset: the units that exist and its shard count (before migration
+    0002-house-shards, the single house item itself)."""
     return key(f"ASSET#{asset_id}", "INVENTORY")
+
+
+def house_shard_key(asset_id: str, shard: int) -> dict[str, str]:
+    """One of an asset's house-inventory shards, each its own partition (decision 0025)."""
+    return key(f"HOUSE#{asset_id}#{shard:02d}", "SHARD")
 
 
 def migration_key(name: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from cnop.common.clock import Clock, isoformat
 from cnop.common.config import Settings
 from cnop.common.database import keys
 from cnop.common.database.store import ItemStore, Put
-from cnop.common.migrations import ledger_type_index
+from cnop.common.migrations import house_shards, ledger_type_index
 
 Step = Callable[[ItemStore, Settings], Awaitable[int]]
 
@@ -39,6 +39,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0001-ledger-type-index",
         "ledger entries filed under their type, so a type-filtered listing is a key range",
         ledger_type_index.run,
+    ),
+    Migration(
+        "0002-house-shards",
+        "each asset's single house-inventory item split into inventory shards, so trades write different items",
+        house_shards.run,
     ),
 )
 

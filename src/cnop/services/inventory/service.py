@@ -88,10 +88,15 @@ class InventoryService:
         self._details: dict[str, _KeptDetail] = {}
 
     async def load_catalogue(self) -> int:
-        """Store every catalogue asset and its house inventory that is not stored yet."""
+        """Store every catalogue asset and its house inventory that is not stored yet (one read
+        first, so a start-up on a loaded store writes nothing: an asset's creation writes its
+        house shards too, decision 0025)."""
         now = self.clock.now()
+        stored = {asset.asset_id for asset in await self.assets.all_assets()}
         created = 0
         for entry in self.catalogue:
+            if entry.asset_id in stored:
+                continue
             if await self.assets.create_asset(asset_from_catalogue(entry, now), entry.house_inventory):
                 created += 1
         return created

@@ -8,7 +8,9 @@ A trade is one store transaction made of named legs:
     holding      the user's units and their cost basis, guarded likewise (and, for a sell, on
                  the version read, so the cost basis leaving is the one computed)
     asset_transaction   the record of the units that moved
-    house        the house inventory's side, guarded so it never hands out units it lacks
+    house        the house inventory's side, on one of the asset's inventory shards (the next in
+                 turn), guarded so it never hands out units it lacks; when the shard lacks
+                 them the leg is rebuilt from what the shards hold (decision 0025)
     idempotency  the client's idempotency record, marked applied (when there is one)
 
 The reservation of a resting order (`hold_legs`) and its return when the order ends without a
@@ -26,7 +28,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cnop.common.dao.balance_dao import BalanceDAO
 from cnop.common.dao.holding_dao import HoldingDAO
@@ -35,7 +37,7 @@ from cnop.common.database.transaction import GuardFailed, Leg, Legs
 from cnop.common.entities.balance import BalanceTransaction, TransactionType
 from cnop.common.entities.holding import AssetTransaction, Holding
 from cnop.common.entities.order import Order, OrderSide, OrderStatus
-from cnop.common.exceptions import ConditionFailed, StoreError
+from cnop.common.exceptions import ConditionFailed, StoreError, TransactionConflict
 from cnop.common.idempotency import applying_mark
 from cnop.common.ids import new_id
 from cnop.services.order.rules import cost_basis_out, fund_buy
@@ -54,8 +56,34 @@ SELL_ATTEMPTS = 32
 
 T = TypeVar("T")
 
-# Builds the house inventory's side of a trade: (asset, units to the house, cash to the house).
-HouseTrade = Callable[[str, Decimal, Decimal], Op]
+# How often a trade's house leg is rebuilt before the trade gives up: from a fresh read of the
+# shards when its shard lacks the units (other trades may take the units found meanwhile), or on
+# the next shard when the store gave up on a conflict (another trade kept its shard busy).
+HOUSE_ATTEMPTS = 4
+
+
+class House(Protocol):
+    """The house inventory's side of a trade (`cnop.common.dao.house_dao.HouseInventory`):
+    `quantity` units and `cash` to the house (negative: from it), on one of the asset's `shards`
+    (`trade_ops`, no read), or from what the shards hold (`cover_ops`; None: the house lacks them)."""
+
+    shards: int
+
+    def trade_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op]: ...
+
+    async def cover_ops(self, asset_id: str, quantity: Decimal, cash: Decimal) -> list[Op] | None: ...
+
+
+def with_house(legs: Legs, ops: list[Op]) -> Legs:
+    """The same legs with the house leg's ops replaced by `ops` (in the same place)."""
+    rebuilt, placed = Legs(), False
+    for leg, op in zip(legs.names, legs.ops, strict=True):
+        if leg is not Leg.HOUSE:
+            rebuilt.add(leg, op)
+        elif not placed:
+            rebuilt.add(Leg.HOUSE, *ops)
+            placed = True
+    return rebuilt
 
 
 class UnitsMissing(Exception):
@@ -92,7 +120,7 @@ class Settlement:
         store: ItemStore,
         balances: BalanceDAO,
         holdings: HoldingDAO,
-        house_trade: HouseTrade,
+        house: House,
         *,
         planned_sells: bool = True,
     ) -> None:
@@ -101,11 +129,36 @@ class Settlement:
         self.store = store
         self.balances = balances
         self.holdings = holdings
-        self.house_trade = house_trade
+        self.house = house
         self.planner = store if planned_sells and isinstance(store, PlannedTransactions) else None
         self._sell_chain: dict[tuple[str, str], asyncio.Future[Holding | None]] = {}
 
     # --- the legs -----------------------------------------------------------------------------
+
+    async def _commit(self, legs: Legs, asset_id: str, quantity: Decimal, cash: Decimal) -> None:
+        """Commit a trade whose house leg moves `quantity` units and `cash` to the house. When the
+        leg's shard lacks the units (or does not exist), rebuild the leg from what the asset's
+        shards hold and try again, and refuse (`GuardFailed` of the house leg) only when the house
+        as a whole lacks them. When the store gave up on a conflict (a cancelled transaction:
+        nothing applied), try the next shard, if there is one."""
+        for attempt in range(HOUSE_ATTEMPTS):
+            last = attempt == HOUSE_ATTEMPTS - 1
+            try:
+                await legs.commit(self.store)
+                return
+            except GuardFailed as failed:
+                if failed.leg is not Leg.HOUSE:
+                    raise
+                cover = await self.house.cover_ops(asset_id, quantity, cash)
+                if cover is None:
+                    raise
+                if last:  # the house has the units, but other trades kept taking them first
+                    raise TransactionConflict("the house shards kept changing under this trade") from failed
+                legs = with_house(legs, cover)
+            except TransactionConflict:
+                if last or self.house.shards == 1:
+                    raise
+                legs = with_house(legs, self.house.trade_ops(asset_id, quantity, cash))
 
     async def _cash_legs(self, legs: Legs, *entries: BalanceTransaction) -> Legs:
         await self.balances.create_transaction(*entries, tx=legs)
@@ -229,7 +282,7 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "buy", now, available=order.quantity, held=ZERO, price=price, total=cost),
         )
-        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, -order.quantity, cost))
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, -order.quantity, cost))
 
     async def sell_legs(
         self,
@@ -278,14 +331,16 @@ class Settlement:
             Leg.ASSET_TRANSACTION,
             self._asset_transaction(order, "sell", now, available=available, held=held, price=price, total=proceeds),
         )
-        return legs.add(Leg.HOUSE, self.house_trade(order.asset_id, order.quantity, -proceeds))
+        return legs.add(Leg.HOUSE, *self.house.trade_ops(order.asset_id, order.quantity, -proceeds))
 
     # --- settling -----------------------------------------------------------------------------
 
     async def settle_buy(self, order: Order, legs: Legs, *, held: Decimal = ZERO, note: str = "") -> Order:
         """Apply a buy's legs at once (`legs` holds the order's own write); raises `GuardFailed`
         naming the leg that refused."""
-        await idempotency_leg(await self.buy_legs(order, legs, held=held, note=note), order.order_id).commit(self.store)
+        await self.buy_legs(order, legs, held=held, note=note)
+        assert order.total_amount is not None
+        await self._commit(idempotency_leg(legs, order.order_id), order.asset_id, -order.quantity, order.total_amount)
         return order
 
     async def settle_sell(
@@ -350,7 +405,9 @@ class Settlement:
                 order, legs, basis_out=basis_out, from_held=from_held, expected_version=holding.version, note=note
             )
             try:
-                await idempotency_leg(legs, order.order_id).commit(self.store)
+                assert order.total_amount is not None
+                change = (order.asset_id, order.quantity, -order.total_amount)
+                await self._commit(idempotency_leg(legs, order.order_id), *change)
             except GuardFailed as failed:
                 if failed.leg is not Leg.HOLDING:
                     raise
@@ -393,6 +450,7 @@ class Settlement:
         before, no version to insist on, no retry."""
         mark = applying_mark()  # read here: the plan runs on the store's thread, outside this context
         built: list[tuple[Order, Legs]] = []
+        house: list[Op] | None = None  # the house leg rebuilt from what the shards hold (see `_commit`)
 
         def plan(item: Item | None) -> list[Op]:
             basis_out = self._basis_out(self.holdings.from_item(item), quantity, from_held)
@@ -401,14 +459,26 @@ class Settlement:
             at_once(
                 self.sell_legs(order, legs, basis_out=basis_out, from_held=from_held, expected_version=None, note=note)
             )
+            if house is not None:
+                legs = with_house(legs, house)
             if mark is not None:
                 legs.add(Leg.IDEMPOTENCY, mark(order.order_id))
             built.append((order, legs))
             return legs.ops
 
         table, key = self.holdings.holding_ref(username, asset_id)
-        try:
-            await planner.transact_planned(table, key, plan)
-        except ConditionFailed as exc:
-            raise built[-1][1].failure(exc) from exc
-        return built[-1][0]
+        for _ in range(HOUSE_ATTEMPTS):
+            try:
+                await planner.transact_planned(table, key, plan)
+            except ConditionFailed as exc:
+                failed = built[-1][1].failure(exc)
+                order = built[-1][0]
+                house_failed = isinstance(failed, GuardFailed) and failed.leg is Leg.HOUSE
+                if not house_failed or order.total_amount is None:
+                    raise failed from exc
+                house = await self.house.cover_ops(asset_id, order.quantity, -order.total_amount)
+                if house is None:
+                    raise failed from exc
+                continue
+            return built[-1][0]
+        raise TransactionConflict("the house shards kept changing under this sell; not applied")

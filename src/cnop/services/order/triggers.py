@@ -31,7 +31,7 @@ from cnop.services.order.fills import Fills
 from cnop.services.order.placement import resting_index
 from cnop.services.order.release import Release
 from cnop.services.order.rules import ABOVE, BELOW, crossed, trailing_stop, trigger_of
-from cnop.services.order.settlement import HouseTrade, Settlement
+from cnop.services.order.settlement import House, Settlement
 
 log = structlog.get_logger("cnop.triggers")
 
@@ -158,10 +158,10 @@ class TriggerEngine:
 
 
 def trigger_engine(
-    store: ItemStore, book: PriceBook, house_trade: HouseTrade, settings: Settings, clock: Clock, events: EventBus
+    store: ItemStore, book: PriceBook, house: House, settings: Settings, clock: Clock, events: EventBus
 ) -> TriggerEngine:
     """A trigger engine over `store` with its own DAOs (another worker, a benchmark)."""
     orders, balances, holdings = OrderDAO(store, clock), BalanceDAO(store, clock), HoldingDAO(store, clock)
-    settlement = Settlement(store, balances, holdings, house_trade)
+    settlement = Settlement(store, balances, holdings, house)
     release = Release(store, orders, settlement, clock, events)
     return TriggerEngine(book, orders, Fills(orders, settlement, release, clock, events), release, settings, clock)
